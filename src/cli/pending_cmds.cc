@@ -1,0 +1,37 @@
+// Verbs whose implementation has not landed yet. Each keeps its documented flags so that
+// `--help` already describes the contract; running one says so and exits 2.
+#include "cli/command.h"
+
+namespace trellis::cli {
+
+void addServerCommand(CLI::App& app, const GlobalOptions&, Action& action) {
+  auto* cmd = app.add_subcommand("server", "Run the control plane: registry, HTTP API, DNS, CA");
+  cmd->allow_extras();
+  cmd->callback([&action] { action = [] { return notImplemented("server"); }; });
+}
+
+void addUpCommand(CLI::App& app, const GlobalOptions&, Action& action) {
+  auto* cmd = app.add_subcommand("up", "Start manifests' workloads on this machine with sidecars");
+  cmd->allow_extras();
+  cmd->callback([&action] { action = [] { return notImplemented("up"); }; });
+}
+
+void addApplyCommand(CLI::App& app, const GlobalOptions&, Action& action) {
+  auto* cmd = app.add_subcommand("apply", "Validate and store resources from YAML manifests");
+  cmd->allow_extras();
+  cmd->callback([&action] { action = [] { return notImplemented("apply"); }; });
+}
+
+void addGetCommand(CLI::App& app, const GlobalOptions&, Action& action) {
+  auto* cmd = app.add_subcommand("get", "Show stored resources of a kind");
+  cmd->allow_extras();
+  cmd->callback([&action] { action = [] { return notImplemented("get"); }; });
+}
+
+void addProxyCommand(CLI::App& app, const GlobalOptions&, Action& action) {
+  auto* cmd = app.add_subcommand("proxy", "Run the data-plane proxy (static config or sidecar)");
+  cmd->allow_extras();
+  cmd->callback([&action] { action = [] { return notImplemented("proxy"); }; });
+}
+
+} // namespace trellis::cli

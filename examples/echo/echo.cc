@@ -210,15 +210,16 @@ awaitable<void> respond(tcp::socket& s, const Request& req) {
     asio::steady_timer t(s.get_executor(), std::chrono::nanoseconds(delay));
     co_await t.async_wait(use_awaitable);
   }
+  const std::string& p = req.path;
+  bool admin = p.rfind("/admin/", 0) == 0;
   int status = 200;
-  if (auto st = queryParam(req.query, "status"); !st.empty())
+  if (auto st = queryParam(req.query, "status"); !st.empty() && !admin)
     status = std::atoi(st.c_str());
+  if (status < 100 || status > 599)
+    status = 400;
   std::string ctype = "application/json";
   std::string body;
   bool chunked = false;
-  size_t chunked_len = 0;
-  const std::string& p = req.path;
-  bool admin = p.rfind("/admin/", 0) == 0;
   if (!admin && p != "/healthz" && g.error_rate.load() > 0 &&
       std::uniform_real_distribution<double>(0, 1)(rng) < g.error_rate.load())
     status = g.error_status.load();
@@ -255,7 +256,6 @@ awaitable<void> respond(tcp::socket& s, const Request& req) {
     chunked = p[1] == 'c';
     size_t n = std::strtoull(p.c_str() + (chunked ? 9 : 7), nullptr, 10);
     n = std::min(n, kMaxBodyBytes);
-    chunked_len = n;
     body.assign(n, 'x');
     ctype = "application/octet-stream";
   } else if (p.rfind("/status/", 0) == 0) {
@@ -277,7 +277,6 @@ awaitable<void> respond(tcp::socket& s, const Request& req) {
     j["headers"] = hs;
     body = j.dump() + "\n";
   }
-  (void)chunked_len;
   std::string out = head(status, ctype, req.keep_alive);
   if (req.method == "HEAD") {
     out += "content-length: " + std::to_string(body.size()) + "\r\n\r\n";

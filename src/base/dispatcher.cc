@@ -84,8 +84,17 @@ void Dispatcher::exit() { io_.stop(); }
 
 Dispatcher::TimerSet::iterator Dispatcher::schedule(MonotonicTime at, DispatcherTimer* t) {
   auto it = timers_.emplace(at, t);
-  if (!time_.isManual() && at < os_timer_at_)
-    armOsTimer();
+  if (!time_.isManual()) {
+    if (at < os_timer_at_)
+      armOsTimer();
+  } else if (at <= time_.monotonicTime() && !fire_posted_) {
+    // Simulated time does not move by itself: a timer already due fires on the next turn.
+    fire_posted_ = true;
+    post([this] {
+      fire_posted_ = false;
+      fireDueTimers();
+    });
+  }
   return it;
 }
 

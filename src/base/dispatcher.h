@@ -91,6 +91,7 @@ private:
   std::vector<std::unique_ptr<DeferredDeletable>> deferred_;
   bool deferred_posted_ = false;
   uint64_t next_seq_ = 0;
+  bool fire_posted_ = false;
   std::atomic<std::thread::id> owner_;
 };
 

@@ -1,0 +1,67 @@
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace trellis::proxy {
+
+// What health checking and outlier detection say about an endpoint. Only kHealthy endpoints
+// receive traffic, unless the cluster is in panic (see LbConfig::panic_threshold).
+enum class EndpointState : uint8_t {
+  kHealthy,
+  kUnhealthy, // failed active health checks
+  kEjected,   // ejected by outlier detection
+};
+
+const char* endpointStateName(EndpointState s);
+
+// An endpoint as load balancers see it. `key` identifies it for consistent hashing (the
+// address, "10.0.0.7:8080"), so an endpoint keeps its ring positions when others come and go.
+struct LbEndpoint {
+  std::string key;
+  uint32_t weight = 1;
+};
+
+// A cluster's endpoints on one worker, with their current state and active request counts.
+// Owned by the worker (no locks): health checking, outlier detection and request accounting
+// on that worker update it, and that worker's load balancer reads it on every pick.
+// The endpoint list itself is fixed; a new list (a pushed update) means a new EndpointSet and
+// a new LoadBalancer.
+class EndpointSet {
+public:
+  // Weights of 0 are treated as 1; configuration rejects them before they get here.
+  explicit EndpointSet(std::vector<LbEndpoint> endpoints);
+
+  size_t size() const { return endpoints_.size(); }
+  const LbEndpoint& endpoint(size_t i) const { return endpoints_[i]; }
+  uint32_t weight(size_t i) const { return endpoints_[i].weight; }
+
+  EndpointState state(size_t i) const { return states_[i]; }
+  bool available(size_t i) const { return states_[i] == EndpointState::kHealthy; }
+  size_t availableCount() const { return available_; }
+  // Changes one endpoint's state. Bumps generation() when its availability changes.
+  void setState(size_t i, EndpointState s);
+
+  // Requests in flight to endpoint i; least_request reads these. Callers pair every
+  // onRequestStart with one onRequestEnd (an unmatched end is ignored, never underflows).
+  uint32_t activeRequests(size_t i) const { return active_[i]; }
+  void onRequestStart(size_t i) { ++active_[i]; }
+  void onRequestEnd(size_t i) {
+    if (active_[i] > 0)
+      --active_[i];
+  }
+
+  // Changes whenever the set of available endpoints changes; load balancers rebuild derived
+  // tables (Maglev table, filtered ring, samplers) lazily when they see a new value.
+  uint64_t generation() const { return generation_; }
+
+private:
+  std::vector<LbEndpoint> endpoints_;
+  std::vector<EndpointState> states_;
+  std::vector<uint32_t> active_;
+  size_t available_ = 0;
+  uint64_t generation_ = 0;
+};
+
+} // namespace trellis::proxy

@@ -19,6 +19,27 @@ std::string byteName(unsigned char c) {
   return fmt::format("0x{:02x}", c);
 }
 
+// Skips the prefix of s[from, to) that is certainly valid field-value text, eight bytes at a
+// time: a word passes when none of its bytes is below 0x20 (control, including HTAB, which
+// the bytewise check then accepts) or equal to 0x7f. Bytes >= 0x80 (obs-text) pass. Returns
+// where the bytewise check must start.
+size_t firstInvalidValueByte(const unsigned char* s, size_t from, size_t to) {
+  constexpr uint64_t kOnes = 0x0101010101010101ULL;
+  constexpr uint64_t kHigh = 0x8080808080808080ULL;
+  size_t i = from;
+  while (i + 8 <= to) {
+    uint64_t x;
+    std::memcpy(&x, s + i, 8);
+    const uint64_t below_space = (x - kOnes * 0x20) & ~x & kHigh;
+    const uint64_t y = x ^ (kOnes * 0x7f);
+    const uint64_t is_del = (y - kOnes) & ~y & kHigh;
+    if ((below_space | is_del) != 0)
+      break;
+    i += 8;
+  }
+  return i;
+}
+
 // Shortens untrusted text quoted in an error message.
 std::string_view clip(std::string_view s) { return s.size() > 64 ? s.substr(0, 64) : s; }
 
@@ -248,7 +269,8 @@ Parser::LineStatus Parser::takeLine(const char*& p, const char* end, uint32_t& u
       setError(too_large, fmt::format("line exceeds the limit of {} bytes", limit));
       return LineStatus::kError;
     }
-    line_buf_.append(p, avail);
+    if (avail > 0)
+      line_buf_.append(p, avail);
     p = end;
     return LineStatus::kNeedMore;
   }
@@ -545,7 +567,7 @@ bool Parser::parseHeaderLine(std::string_view line, bool trailer, std::string_vi
   size_t k = n;
   while (k > j && isWs(s[k - 1]))
     --k;
-  for (size_t m = j; m < k; ++m) {
+  for (size_t m = firstInvalidValueByte(s, j, k); m < k; ++m) {
     if (!chars::is(s[m], chars::kFieldValue)) {
       if (s[m] == '\r')
         return fail(ParseError::kBadLineEnding,

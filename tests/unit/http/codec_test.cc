@@ -312,6 +312,27 @@ TEST(CodecHostile, BadHeaderValueControlChars) {
   EXPECT_EQ(requestError("GET / HTTP/1.1\r\nHost: a\r\nX: caf\xc3\xa9\r\n\r\n"), ParseError::kNone);
 }
 
+TEST(CodecHostile, ControlCharAtEveryOffsetOfALongValue) {
+  // Long values are checked a word at a time; a bad byte must be found wherever it sits.
+  for (size_t pos = 0; pos < 40; ++pos) {
+    for (char bad : {'\x00', '\x01', '\x1f', '\x7f'}) {
+      std::string v(40, 'a');
+      v[pos] = bad;
+      if (pos == 0 || pos == 39)
+        v = "b" + v + "b"; // keep the byte inside the value, not in trimmed whitespace
+      EXPECT_EQ(requestError("GET / HTTP/1.1\r\nHost: a\r\nX: " + v + "\r\n\r\n"),
+                ParseError::kBadHeaderValue)
+          << pos << " " << int(bad);
+    }
+    std::string ok(40, 'a');
+    ok[pos] = (pos % 2) ? '\t' : '\xff'; // HTAB and obs-text are fine anywhere inside
+    ok = "b" + ok + "b";
+    EXPECT_EQ(requestError("GET / HTTP/1.1\r\nHost: a\r\nX: " + ok + "\r\n\r\n"),
+              ParseError::kNone)
+        << pos;
+  }
+}
+
 TEST(CodecHostile, WhitespaceBeforeColon) {
   EXPECT_EQ(requestError("GET / HTTP/1.1\r\nHost: a\r\nContent-Length : 5\r\n\r\nhello"),
             ParseError::kWhitespaceBeforeColon);

@@ -9,6 +9,7 @@ int main(int argc, char** argv) {
   CLI::App app{"Trellis: a service mesh in one binary (registry, DNS, CA, proxy, runtime)",
                "trellis"};
   app.require_subcommand(1);
+  app.fallthrough(); // global flags may follow the verb: `trellis proxy --log-level debug`
   app.set_help_all_flag("--help-all", "Print help for every verb");
   GlobalOptions global;
   app.add_option("--log-level", global.log_level,

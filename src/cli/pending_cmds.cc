@@ -28,10 +28,4 @@ void addGetCommand(CLI::App& app, const GlobalOptions&, Action& action) {
   cmd->callback([&action] { action = [] { return notImplemented("get"); }; });
 }
 
-void addProxyCommand(CLI::App& app, const GlobalOptions&, Action& action) {
-  auto* cmd = app.add_subcommand("proxy", "Run the data-plane proxy (static config or sidecar)");
-  cmd->allow_extras();
-  cmd->callback([&action] { action = [] { return notImplemented("proxy"); }; });
-}
-
 } // namespace trellis::cli

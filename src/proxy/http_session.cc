@@ -1,0 +1,975 @@
+#include "proxy/http_session.h"
+
+#include <asio/connect.hpp>
+#include <asio/write.hpp>
+
+#include "base/log.h"
+#include "proxy/router.h"
+#include "proxy/tunnel.h"
+#include "telemetry/trace.h"
+
+namespace trellis::proxy {
+
+// The response parser's callbacks, forwarded to the session (which already implements the
+// request parser's callbacks through the same interface).
+class HttpSession::ResponseSide : public http::ParserCallbacks {
+public:
+  explicit ResponseSide(HttpSession& s) : s_(s) {}
+  http::Action onStatusLine(http::Version v, uint16_t status, std::string_view reason) override {
+    return s_.rspStatusLine(v, status, reason);
+  }
+  http::Action onHeader(std::string_view name, std::string_view value) override {
+    return s_.rspHeader(name, value);
+  }
+  http::Action onHeadersComplete(const http::MessageHead& head) override {
+    return s_.rspHeadersComplete(head);
+  }
+  http::Action onBody(std::string_view piece) override { return s_.rspBody(piece); }
+  http::Action onMessageComplete() override { return s_.rspComplete(); }
+
+private:
+  HttpSession& s_;
+};
+
+namespace {
+
+http::ParserLimits limitsFor(const Listener* l) {
+  http::ParserLimits lim;
+  if (l) {
+    lim.max_header_bytes = static_cast<uint32_t>(l->max_header_bytes);
+    lim.max_headers = l->max_headers;
+  }
+  return lim;
+}
+
+const Listener* listenerConfig(Worker& w, const std::string& name) {
+  auto& cfg = w.config();
+  auto it = cfg->listeners.find(name);
+  return it == cfg->listeners.end() ? nullptr : it->second.cfg;
+}
+
+void appendChunkHeader(size_t n, std::string& out) {
+  char tmp[24];
+  int len = std::snprintf(tmp, sizeof tmp, "%zx\r\n", n);
+  out.append(tmp, static_cast<size_t>(len));
+}
+
+// The access log's bit for one of our short response flags.
+uint32_t flagBits(std::string_view f) {
+  using namespace telemetry;
+  if (f == "NR")
+    return kNoRoute;
+  if (f == "UF" || f == "UC" || f == "UPE")
+    return kUpstreamConnectionFailure;
+  if (f == "UO")
+    return kUpstreamOverflow;
+  if (f == "UT")
+    return kUpstreamRequestTimeout;
+  if (f == "UH")
+    return kNoHealthyUpstream;
+  if (f == "DC")
+    return kDownstreamDisconnect;
+  if (f == "RL")
+    return kRateLimited;
+  if (f == "FI")
+    return kFaultInjected;
+  return 0;
+}
+
+bool isIdempotent(std::string_view m) {
+  return m == "GET" || m == "HEAD" || m == "OPTIONS" || m == "PUT" || m == "DELETE" ||
+         m == "TRACE";
+}
+
+} // namespace
+
+HttpSession::HttpSession(Worker& worker, std::string listener, asio::ip::tcp::socket socket)
+    : worker_(worker), listener_name_(std::move(listener)), down_(std::move(socket)),
+      rsp_cb_(std::make_unique<ResponseSide>(*this)),
+      dparser_(http::ParserMode::kRequest, *this,
+               limitsFor(listenerConfig(worker, listener_name_))),
+      uparser_(http::ParserMode::kResponse, *rsp_cb_),
+      dbuf_(std::make_unique<char[]>(kBufferSize)), ubuf_(std::make_unique<char[]>(kBufferSize)) {
+  worker_.sessionOpened();
+}
+
+HttpSession::~HttpSession() { worker_.sessionClosed(); }
+
+void HttpSession::start() {
+  std::error_code ec;
+  auto ep = down_.remote_endpoint(ec);
+  peer_ip_ = ec ? "" : ep.address().to_string();
+  down_.set_option(asio::ip::tcp::no_delay(true), ec);
+  cfg_ = worker_.config();
+  auto it = cfg_->listeners.find(listener_name_);
+  if (it != cfg_->listeners.end()) {
+    lrt_ = &it->second;
+    idle_timeout_ = lrt_->cfg->idle_timeout;
+  }
+  timer_ = worker_.dispatcher().createTimer([this] { onIdleTimer(); });
+  // The first request's head must arrive within header_read_timeout.
+  armIdleTimer(lrt_ ? lrt_->cfg->header_read_timeout : std::chrono::seconds(10));
+  readDown();
+}
+
+// ---- downstream ---------------------------------------------------------------------------
+
+void HttpSession::readDown() {
+  if (reading_down_ || closed_ || phase_ == Phase::kTunnel || dend_ >= kBufferSize)
+    return;
+  reading_down_ = true;
+  down_.async_read_some(asio::buffer(dbuf_.get() + dend_, kBufferSize - dend_),
+                        [self = shared_from_this()](const std::error_code& ec, size_t n) {
+                          self->onDownRead(ec, n);
+                        });
+}
+
+void HttpSession::onDownRead(const std::error_code& ec, size_t n) {
+  reading_down_ = false;
+  if (closed_ || phase_ == Phase::kTunnel)
+    return;
+  if (ec) {
+    // The client went away. Mid-request, the upstream connection cannot be reused.
+    if (phase_ != Phase::kIdle || !dparser_.idle())
+      flag_ = "DC";
+    releaseUpstream(false);
+    closeDown();
+    return;
+  }
+  dend_ += n;
+  bytes_in_req_ += n;
+  if (lrt_)
+    lrt_->bytes_in.add(n);
+  last_activity_ = worker_.dispatcher().now();
+  processDown();
+}
+
+void HttpSession::processDown() {
+  while (!closed_ && dbeg_ < dend_ && !writing_up_ && down_pause_ == DownPause::kNone &&
+         phase_ != Phase::kTunnel) {
+    auto r = dparser_.execute(std::string_view(dbuf_.get() + dbeg_, dend_ - dbeg_));
+    dbeg_ += r.consumed;
+    if (r.status == http::ParseStatus::kError) {
+      onDownParseError();
+      return;
+    }
+    if (r.status == http::ParseStatus::kUpgraded) {
+      // An upgrade request's head has been handled; the bytes after it are tunnel data,
+      // held in dbuf_ until the upstream answers 101.
+      if (down_pause_ == DownPause::kNone)
+        down_pause_ = DownPause::kComplete;
+      break;
+    }
+    if (r.status == http::ParseStatus::kPaused)
+      break;
+  }
+  if (closed_)
+    return;
+  if (dbeg_ == dend_)
+    dbeg_ = dend_ = 0;
+  flushUp();
+  if (down_pause_ == DownPause::kNone && !writing_up_ && phase_ != Phase::kReplying)
+    readDown();
+}
+
+void HttpSession::onDownParseError() {
+  http::ParseError e = dparser_.error();
+  if (lrt_)
+    lrt_->parse_errors[static_cast<size_t>(e)].inc();
+  TLOG_DEBUG("listener {}: bad request from {}: {}", listener_name_, peer_ip_,
+             dparser_.errorMessage());
+  if (phase_ == Phase::kIdle || !rsp_started_) {
+    releaseUpstream(false);
+    localReply(http::parseErrorStatus(e), "DPE", dparser_.errorMessage(), true);
+  } else {
+    releaseUpstream(false);
+    closeDown();
+  }
+}
+
+http::Action HttpSession::onMessageBegin() {
+  req_start_ = worker_.dispatcher().now();
+  req_wall_start_ = worker_.dispatcher().timeSource().systemTime();
+  req_headers_.clear();
+  method_.clear();
+  target_.clear();
+  return http::Action::kContinue;
+}
+
+http::Action HttpSession::onRequestLine(std::string_view method, std::string_view target,
+                                        http::Version version) {
+  method_.assign(method);
+  target_.assign(target);
+  version_ = version;
+  return http::Action::kContinue;
+}
+
+http::Action HttpSession::onHeader(std::string_view name, std::string_view value) {
+  req_headers_.add(name, value);
+  return http::Action::kContinue;
+}
+
+http::Action HttpSession::onHeadersComplete(const http::MessageHead& head) {
+  req_head_ = head;
+  ++requests_on_conn_;
+  armIdleTimer(idle_timeout_);
+  phase_ = Phase::kConnecting;
+  if (!routeRequest())
+    return http::Action::kPause; // a local reply is under way
+  if (head.expect_continue) {
+    // Answer the client's Expect ourselves: the upstream sees a plain request.
+    req_headers_.remove("expect");
+    down_out_.append("HTTP/1.1 100 Continue\r\n\r\n");
+  }
+  buildUpstreamHead();
+  if (auto conn = cluster_->pool(ep_).take()) {
+    upstreamReady(std::move(conn), true);
+    return http::Action::kContinue;
+  }
+  connectUpstream();
+  down_pause_ = DownPause::kConnecting;
+  return http::Action::kPause;
+}
+
+http::Action HttpSession::onBody(std::string_view piece) {
+  req_body_bytes_ += piece.size();
+  if (up_chunked_)
+    appendChunkHeader(piece.size(), up_out_);
+  if (piece.size() <= kCopyThreshold) {
+    up_out_.append(piece);
+    if (up_chunked_)
+      up_out_.append("\r\n");
+    return http::Action::kContinue;
+  }
+  up_piece_ = piece;
+  down_pause_ = DownPause::kPiece;
+  return http::Action::kPause;
+}
+
+http::Action HttpSession::onMessageComplete() {
+  if (up_chunked_)
+    http::appendLastChunk(up_out_);
+  req_parsed_ = true;
+  down_pause_ = DownPause::kComplete;
+  return http::Action::kPause;
+}
+
+// ---- routing and upstream -----------------------------------------------------------------
+
+bool HttpSession::routeRequest() {
+  // Each request uses the configuration current when its head arrived; a listener removed by
+  // a reload keeps serving its open connections with the configuration they started on.
+  const auto& current = worker_.config();
+  if (current->listeners.count(listener_name_))
+    cfg_ = current;
+  else if (!cfg_)
+    cfg_ = current;
+  auto it = cfg_->listeners.find(listener_name_);
+  if (it == cfg_->listeners.end()) {
+    localReply(503, "NR", "listener removed", true);
+    return false;
+  }
+  lrt_ = &it->second;
+  std::string_view path = target_;
+  if (path.rfind("http://", 0) == 0 || path.rfind("https://", 0) == 0) {
+    // absolute-form: route on its path; the authority becomes the Host
+    size_t scheme_end = path.find("://") + 3;
+    size_t slash = path.find('/', scheme_end);
+    std::string_view authority = path.substr(scheme_end, slash - scheme_end);
+    req_headers_.set("host", authority);
+    path = slash == std::string_view::npos ? std::string_view("/") : path.substr(slash);
+    target_ = std::string(path);
+    path = target_;
+  }
+  size_t q = path.find('?');
+  std::string_view path_only = path.substr(0, q);
+  RequestView rr{method_, path_only, [this](std::string_view name) {
+                   return req_headers_.get(name);
+                 }};
+  auto match = matchRoute(lrt_->cfg->routes, rr);
+  if (!match) {
+    route_ = nullptr;
+    localReply(404, "NR", "no route matched\n");
+    return false;
+  }
+  route_index_ = *match;
+  route_ = &lrt_->cfg->routes[route_index_];
+  target_index_ = selectCluster(*route_, worker_.random().random());
+  cluster_ = cfg_->clusters[route_->clusters[target_index_].cluster_index].get();
+  LbContext ctx;
+  std::optional<uint64_t> hash;
+  if (cluster_->cfg.hash_on)
+    hash = requestHash(*cluster_->cfg.hash_on, peer_ip_,
+                       [this](std::string_view n) { return req_headers_.get(n); });
+  ctx.hash = hash;
+  auto pick = cluster_->lb->pick(ctx);
+  if (!pick) {
+    localReply(503, "UH", "no healthy upstream\n");
+    return false;
+  }
+  ep_ = *pick;
+  cluster_->endpoints.onRequestStart(ep_);
+  ep_counted_ = true;
+  return true;
+}
+
+void HttpSession::buildUpstreamHead() {
+  http::HeaderMap& h = req_headers_;
+  std::string upgrade;
+  if (req_head_.upgrade) {
+    if (auto u = h.get("upgrade"))
+      upgrade = std::string(*u);
+  }
+  http::removeHopByHopHeaders(h);
+  h.remove("content-length"); // re-added below from the parsed framing
+  // x-forwarded-for: append the peer; x-forwarded-proto: what the client spoke to us.
+  if (auto xff = h.get("x-forwarded-for"))
+    h.set("x-forwarded-for", std::string(*xff) + ", " + peer_ip_);
+  else
+    h.add("x-forwarded-for", peer_ip_);
+  h.set("x-forwarded-proto", "http");
+  auto& ids = telemetry::threadIdGenerator();
+  auto rid = h.get("x-request-id");
+  if (!rid || !telemetry::isAcceptableRequestId(*rid)) {
+    char id[telemetry::kRequestIdLength];
+    ids.writeRequestId(id);
+    h.set("x-request-id", std::string_view(id, sizeof id));
+  }
+  auto tp = h.get("traceparent");
+  h.set("traceparent",
+        ids.propagate(tp ? *tp : std::string_view(), false).traceparent());
+  for (const auto& hv : route_->request_headers_to_add)
+    h.add(hv.name, hv.value);
+  up_chunked_ = false;
+  if (req_head_.chunked) {
+    h.add("transfer-encoding", "chunked");
+    up_chunked_ = true;
+  } else if (req_head_.content_length) {
+    char tmp[24];
+    int n = std::snprintf(tmp, sizeof tmp, "%llu",
+                          static_cast<unsigned long long>(*req_head_.content_length));
+    h.add("content-length", std::string_view(tmp, static_cast<size_t>(n)));
+  }
+  if (!upgrade.empty()) {
+    h.add("connection", "upgrade");
+    h.add("upgrade", upgrade);
+  }
+  up_head_.clear();
+  http::serializeRequestHead(method_, target_, http::Version::kHttp11, h, up_head_);
+  up_out_.append(up_head_);
+  uparser_.reset();
+  uparser_.expectResponseTo(req_head_.method);
+}
+
+void HttpSession::connectUpstream() {
+  auto& pool = cluster_->pool(ep_);
+  auto conn = std::make_shared<UpstreamConn>(worker_.dispatcher().io(), pool);
+  up_ = conn;
+  up_reused_ = false;
+  armIdleTimer(cluster_->cfg.connect_timeout);
+  conn->socket.async_connect(pool.address().tcp(),
+                             [self = shared_from_this(), conn](const std::error_code& ec) {
+                               if (self->up_ != conn)
+                                 return; // timed out and given up on
+                               self->onConnected(ec);
+                             });
+}
+
+void HttpSession::onConnected(const std::error_code& ec) {
+  if (closed_)
+    return;
+  if (ec) {
+    cluster_->stats().err_connect.inc();
+    up_.reset();
+    onUpstreamFailure("connect_failure", "UF", 503);
+    return;
+  }
+  auto conn = up_;
+  cluster_->stats().cx_total.inc();
+  cluster_->stats().cx_active.inc();
+  std::error_code ignored;
+  conn->socket.set_option(asio::ip::tcp::no_delay(true), ignored);
+  armIdleTimer(idle_timeout_);
+  upstreamReady(std::move(conn), false);
+  if (down_pause_ == DownPause::kConnecting) {
+    down_pause_ = DownPause::kNone;
+    dparser_.resume();
+  }
+  processDown();
+}
+
+void HttpSession::upstreamReady(std::shared_ptr<UpstreamConn> conn, bool reused) {
+  if (reused)
+    cluster_->stats().pool_reuse.inc();
+  up_ = std::move(conn);
+  up_reused_ = reused;
+  up_->requests++;
+  phase_ = Phase::kProxying;
+  ubeg_ = uend_ = 0;
+  readUp();
+  flushUp();
+}
+
+void HttpSession::flushUp() {
+  if (writing_up_ || !up_ || phase_ != Phase::kProxying)
+    return;
+  if (up_out_.empty() && up_piece_.empty()) {
+    if (req_parsed_ && !req_sent_)
+      req_sent_ = true;
+    return;
+  }
+  writing_up_ = true;
+  std::array<asio::const_buffer, 3> bufs{
+      asio::buffer(up_out_), asio::buffer(up_piece_.data(), up_piece_.size()),
+      asio::buffer(up_chunked_ && !up_piece_.empty() ? "\r\n" : "",
+                   up_chunked_ && !up_piece_.empty() ? 2 : 0)};
+  asio::async_write(up_->socket, bufs,
+                    [self = shared_from_this(), conn = up_](const std::error_code& ec, size_t) {
+                      if (self->up_ != conn || self->closed_)
+                        return;
+                      self->writing_up_ = false;
+                      if (ec) {
+                        // A write error shows up as a read error too; let the read side
+                        // decide (it may still hold a complete response).
+                        self->up_out_.clear();
+                        self->up_piece_ = {};
+                        return;
+                      }
+                      self->up_out_.clear();
+                      if (!self->up_piece_.empty()) {
+                        self->up_piece_ = {};
+                        if (self->down_pause_ == DownPause::kPiece) {
+                          self->down_pause_ = DownPause::kNone;
+                          self->dparser_.resume();
+                        }
+                      }
+                      if (self->req_parsed_)
+                        self->req_sent_ = true;
+                      if (self->rsp_parsed_ && !self->writing_down_ &&
+                          self->phase_ == Phase::kProxying && self->down_out_.empty())
+                        self->finishRequest();
+                      else
+                        self->processDown();
+                    });
+}
+
+void HttpSession::readUp() {
+  if (reading_up_ || !up_ || closed_ || uend_ >= kBufferSize)
+    return;
+  reading_up_ = true;
+  up_->socket.async_read_some(
+      asio::buffer(ubuf_.get() + uend_, kBufferSize - uend_),
+      [self = shared_from_this(), conn = up_](const std::error_code& ec, size_t n) {
+        if (self->up_ != conn) {
+          return;
+        }
+        self->reading_up_ = false;
+        self->onUpRead(ec, n);
+      });
+}
+
+void HttpSession::onUpRead(const std::error_code& ec, size_t n) {
+  if (closed_)
+    return;
+  if (ec) {
+    if (rsp_parsed_)
+      return;
+    if (ec == asio::error::eof && uparser_.head().framing == http::BodyFraming::kUntilClose &&
+        rsp_started_) {
+      if (uparser_.finish() == http::ParseStatus::kOk) {
+        releaseUpstream(false);
+        flushDown();
+        return;
+      }
+    }
+    cluster_->stats().err_reset.inc();
+    if (!rsp_started_ && up_reused_ && !retried_reuse_ && req_body_bytes_ == 0 && req_parsed_ &&
+        isIdempotent(method_)) {
+      // The pooled connection was closed by the upstream as we reused it: the request never
+      // reached it. Send it again on a fresh connection.
+      retried_reuse_ = true;
+      releaseUpstream(false);
+      up_out_ = up_head_;
+      req_sent_ = false;
+      phase_ = Phase::kConnecting;
+      connectUpstream();
+      return;
+    }
+    onUpstreamFailure("reset", "UC", 502);
+    return;
+  }
+  uend_ += n;
+  last_activity_ = worker_.dispatcher().now();
+  processUp();
+}
+
+void HttpSession::processUp() {
+  while (!closed_ && ubeg_ < uend_ && !writing_down_ && !up_piece_pause_ && !rsp_parsed_) {
+    auto r = uparser_.execute(std::string_view(ubuf_.get() + ubeg_, uend_ - ubeg_));
+    ubeg_ += r.consumed;
+    if (r.status == http::ParseStatus::kError) {
+      cluster_->stats().err_bad_response.inc();
+      TLOG_DEBUG("cluster {}: bad response from {}: {}", cluster_->cfg.name,
+                 cluster_->pool(ep_).address().toString(), uparser_.errorMessage());
+      onUpstreamFailure("bad_response", "UPE", 502);
+      return;
+    }
+    if (r.status == http::ParseStatus::kUpgraded) {
+      upgrading_ = true;
+      break;
+    }
+    if (r.status == http::ParseStatus::kPaused)
+      break;
+  }
+  if (closed_)
+    return;
+  if (ubeg_ == uend_ && !upgrading_)
+    ubeg_ = uend_ = 0;
+  flushDown();
+  if (!rsp_parsed_ && !upgrading_ && !writing_down_ && !up_piece_pause_)
+    readUp();
+}
+
+void HttpSession::onUpstreamFailure(const char* kind, const char* flag, uint16_t status) {
+  releaseUpstream(false);
+  if (rsp_started_) {
+    // Part of the response is already on its way: all we can do is cut the connection.
+    flag_ = flag;
+    closeDown();
+    return;
+  }
+  localReply(status, flag,
+             status == 503 ? "upstream connect error\n" : "upstream sent an invalid response\n",
+             !req_parsed_);
+}
+
+// ---- response -----------------------------------------------------------------------------
+
+http::Action HttpSession::rspStatusLine(http::Version version, uint16_t status,
+                                        std::string_view reason) {
+  rsp_version_ = version;
+  status_ = status;
+  reason_.assign(reason);
+  rsp_headers_.clear();
+  return http::Action::kContinue;
+}
+
+http::Action HttpSession::rspHeader(std::string_view name, std::string_view value) {
+  rsp_headers_.add(name, value);
+  return http::Action::kContinue;
+}
+
+http::Action HttpSession::rspHeadersComplete(const http::MessageHead& head) {
+  http::HeaderMap& h = rsp_headers_;
+  if (head.interim) {
+    http::removeHopByHopHeaders(h);
+    http::serializeResponseHead(http::Version::kHttp11, status_, reason_, h, down_out_);
+    return http::Action::kContinue;
+  }
+  std::string upgrade;
+  if (head.upgrade && status_ == 101) {
+    if (auto u = h.get("upgrade"))
+      upgrade = std::string(*u);
+  }
+  http::removeHopByHopHeaders(h);
+  h.remove("content-length"); // re-added below from the parsed framing
+  keep_alive_ = req_head_.keep_alive && !upgrading_;
+  if (lrt_ && lrt_->cfg->max_requests_per_connection > 0 &&
+      requests_on_conn_ >= lrt_->cfg->max_requests_per_connection)
+    keep_alive_ = false;
+  rsp_rechunk_ = false;
+  switch (head.framing) {
+  case http::BodyFraming::kContentLength: {
+    char tmp[24];
+    int n = std::snprintf(tmp, sizeof tmp, "%llu",
+                          static_cast<unsigned long long>(*head.content_length));
+    h.add("content-length", std::string_view(tmp, static_cast<size_t>(n)));
+    break;
+  }
+  case http::BodyFraming::kChunked:
+  case http::BodyFraming::kUntilClose:
+    if (version_ == http::Version::kHttp11) {
+      h.add("transfer-encoding", "chunked");
+      rsp_rechunk_ = true;
+    } else {
+      keep_alive_ = false; // HTTP/1.0 client: the body ends when we close
+    }
+    break;
+  case http::BodyFraming::kNone:
+    if (head.content_length && req_head_.method == http::Method::kHead) {
+      h.add("content-length", std::to_string(*head.content_length));
+    } else if (status_ >= 200 && status_ != 204 && status_ != 304 && !head.upgrade) {
+      h.add("content-length", "0");
+    }
+    break;
+  }
+  if (!upgrade.empty()) {
+    h.add("connection", "upgrade");
+    h.add("upgrade", upgrade);
+  } else if (!keep_alive_) {
+    h.add("connection", "close");
+  } else if (version_ == http::Version::kHttp10) {
+    h.add("connection", "keep-alive");
+  }
+  http::serializeResponseHead(version_, status_, reason_, h, down_out_);
+  rsp_started_ = true;
+  if (head.upgrade && status_ == 101)
+    upgrading_ = true;
+  return http::Action::kContinue;
+}
+
+http::Action HttpSession::rspBody(std::string_view piece) {
+  if (rsp_rechunk_)
+    appendChunkHeader(piece.size(), down_out_);
+  if (piece.size() <= kCopyThreshold) {
+    down_out_.append(piece);
+    if (rsp_rechunk_)
+      down_out_.append("\r\n");
+    return http::Action::kContinue;
+  }
+  down_piece_ = piece;
+  up_piece_pause_ = true;
+  return http::Action::kPause;
+}
+
+http::Action HttpSession::rspComplete() {
+  if (rsp_rechunk_)
+    http::appendLastChunk(down_out_);
+  rsp_parsed_ = true;
+  return http::Action::kPause;
+}
+
+void HttpSession::flushDown() {
+  if (writing_down_ || closed_)
+    return;
+  if (down_out_.empty() && down_piece_.empty()) {
+    if (upgrading_ && rsp_started_)
+      startTunnel();
+    else if (rsp_parsed_ && phase_ == Phase::kProxying && (req_sent_ || !req_parsed_ || true))
+      finishRequest();
+    return;
+  }
+  writing_down_ = true;
+  std::array<asio::const_buffer, 3> bufs{
+      asio::buffer(down_out_), asio::buffer(down_piece_.data(), down_piece_.size()),
+      asio::buffer(rsp_rechunk_ && !down_piece_.empty() ? "\r\n" : "",
+                   rsp_rechunk_ && !down_piece_.empty() ? 2 : 0)};
+  asio::async_write(down_, bufs, [self = shared_from_this()](const std::error_code& ec, size_t n) {
+    self->writing_down_ = false;
+    if (self->closed_)
+      return;
+    if (ec) {
+      self->flag_ = "DC";
+      self->releaseUpstream(false);
+      self->closeDown();
+      return;
+    }
+    self->bytes_out_req_ += n;
+    if (self->lrt_)
+      self->lrt_->bytes_out.add(n);
+    self->last_activity_ = self->worker_.dispatcher().now();
+    self->down_out_.clear();
+    if (!self->down_piece_.empty()) {
+      self->down_piece_ = {};
+      self->up_piece_pause_ = false;
+      self->uparser_.resume();
+    }
+    if (self->phase_ == Phase::kReplying) {
+      self->finishRequest();
+      return;
+    }
+    if (self->upgrading_) {
+      self->flushDown();
+      return;
+    }
+    if (self->rsp_parsed_) {
+      self->flushDown();
+      return;
+    }
+    self->processUp();
+  });
+}
+
+void HttpSession::startTunnel() {
+  if (!up_)
+    return;
+  phase_ = Phase::kTunnel;
+  timer_->disable();
+  std::string to_up(dbuf_.get() + dbeg_, dend_ - dbeg_);
+  std::string to_down(ubuf_.get() + ubeg_, uend_ - ubeg_);
+  auto conn = std::move(up_);
+  up_.reset();
+  cluster_->stats().cx_active.dec();
+  if (ep_counted_) {
+    cluster_->endpoints.onRequestEnd(ep_);
+    ep_counted_ = false;
+  }
+  // Count the upgrade as an answered request now; the tunnel may live for hours.
+  if (route_)
+    lrt_->routes[route_index_][target_index_].by_class[1].inc();
+  auto cfg = cfg_;
+  ClusterRuntime* cluster = cluster_;
+  ListenerRuntime* lrt = lrt_;
+  auto tunnel = std::make_shared<Tunnel>(
+      worker_.dispatcher(), std::move(down_), std::move(conn->socket), std::move(to_up),
+      std::move(to_down), idle_timeout_, [cfg, lrt](const Tunnel::Counters& c) {
+        lrt->bytes_in.add(c.a_to_b);
+        lrt->bytes_out.add(c.b_to_a);
+        lrt->cx_active.dec();
+      });
+  (void)cluster;
+  closed_ = true; // the session is done; the tunnel owns the sockets
+  tunnel->start();
+}
+
+// ---- ending -------------------------------------------------------------------------------
+
+void HttpSession::localReply(uint16_t status, const char* flag, std::string_view body,
+                             bool close) {
+  if (lrt_)
+    lrt_->localReply(flag).inc();
+  flag_ = flag;
+  status_ = status;
+  // If the request body has not been read, the connection cannot carry another request.
+  if (close || !req_parsed_)
+    keep_alive_ = false;
+  else
+    keep_alive_ = req_head_.keep_alive;
+  std::string text(body);
+  if (!text.empty() && text.back() != '\n')
+    text.push_back('\n');
+  http::HeaderMap h;
+  h.add("content-type", "text/plain");
+  h.add("content-length", std::to_string(text.size()));
+  if (!keep_alive_)
+    h.add("connection", "close");
+  if (status == 429)
+    h.add("retry-after", "1");
+  http::serializeResponseHead(http::Version::kHttp11, status, "", h, down_out_);
+  down_out_.append(text);
+  rsp_started_ = true;
+  rsp_parsed_ = true;
+  phase_ = Phase::kReplying;
+  down_pause_ = DownPause::kReply;
+  flushDown();
+}
+
+void HttpSession::releaseUpstream(bool reusable) {
+  if (ep_counted_) {
+    cluster_->endpoints.onRequestEnd(ep_);
+    ep_counted_ = false;
+  }
+  if (!up_)
+    return;
+  auto conn = std::move(up_);
+  up_.reset();
+  reading_up_ = writing_up_ = false;
+  if (!conn->socket.is_open())
+    return;
+  if (reusable) {
+    conn->pool().release(std::move(conn), cluster_->cfg.pool.max_idle_per_endpoint,
+                         cluster_->cfg.pool.max_requests_per_connection);
+  } else {
+    std::error_code ec;
+    conn->socket.close(ec);
+    cluster_->stats().cx_active.dec();
+  }
+}
+
+void HttpSession::finishRequest() {
+  if (closed_)
+    return;
+  MonotonicTime now = worker_.dispatcher().now();
+  Duration took = now - req_start_;
+  if (lrt_ && status_ > 0) {
+    size_t cls = std::min<size_t>(std::max<size_t>(status_ / 100, 1), 5) - 1;
+    if (route_) {
+      auto& st = lrt_->routes[route_index_][target_index_];
+      st.by_class[cls].inc();
+      st.duration.observe(took);
+    } else {
+      lrt_->no_route_by_class[cls].inc();
+      lrt_->no_route_duration.observe(took);
+    }
+  }
+  if (auto* log = worker_.accessLog(); log && lrt_) {
+    telemetry::AccessLogEntry e;
+    e.start_time = req_wall_start_;
+    e.method = method_;
+    auto host = req_headers_.get("host");
+    e.authority = host ? *host : std::string_view();
+    e.path = target_;
+    e.code = status_;
+    e.bytes_received = req_body_bytes_;
+    e.bytes_sent = bytes_out_req_;
+    e.duration = took;
+    std::string upstream = cluster_ && up_ ? cluster_->pool(ep_).address().toString() : "";
+    if (cluster_ && upstream.empty() && route_)
+      upstream = cluster_->pool(ep_).address().toString();
+    e.upstream = upstream;
+    auto rid = req_headers_.get("x-request-id");
+    e.request_id = rid ? *rid : std::string_view();
+    e.response_flags = flagBits(flag_);
+    e.listener = listener_name_;
+    std::string route_label = route_ ? route_->name : "";
+    e.route = route_label;
+    e.cluster = cluster_ ? std::string_view(cluster_->cfg.name) : std::string_view();
+    log->log(e);
+  }
+  bool up_clean = up_ && req_sent_ && rsp_parsed_ && uparser_.head().keep_alive &&
+                  ubeg_ == uend_ && !writing_up_;
+  if (up_ && !req_sent_)
+    keep_alive_ = false; // the rest of the request body was never read
+  releaseUpstream(up_clean);
+  // Reset per-request state.
+  route_ = nullptr;
+  cluster_ = nullptr;
+  req_parsed_ = req_sent_ = rsp_started_ = rsp_parsed_ = rsp_rechunk_ = false;
+  up_chunked_ = up_reused_ = retried_reuse_ = false;
+  req_body_bytes_ = bytes_out_req_ = bytes_in_req_ = 0;
+  status_ = 0;
+  flag_ = "-";
+  up_out_.clear();
+  ubeg_ = uend_ = 0;
+  if (!keep_alive_ || dparser_.error() != http::ParseError::kNone) {
+    closeDown();
+    return;
+  }
+  keep_alive_ = true;
+  phase_ = Phase::kIdle;
+  down_pause_ = DownPause::kNone;
+  dparser_.resume();
+  armIdleTimer(idle_timeout_);
+  processDown();
+}
+
+void HttpSession::closeDown() {
+  if (closed_)
+    return;
+  TLOG_DEBUG("listener {}: closing connection from {} (phase {}, flag {}, keep_alive {})",
+             listener_name_, peer_ip_, static_cast<int>(phase_), flag_, keep_alive_);
+  closed_ = true;
+  phase_ = Phase::kClosed;
+  releaseUpstream(false);
+  if (timer_)
+    timer_->disable();
+  std::error_code ec;
+  down_.shutdown(asio::ip::tcp::socket::shutdown_send, ec);
+  down_.close(ec);
+  if (lrt_) {
+    lrt_->cx_active.dec();
+    if (lrt_->connections > 0)
+      lrt_->connections--;
+  }
+}
+
+void HttpSession::armIdleTimer(Duration d) {
+  if (!timer_)
+    return;
+  if (d.count() <= 0) {
+    timer_->disable();
+    return;
+  }
+  last_activity_ = worker_.dispatcher().now();
+  timer_->enable(d);
+}
+
+void HttpSession::onIdleTimer() {
+  if (closed_)
+    return;
+  if (phase_ == Phase::kConnecting && up_) {
+    // connect_timeout
+    cluster_->stats().err_connect_timeout.inc();
+    up_.reset();
+    onUpstreamFailure("connect_timeout", "UF", 503);
+    return;
+  }
+  if (phase_ == Phase::kIdle && !dparser_.idle()) {
+    // A request head still incomplete: slow-header client.
+    localReply(408, "DT", "request header timeout\n", true);
+    return;
+  }
+  Duration since = worker_.dispatcher().now() - last_activity_;
+  if (idle_timeout_.count() > 0 && since < idle_timeout_) {
+    timer_->enable(idle_timeout_ - since);
+    return;
+  }
+  if (phase_ == Phase::kProxying && !rsp_started_) {
+    releaseUpstream(false);
+    localReply(504, "UT", "upstream timeout\n", true);
+    return;
+  }
+  releaseUpstream(false);
+  closeDown();
+}
+
+// ---- TCP ----------------------------------------------------------------------------------
+
+void startTcpSession(Worker& worker, const std::string& listener, asio::ip::tcp::socket socket) {
+  auto cfg = worker.config();
+  auto it = cfg->listeners.find(listener);
+  if (it == cfg->listeners.end())
+    return;
+  ListenerRuntime* lrt = &it->second;
+  ClusterRuntime* cluster = cfg->clusters[lrt->cfg->cluster_index].get();
+  LbContext ctx;
+  std::error_code ec;
+  auto remote = socket.remote_endpoint(ec);
+  std::string peer = ec ? "" : remote.address().to_string();
+  if (cluster->cfg.hash_on)
+    ctx.hash = requestHash(*cluster->cfg.hash_on, peer,
+                           [](std::string_view) { return std::optional<std::string_view>(); });
+  auto pick = cluster->lb->pick(ctx);
+  auto down = std::make_shared<asio::ip::tcp::socket>(std::move(socket));
+  auto done_down = [lrt, cfg] {
+    lrt->cx_active.dec();
+    if (lrt->connections > 0)
+      lrt->connections--;
+  };
+  if (!pick) {
+    lrt->localReply("UH").inc();
+    down->close(ec);
+    done_down();
+    return;
+  }
+  size_t ep = *pick;
+  auto up = std::make_shared<asio::ip::tcp::socket>(worker.dispatcher().io());
+  auto timer = std::shared_ptr<Timer>(worker.dispatcher().createTimer([up] {
+    std::error_code ignored;
+    up->close(ignored);
+  }));
+  timer->enable(cluster->cfg.connect_timeout);
+  cluster->endpoints.onRequestStart(ep);
+  Dispatcher* d = &worker.dispatcher();
+  Duration idle = lrt->cfg->idle_timeout;
+  up->async_connect(
+      cluster->pool(ep).address().tcp(),
+      [cfg, lrt, cluster, ep, down, up, timer, d, idle, done_down](const std::error_code& ec) {
+        timer->disable();
+        cluster->endpoints.onRequestEnd(ep);
+        if (ec) {
+          cluster->stats().err_connect.inc();
+          lrt->localReply("UF").inc();
+          std::error_code ignored;
+          down->close(ignored);
+          done_down();
+          return;
+        }
+        cluster->stats().cx_total.inc();
+        cluster->stats().cx_active.inc();
+        std::error_code ignored;
+        up->set_option(asio::ip::tcp::no_delay(true), ignored);
+        down->set_option(asio::ip::tcp::no_delay(true), ignored);
+        auto tunnel = std::make_shared<Tunnel>(
+            *d, std::move(*down), std::move(*up), "", "", idle,
+            [cfg, lrt, cluster, done_down](const Tunnel::Counters& c) {
+              lrt->bytes_in.add(c.a_to_b);
+              lrt->bytes_out.add(c.b_to_a);
+              cluster->stats().cx_active.dec();
+              done_down();
+            });
+        tunnel->start();
+      });
+}
+
+} // namespace trellis::proxy

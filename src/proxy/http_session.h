@@ -1,0 +1,156 @@
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <asio/ip/tcp.hpp>
+
+#include "http/codec.h"
+#include "http/headers.h"
+#include "proxy/worker.h"
+
+namespace trellis::proxy {
+
+// One downstream HTTP/1.1 connection on one worker: parses requests, routes each one, streams
+// it to an upstream connection taken from the endpoint's pool, and streams the response back.
+// Requests on a connection are handled one at a time (pipelined requests wait in the buffer).
+//
+// Flow control: a direction's parser runs only while no write to its peer is in flight, and
+// a socket is read only when its buffer has been consumed, so a slow reader on either side
+// stops the other side's reads instead of growing buffers. Small body pieces are copied into
+// the outgoing buffer to coalesce writes; large ones are written from the read buffer.
+class HttpSession : public std::enable_shared_from_this<HttpSession>,
+                    private http::ParserCallbacks {
+public:
+  HttpSession(Worker& worker, std::string listener, asio::ip::tcp::socket socket);
+  ~HttpSession() override;
+
+  void start();
+
+  static constexpr size_t kBufferSize = 16 * 1024;
+  // Body pieces up to this size are copied into the outgoing buffer (coalescing writes);
+  // larger ones are written from the read buffer without a copy.
+  static constexpr size_t kCopyThreshold = 4096;
+
+private:
+  class ResponseSide;
+  friend class ResponseSide;
+
+  enum class Phase : uint8_t {
+    kIdle,       // waiting for (or reading) a request head
+    kConnecting, // head parsed, connecting upstream
+    kProxying,   // request and response streaming
+    kReplying,   // sending a local reply
+    kTunnel,     // handed over to a Tunnel
+    kClosed,
+  };
+  // Why the request parser is paused.
+  enum class DownPause : uint8_t { kNone, kConnecting, kPiece, kComplete, kReply };
+
+  // Downstream side.
+  void readDown();
+  void onDownRead(const std::error_code& ec, size_t n);
+  void processDown();
+  void onDownParseError();
+  // http::ParserCallbacks (the request parser)
+  http::Action onMessageBegin() override;
+  http::Action onRequestLine(std::string_view method, std::string_view target,
+                             http::Version version) override;
+  http::Action onHeader(std::string_view name, std::string_view value) override;
+  http::Action onHeadersComplete(const http::MessageHead& head) override;
+  http::Action onBody(std::string_view piece) override;
+  http::Action onMessageComplete() override;
+
+  // Routing and upstream.
+  bool routeRequest();
+  void buildUpstreamHead();
+  void connectUpstream();
+  void onConnected(const std::error_code& ec);
+  void upstreamReady(std::shared_ptr<UpstreamConn> conn, bool reused);
+  void flushUp();
+  void readUp();
+  void onUpRead(const std::error_code& ec, size_t n);
+  void processUp();
+  void onUpstreamFailure(const char* kind, const char* flag, uint16_t status);
+
+  // Response side (callbacks of the response parser).
+  http::Action rspStatusLine(http::Version version, uint16_t status, std::string_view reason);
+  http::Action rspHeader(std::string_view name, std::string_view value);
+  http::Action rspHeadersComplete(const http::MessageHead& head);
+  http::Action rspBody(std::string_view piece);
+  http::Action rspComplete();
+  void flushDown();
+  void startTunnel();
+
+  // Ending requests and the connection.
+  void localReply(uint16_t status, const char* flag, std::string_view body, bool close = false);
+  void finishRequest();
+  void releaseUpstream(bool reusable);
+  void closeDown();
+  void armIdleTimer(Duration d);
+  void onIdleTimer();
+
+  Worker& worker_;
+  std::string listener_name_;
+  asio::ip::tcp::socket down_;
+  std::string peer_ip_;
+  std::unique_ptr<ResponseSide> rsp_cb_;
+  http::Parser dparser_;
+  http::Parser uparser_;
+  std::unique_ptr<char[]> dbuf_, ubuf_;
+  size_t dbeg_ = 0, dend_ = 0, ubeg_ = 0, uend_ = 0;
+  bool reading_down_ = false, reading_up_ = false, writing_down_ = false, writing_up_ = false;
+  Phase phase_ = Phase::kIdle;
+  DownPause down_pause_ = DownPause::kNone;
+  bool up_piece_pause_ = false; // the response parser is paused on a zero-copy piece
+  std::unique_ptr<Timer> timer_;
+  MonotonicTime last_activity_{};
+  Duration idle_timeout_{0};
+  uint32_t requests_on_conn_ = 0;
+
+  // The current request.
+  std::shared_ptr<WorkerConfig> cfg_;
+  ListenerRuntime* lrt_ = nullptr;
+  const Route* route_ = nullptr;
+  size_t route_index_ = 0, target_index_ = 0;
+  ClusterRuntime* cluster_ = nullptr;
+  size_t ep_ = 0;
+  bool ep_counted_ = false;
+  std::shared_ptr<UpstreamConn> up_;
+  bool up_reused_ = false;
+  bool retried_reuse_ = false;
+  std::string method_, target_;
+  http::Version version_ = http::Version::kHttp11;
+  http::HeaderMap req_headers_;
+  http::MessageHead req_head_;
+  std::string up_head_;     // the serialised upstream head, kept for a reuse-race retry
+  std::string up_out_;      // bytes to write upstream
+  std::string_view up_piece_; // a large body piece written from dbuf_ without copying
+  bool up_chunked_ = false;   // request body re-framed as chunked upstream
+  bool req_parsed_ = false;   // the whole request has been parsed
+  bool req_sent_ = false;     // ... and written upstream
+  uint64_t req_body_bytes_ = 0;
+  // Response.
+  uint16_t status_ = 0;
+  http::Version rsp_version_ = http::Version::kHttp11;
+  std::string reason_;
+  http::HeaderMap rsp_headers_;
+  bool rsp_started_ = false;  // response head handed to the downstream buffer
+  bool rsp_parsed_ = false;   // whole upstream response parsed
+  bool rsp_rechunk_ = false;  // response body re-framed as chunked downstream
+  bool keep_alive_ = true;    // downstream connection survives this request
+  bool upgrading_ = false;    // a 101 response: switch to a tunnel once written
+  std::string down_out_;
+  std::string_view down_piece_;
+  std::string flag_ = "-";
+  MonotonicTime req_start_{};
+  SystemTime req_wall_start_{};
+  uint64_t bytes_in_req_ = 0, bytes_out_req_ = 0;
+  bool closed_ = false;
+};
+
+// A downstream TCP connection of a `protocol: tcp` listener: picks an endpoint of the
+// listener's cluster, connects, and hands both sockets to a Tunnel.
+void startTcpSession(Worker& worker, const std::string& listener, asio::ip::tcp::socket socket);
+
+} // namespace trellis::proxy

@@ -1,0 +1,245 @@
+#include "proxy/proxy_server.h"
+
+#include <future>
+#include <thread>
+
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "base/log.h"
+
+namespace trellis::proxy {
+
+namespace {
+
+size_t defaultConcurrency() {
+  unsigned n = std::thread::hardware_concurrency();
+  return n == 0 ? 1 : n;
+}
+
+// Runs `fn` on `d`'s thread and waits for it: used only at start, reload and stop, never on
+// the request path.
+template <typename Fn> void runOn(Dispatcher& d, Fn fn) {
+  std::promise<void> done;
+  d.post([&] {
+    fn();
+    done.set_value();
+  });
+  done.get_future().wait();
+}
+
+} // namespace
+
+ProxyServer::ProxyServer(Dispatcher& main, ProxyOptions options)
+    : main_(main), options_(std::move(options)),
+      concurrency_(options_.concurrency),
+      registry_(telemetry::RegistryOptions{
+          .shards = (options_.concurrency ? options_.concurrency : defaultConcurrency()) + 1}) {}
+
+ProxyServer::~ProxyServer() { stop(); }
+
+net::SocketAddress ProxyServer::adminAddress() const {
+  return admin_ ? admin_->boundAddress() : net::SocketAddress{};
+}
+
+Status ProxyServer::start() {
+  auto snap = loadConfigFile(options_.config_path);
+  if (!snap.ok())
+    return snap.error();
+  if (concurrency_ == 0)
+    concurrency_ = (*snap)->concurrency ? (*snap)->concurrency : defaultConcurrency();
+  if (concurrency_ + 1 > registry_.shardCount())
+    concurrency_ = registry_.shardCount() - 1;
+  auto stats = ProxyStats::create(registry_);
+  if (!stats.ok())
+    return stats.error();
+  stats_ = *stats;
+  reload_ok_ = stats_.reloads->handle(0, {"success"});
+  reload_failed_ = stats_.reloads->handle(0, {"failure"});
+  generation_gauge_ = stats_.config_info->handle(0);
+
+  if ((*snap)->access_log) {
+    telemetry::AccessLogOptions o;
+    o.path = (*snap)->access_log->path;
+    auto log = telemetry::AccessLog::open(o, concurrency_);
+    if (!log.ok())
+      return log.error().withContext("access_log");
+    access_log_ = std::move(log).value();
+    TRELLIS_RETURN_IF_ERROR(access_log_->registerMetrics(registry_));
+  }
+
+  pool_ = std::make_unique<WorkerPool>(concurrency_, main_.timeSource(), "worker");
+  for (size_t i = 0; i < concurrency_; ++i)
+    workers_.push_back(std::make_unique<Worker>(i, pool_->dispatcher(i), stats_,
+                                                access_log_ ? &access_log_->worker(i) : nullptr));
+  pool_->start();
+  if (access_log_)
+    for (size_t i = 0; i < concurrency_; ++i)
+      runOn(pool_->dispatcher(i), [this, i] { access_log_->worker(i).startTimer(pool_->dispatcher(i)); });
+
+  auto st = apply(*snap);
+  if (!st.ok())
+    return st;
+
+  http::ServerSettings admin_settings;
+  admin_ = std::make_unique<http::Server>(
+      main_, admin_settings,
+      [this](http::ServerRequest& req, std::shared_ptr<http::ResponseWriter> w) {
+        handleAdmin(req, std::move(w));
+      });
+  if (auto s = admin_->listen(snapshot_->admin.address); !s.ok())
+    return s.error().withContext("admin");
+  TLOG_INFO("admin listening on {}", admin_->boundAddress().toString());
+  TLOG_INFO("proxy started with {} workers, configuration {}", concurrency_, snapshot_->source);
+  return okStatus();
+}
+
+Status ProxyServer::apply(std::shared_ptr<const Snapshot> snap) {
+  if (snapshot_ && !(snap->admin == snapshot_->admin))
+    TLOG_WARN("admin address changes need a restart; keeping {}",
+              admin_ ? admin_->boundAddress().toString() : "");
+  // Bind what is new first, so that a failure leaves everything as it was.
+  std::map<std::string, BoundListener> fresh;
+  for (const auto& l : snap->listeners) {
+    auto it = bound_.find(l.name);
+    if (it != bound_.end() && it->second.requested == l.address)
+      continue;
+    auto g = net::bindReusePortGroup(l.address, concurrency_);
+    if (!g.ok())
+      return g.error().withContext(fmt::format("listener {}", l.name));
+    fresh[l.name] = BoundListener{l.address, std::move(g).value()};
+  }
+  // Each worker gets its own socket of each new group (a dup the worker owns).
+  std::vector<std::map<std::string, int>> fds(concurrency_);
+  for (auto& [name, b] : fresh)
+    for (size_t i = 0; i < concurrency_; ++i)
+      fds[i][name] = ::dup(b.group.sockets[i].fd());
+  for (auto it = bound_.begin(); it != bound_.end();) {
+    if (!snap->findListener(it->first) || fresh.count(it->first))
+      it = bound_.erase(it);
+    else
+      ++it;
+  }
+  for (auto& [name, b] : fresh) {
+    TLOG_INFO("listener {} listening on {}", name, b.group.bound.toString());
+    bound_[name] = std::move(b);
+  }
+  snapshot_ = snap;
+  for (size_t i = 0; i < concurrency_; ++i) {
+    Worker* w = workers_[i].get();
+    runOn(pool_->dispatcher(i), [w, snap, f = std::move(fds[i])]() mutable {
+      w->apply(snap, std::move(f));
+    });
+  }
+  // The group's own descriptors are no longer needed: each worker holds a dup.
+  for (auto& [name, b] : bound_)
+    for (auto& s : b.group.sockets)
+      s = net::ListenSocket();
+  generation_++;
+  generation_gauge_.set(static_cast<double>(generation_));
+  return okStatus();
+}
+
+Status ProxyServer::reload() {
+  auto snap = loadConfigFile(options_.config_path);
+  if (!snap.ok()) {
+    reload_failed_.inc();
+    TLOG_ERROR("reload rejected, keeping the running configuration: {}", snap.error().message());
+    return snap.error();
+  }
+  auto st = apply(*snap);
+  if (!st.ok()) {
+    reload_failed_.inc();
+    TLOG_ERROR("reload failed, keeping the running configuration: {}", st.error().message());
+    return st;
+  }
+  reload_ok_.inc();
+  TLOG_INFO("configuration reloaded from {} (generation {})", options_.config_path, generation_);
+  return okStatus();
+}
+
+void ProxyServer::stop() {
+  if (stopped_ || !pool_)
+    return;
+  stopped_ = true;
+  if (admin_)
+    admin_->stop();
+  for (size_t i = 0; i < concurrency_; ++i) {
+    Worker* w = workers_[i].get();
+    runOn(pool_->dispatcher(i), [this, w, i] {
+      w->shutdown();
+      if (access_log_)
+        access_log_->worker(i).stopTimer();
+    });
+  }
+  pool_->stop();
+  // Sessions still open are torn down with their dispatchers' io_contexts.
+  for (size_t i = 0; i < concurrency_; ++i) {
+    pool_->dispatcher(i).io().restart();
+    pool_->dispatcher(i).io().poll();
+  }
+  if (access_log_)
+    access_log_->stop();
+}
+
+std::string ProxyServer::clustersJson() {
+  // Endpoint states live on the workers; worker 0's view is representative (every worker
+  // receives the same health results), and reading it on its own thread keeps it coherent.
+  nlohmann::json out = nlohmann::json::array();
+  if (workers_.empty())
+    return out.dump();
+  runOn(pool_->dispatcher(0), [&] {
+    const auto& cfg = workers_[0]->config();
+    for (const auto& c : cfg->clusters) {
+      nlohmann::json cj;
+      cj["name"] = c->cfg.name;
+      cj["lb"] = lbPolicyName(c->cfg.lb.policy);
+      nlohmann::json eps = nlohmann::json::array();
+      for (size_t i = 0; i < c->endpoints.size(); ++i) {
+        eps.push_back({{"address", c->cfg.endpoints[i].address.toString()},
+                       {"weight", c->cfg.endpoints[i].weight},
+                       {"state", endpointStateName(c->endpoints.state(i))},
+                       {"active_requests", c->endpoints.activeRequests(i)},
+                       {"idle_connections", c->pools[i] ? c->pools[i]->idleCount() : 0}});
+      }
+      cj["endpoints"] = std::move(eps);
+      out.push_back(std::move(cj));
+    }
+  });
+  return out.dump(2);
+}
+
+void ProxyServer::handleAdmin(http::ServerRequest& req, std::shared_ptr<http::ResponseWriter> w) {
+  http::HeaderMap h;
+  auto reply = [&](uint16_t status, std::string_view ctype, std::string_view body) {
+    h.set("content-type", ctype);
+    w->send(status, h, body);
+  };
+  const std::string& p = req.path;
+  bool get = req.method == http::Method::kGet || req.method == http::Method::kHead;
+  if (p == "/metrics" && get) {
+    reply(200, telemetry::kPrometheusContentType, registry_.renderPrometheus());
+  } else if (p == "/ready" && get) {
+    bool ready = snapshot_ && !stopped_;
+    reply(ready ? 200 : 503, "text/plain", ready ? "ready\n" : "not ready\n");
+  } else if (p == "/config" && get) {
+    reply(200, "application/json", toJson(*snapshot_).dump(2) + "\n");
+  } else if (p == "/clusters" && get) {
+    reply(200, "application/json", clustersJson() + "\n");
+  } else if (p == "/reload" && req.method == http::Method::kPost) {
+    auto st = reload();
+    if (st.ok())
+      reply(200, "text/plain", "reloaded\n");
+    else
+      reply(400, "text/plain", st.error().message() + "\n");
+  } else if (p == "/metrics" || p == "/ready" || p == "/config" || p == "/clusters" ||
+             p == "/reload") {
+    h.set("allow", p == "/reload" ? "POST" : "GET, HEAD");
+    reply(405, "text/plain", "method not allowed\n");
+  } else {
+    reply(404, "text/plain", "not found: try /metrics, /ready, /config, /clusters, /reload\n");
+  }
+}
+
+} // namespace trellis::proxy

@@ -1,0 +1,72 @@
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/dispatcher.h"
+#include "http/server.h"
+#include "net/listen.h"
+#include "proxy/config.h"
+#include "proxy/stats.h"
+#include "proxy/worker.h"
+#include "telemetry/access_log.h"
+#include "telemetry/metrics.h"
+
+namespace trellis::proxy {
+
+struct ProxyOptions {
+  std::string config_path;
+  size_t concurrency = 0; // 0: the configuration's, else one per CPU
+};
+
+// The proxy process: the main dispatcher (admin listener, reloads, signals) and the workers.
+// Configuration changes arrive as whole snapshots; each worker switches on its own thread,
+// new requests use the new snapshot and requests in flight finish on the one they started on.
+class ProxyServer {
+public:
+  ProxyServer(Dispatcher& main, ProxyOptions options);
+  ~ProxyServer();
+
+  // Loads the configuration, binds every listener and the admin address, starts the workers.
+  // Errors: kInvalidArgument for a bad configuration (exit 2), others for runtime failures.
+  Status start();
+  // Re-reads the configuration file and switches to it; a bad file leaves the running
+  // configuration in place and returns the error. Call on the main dispatcher's thread.
+  Status reload();
+  // Applies a snapshot built elsewhere (the control plane, later). Main thread.
+  Status apply(std::shared_ptr<const Snapshot> snapshot);
+  // Stops accepting, lets the workers finish, stops them. Idempotent.
+  void stop();
+
+  std::shared_ptr<const Snapshot> snapshot() const { return snapshot_; }
+  telemetry::Registry& metrics() { return registry_; }
+  net::SocketAddress adminAddress() const;
+
+private:
+  struct BoundListener {
+    net::SocketAddress requested; // as configured (maybe port 0)
+    net::ListenGroup group;
+  };
+  void handleAdmin(http::ServerRequest& req, std::shared_ptr<http::ResponseWriter> w);
+  std::string clustersJson();
+
+  Dispatcher& main_;
+  ProxyOptions options_;
+  size_t concurrency_ = 1;
+  telemetry::Registry registry_;
+  ProxyStats stats_;
+  std::shared_ptr<const Snapshot> snapshot_;
+  std::unique_ptr<WorkerPool> pool_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::map<std::string, BoundListener> bound_;
+  std::unique_ptr<telemetry::AccessLog> access_log_;
+  std::unique_ptr<http::Server> admin_;
+  uint64_t generation_ = 0;
+  telemetry::CounterHandle reload_ok_, reload_failed_;
+  telemetry::GaugeHandle generation_gauge_;
+  bool stopped_ = false;
+};
+
+} // namespace trellis::proxy

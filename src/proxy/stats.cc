@@ -1,0 +1,71 @@
+#include "proxy/stats.h"
+
+namespace trellis::proxy {
+
+Result<ProxyStats> ProxyStats::create(telemetry::Registry& r) {
+  ProxyStats s;
+  auto counter = [&](telemetry::CounterFamily*& out, std::string_view name,
+                     std::string_view help, telemetry::LabelNames labels) -> Status {
+    auto f = r.counter(name, help, std::move(labels));
+    if (!f.ok())
+      return f.error();
+    out = *f;
+    return okStatus();
+  };
+  auto gauge = [&](telemetry::GaugeFamily*& out, std::string_view name, std::string_view help,
+                   telemetry::LabelNames labels) -> Status {
+    auto f = r.gauge(name, help, std::move(labels));
+    if (!f.ok())
+      return f.error();
+    out = *f;
+    return okStatus();
+  };
+  TRELLIS_RETURN_IF_ERROR(counter(s.requests, "trellis_proxy_requests_total",
+                                  "HTTP requests answered, by listener, route, cluster and "
+                                  "response code class",
+                                  {"listener", "route", "cluster", "code_class"}));
+  auto h = r.histogram("trellis_proxy_request_duration_seconds",
+                       "Time from the first byte of a request to the last byte of its response",
+                       {"listener", "cluster"});
+  if (!h.ok())
+    return h.error();
+  s.duration = *h;
+  TRELLIS_RETURN_IF_ERROR(counter(s.downstream_cx, "trellis_proxy_downstream_connections_total",
+                                  "Downstream connections accepted", {"listener"}));
+  TRELLIS_RETURN_IF_ERROR(gauge(s.downstream_cx_active,
+                                "trellis_proxy_downstream_connections_active",
+                                "Downstream connections open now", {"listener"}));
+  TRELLIS_RETURN_IF_ERROR(counter(s.downstream_cx_rejected,
+                                  "trellis_proxy_downstream_connections_rejected_total",
+                                  "Downstream connections closed at once because the listener "
+                                  "was at max_connections",
+                                  {"listener"}));
+  TRELLIS_RETURN_IF_ERROR(counter(s.upstream_cx, "trellis_proxy_upstream_connections_total",
+                                  "Upstream connections opened", {"cluster"}));
+  TRELLIS_RETURN_IF_ERROR(gauge(s.upstream_cx_active, "trellis_proxy_upstream_connections_active",
+                                "Upstream connections open now (busy or idle in a pool)",
+                                {"cluster"}));
+  TRELLIS_RETURN_IF_ERROR(counter(s.pool_reuse, "trellis_proxy_upstream_pool_reuse_total",
+                                  "Requests sent on a pooled keep-alive upstream connection",
+                                  {"cluster"}));
+  TRELLIS_RETURN_IF_ERROR(counter(s.upstream_errors, "trellis_proxy_upstream_errors_total",
+                                  "Upstream failures by kind (connect_failure, connect_timeout, "
+                                  "reset, bad_response)",
+                                  {"cluster", "kind"}));
+  TRELLIS_RETURN_IF_ERROR(counter(s.bytes_received, "trellis_proxy_downstream_bytes_received_total",
+                                  "Bytes read from downstream connections", {"listener"}));
+  TRELLIS_RETURN_IF_ERROR(counter(s.bytes_sent, "trellis_proxy_downstream_bytes_sent_total",
+                                  "Bytes written to downstream connections", {"listener"}));
+  TRELLIS_RETURN_IF_ERROR(counter(s.parse_errors, "trellis_proxy_parse_errors_total",
+                                  "Malformed downstream requests, by kind", {"listener", "kind"}));
+  TRELLIS_RETURN_IF_ERROR(counter(s.local_replies, "trellis_proxy_local_replies_total",
+                                  "Responses the proxy made itself, by response flag",
+                                  {"listener", "flag"}));
+  TRELLIS_RETURN_IF_ERROR(counter(s.reloads, "trellis_proxy_config_reloads_total",
+                                  "Configuration reloads, by result", {"result"}));
+  TRELLIS_RETURN_IF_ERROR(gauge(s.config_info, "trellis_proxy_config_generation",
+                                "Generation of the active configuration (1 at start)", {}));
+  return s;
+}
+
+} // namespace trellis::proxy

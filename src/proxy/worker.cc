@@ -1,0 +1,333 @@
+#include "proxy/worker.h"
+
+#include <unistd.h>
+
+#include <unordered_set>
+
+#include "base/log.h"
+#include "proxy/http_session.h"
+
+namespace trellis::proxy {
+
+// ---- UpstreamPool -------------------------------------------------------------------------
+
+UpstreamPool::~UpstreamPool() { closeAll(); }
+
+std::shared_ptr<UpstreamConn> UpstreamPool::take() {
+  while (!idle_.empty()) {
+    auto conn = std::move(idle_.back());
+    idle_.pop_back();
+    conn->idle = false;
+    std::error_code ec;
+    // Cancels the readiness watch; its handler sees idle == false and leaves the socket alone.
+    conn->socket.cancel(ec);
+    if (!ec && conn->socket.is_open())
+      return conn;
+    if (active_gauge)
+      active_gauge->dec();
+  }
+  return nullptr;
+}
+
+void UpstreamPool::release(std::shared_ptr<UpstreamConn> conn, uint32_t max_idle,
+                           uint32_t max_requests) {
+  if (idle_.size() >= max_idle || (max_requests > 0 && conn->requests >= max_requests) ||
+      !conn->socket.is_open()) {
+    std::error_code ec;
+    conn->socket.close(ec);
+    if (active_gauge)
+      active_gauge->dec();
+    return;
+  }
+  conn->idle = true;
+  conn->idle_since = worker_.dispatcher().now();
+  watch(conn);
+  idle_.push_back(std::move(conn));
+}
+
+void UpstreamPool::watch(const std::shared_ptr<UpstreamConn>& conn) {
+  // An idle keep-alive connection should not become readable; if it does, the upstream
+  // closed it (or misbehaves): drop it so no request is sent on it.
+  std::weak_ptr<UpstreamConn> weak = conn;
+  conn->socket.async_wait(asio::ip::tcp::socket::wait_read,
+                          [this, weak](const std::error_code& ec) {
+                            auto c = weak.lock();
+                            if (!c || !c->idle || ec == asio::error::operation_aborted)
+                              return;
+                            drop(c.get());
+                          });
+}
+
+void UpstreamPool::drop(UpstreamConn* conn) {
+  for (size_t i = 0; i < idle_.size(); ++i) {
+    if (idle_[i].get() == conn) {
+      std::error_code ec;
+      idle_[i]->idle = false;
+      idle_[i]->socket.close(ec);
+      idle_.erase(idle_.begin() + static_cast<std::ptrdiff_t>(i));
+      if (active_gauge)
+        active_gauge->dec();
+      return;
+    }
+  }
+}
+
+void UpstreamPool::sweep(MonotonicTime now) {
+  if (idle_timeout.count() <= 0 || idle_.empty())
+    return;
+  // Oldest first: idle_ is ordered by release time.
+  size_t stale = 0;
+  while (stale < idle_.size() && now - idle_[stale]->idle_since >= idle_timeout)
+    ++stale;
+  for (size_t i = 0; i < stale; ++i) {
+    std::error_code ec;
+    idle_[i]->idle = false;
+    idle_[i]->socket.close(ec);
+    if (active_gauge)
+      active_gauge->dec();
+  }
+  idle_.erase(idle_.begin(), idle_.begin() + static_cast<std::ptrdiff_t>(stale));
+}
+
+void UpstreamPool::closeAll() {
+  for (auto& c : idle_) {
+    std::error_code ec;
+    c->idle = false;
+    c->socket.close(ec);
+    if (active_gauge)
+      active_gauge->dec();
+  }
+  idle_.clear();
+}
+
+// ---- runtime state ------------------------------------------------------------------------
+
+ClusterRuntime::ClusterRuntime(const Cluster& c, Worker& w)
+    : cfg(c), worker(w), endpoints(lbEndpoints(c)), pools(c.endpoints.size(), nullptr) {
+  lb = createLoadBalancer(c.lb, endpoints, w.random());
+}
+
+UpstreamPool& ClusterRuntime::pool(size_t ep) {
+  UpstreamPool* p = pools[ep];
+  if (!p) {
+    p = &worker.pool(cfg.endpoints[ep].address);
+    pools[ep] = p;
+  }
+  // Several clusters may share an endpoint; the latest user's settings apply to its pool.
+  p->active_gauge = &stats().cx_active;
+  p->idle_timeout = cfg.pool.idle_timeout;
+  p->owner = worker.config().get();
+  return *p;
+}
+
+ClusterStats& ClusterRuntime::stats() {
+  if (!stats_) {
+    auto& s = worker.stats();
+    size_t shard = worker.shard();
+    stats_ = std::make_unique<ClusterStats>();
+    stats_->cx_total = s.upstream_cx->handle(shard, {cfg.name});
+    stats_->pool_reuse = s.pool_reuse->handle(shard, {cfg.name});
+    stats_->cx_active = s.upstream_cx_active->handle(shard, {cfg.name});
+    stats_->err_connect = s.upstream_errors->handle(shard, {cfg.name, "connect_failure"});
+    stats_->err_connect_timeout = s.upstream_errors->handle(shard, {cfg.name, "connect_timeout"});
+    stats_->err_reset = s.upstream_errors->handle(shard, {cfg.name, "reset"});
+    stats_->err_bad_response = s.upstream_errors->handle(shard, {cfg.name, "bad_response"});
+  }
+  return *stats_;
+}
+
+WorkerConfig::~WorkerConfig() = default;
+
+telemetry::CounterHandle& ListenerRuntime::localReply(std::string_view flag) {
+  auto it = local_replies.find(flag);
+  if (it != local_replies.end())
+    return it->second;
+  static telemetry::CounterHandle discard;
+  return discard;
+}
+
+// ---- Worker -------------------------------------------------------------------------------
+
+Worker::Worker(size_t index, Dispatcher& dispatcher, ProxyStats& stats,
+               telemetry::AccessLogWorker* access_log)
+    : index_(index), dispatcher_(dispatcher), stats_(stats), access_log_(access_log),
+      random_(0x7472656c6c6973ull * (index + 1) ^
+              static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count())) {
+  config_ = std::make_shared<WorkerConfig>();
+}
+
+Worker::~Worker() {
+  acceptors_.clear();
+  config_.reset();
+  pools_.clear();
+}
+
+UpstreamPool& Worker::pool(const net::SocketAddress& address) {
+  std::string key = address.toString();
+  auto& p = pools_[key];
+  if (!p)
+    p = std::make_unique<UpstreamPool>(*this, address);
+  return *p;
+}
+
+void Worker::apply(std::shared_ptr<const Snapshot> snapshot,
+                   std::map<std::string, int> listen_fds) {
+  const size_t shard = this->shard();
+  auto cfg = std::make_shared<WorkerConfig>();
+  cfg->snapshot = snapshot;
+  cfg->clusters.reserve(snapshot->clusters.size());
+  for (const auto& c : snapshot->clusters)
+    cfg->clusters.push_back(std::make_unique<ClusterRuntime>(c, *this));
+  for (const auto& l : snapshot->listeners) {
+    ListenerRuntime& lr = cfg->listeners[l.name];
+    lr.cfg = &l;
+    lr.cx_total = stats_.downstream_cx->handle(shard, {l.name});
+    lr.cx_rejected = stats_.downstream_cx_rejected->handle(shard, {l.name});
+    lr.cx_active = stats_.downstream_cx_active->handle(shard, {l.name});
+    lr.bytes_in = stats_.bytes_received->handle(shard, {l.name});
+    lr.bytes_out = stats_.bytes_sent->handle(shard, {l.name});
+    for (size_t k = 0; k < lr.parse_errors.size(); ++k) {
+      // Resolved lazily would save series; but a handful of kinds is cheap and keeps the
+      // hot path branch-free. Series appear in /metrics only once non-zero? No: they appear
+      // at zero, which is what dashboards want.
+      lr.parse_errors[k] = stats_.parse_errors->handle(
+          shard, {l.name, http::parseErrorName(static_cast<http::ParseError>(k))});
+    }
+    for (const char* flag : {"NR", "UH", "UF", "UC", "UPE", "UT", "DPE", "DT", "UO", "RL", "FI"})
+      lr.local_replies.emplace(flag, stats_.local_replies->handle(shard, {l.name, flag}));
+    for (size_t r = 0; r < l.routes.size(); ++r) {
+      const Route& route = l.routes[r];
+      std::string rname = route.name.empty() ? std::to_string(r) : route.name;
+      std::vector<RouteTargetStats> targets;
+      for (const auto& wc : route.clusters) {
+        RouteTargetStats st;
+        for (size_t k = 0; k < 5; ++k)
+          st.by_class[k] = stats_.requests->handle(
+              shard, {l.name, rname, wc.cluster, std::string(1, char('1' + k)) + "xx"});
+        st.duration = stats_.duration->handle(shard, {l.name, wc.cluster});
+        targets.push_back(st);
+      }
+      lr.routes.push_back(std::move(targets));
+    }
+    for (size_t k = 0; k < 5; ++k)
+      lr.no_route_by_class[k] = stats_.requests->handle(
+          shard, {l.name, "none", "none", std::string(1, char('1' + k)) + "xx"});
+    lr.no_route_duration = stats_.duration->handle(shard, {l.name, "none"});
+    // Connection counts carry over for listeners that continue.
+    if (auto old = config_->listeners.find(l.name); old != config_->listeners.end())
+      lr.connections = old->second.connections;
+  }
+  // Pools whose endpoint no cluster of the new configuration has are closed; the others
+  // keep their warm connections.
+  std::unordered_set<std::string> wanted;
+  for (const auto& c : snapshot->clusters)
+    for (const auto& ep : c.endpoints)
+      wanted.insert(ep.address.toString());
+  for (auto it = pools_.begin(); it != pools_.end();) {
+    if (!wanted.count(it->first)) {
+      it->second->closeAll();
+      retired_pools_.push_back(std::move(it->second));
+      it = pools_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  config_ = std::move(cfg);
+
+  // Listeners: keep those that continue at the same address, open new ones, close removed.
+  for (auto it = acceptors_.begin(); it != acceptors_.end();) {
+    const Listener* l = snapshot->findListener(it->name);
+    if (!l || (l->address.port != 0 && !(l->address == it->address))) {
+      std::error_code ec;
+      it->acceptor->close(ec);
+      it = acceptors_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto& [name, fd] : listen_fds) {
+    const Listener* l = snapshot->findListener(name);
+    if (!l) {
+      ::close(fd);
+      continue;
+    }
+    Acceptor a;
+    a.name = name;
+    a.address = l->address;
+    a.acceptor = std::make_unique<asio::ip::tcp::acceptor>(dispatcher_.io());
+    std::error_code ec;
+    a.acceptor->assign(l->address.ip.is_v6() ? asio::ip::tcp::v6() : asio::ip::tcp::v4(), fd,
+                       ec);
+    if (ec) {
+      TLOG_ERROR("worker {}: cannot adopt listener {}: {}", index_, name, ec.message());
+      ::close(fd);
+      continue;
+    }
+    acceptors_.push_back(std::move(a));
+    accept(acceptors_.back());
+  }
+  if (!sweep_timer_) {
+    sweep_timer_ = dispatcher_.createTimer([this] { sweepPools(); });
+    sweep_timer_->enable(std::chrono::seconds(1));
+  }
+}
+
+void Worker::accept(Acceptor& a) {
+  a.acceptor->async_accept([this, &a, name = a.name](const std::error_code& ec,
+                                                      asio::ip::tcp::socket socket) {
+    if (ec == asio::error::operation_aborted || shutting_down_ || !a.acceptor->is_open())
+      return;
+    if (!ec)
+      onAccepted(name, std::move(socket));
+    else
+      TLOG_WARN("listener {}: accept failed: {}", name, ec.message());
+    accept(a);
+  });
+}
+
+void Worker::onAccepted(const std::string& listener, asio::ip::tcp::socket socket) {
+  auto it = config_->listeners.find(listener);
+  if (it == config_->listeners.end())
+    return;
+  ListenerRuntime& lr = it->second;
+  lr.cx_total.inc();
+  if (lr.connections >= lr.cfg->max_connections) {
+    lr.cx_rejected.inc();
+    std::error_code ec;
+    socket.close(ec);
+    return;
+  }
+  lr.connections++;
+  lr.cx_active.inc();
+  if (lr.cfg->protocol == Protocol::kTcp) {
+    startTcpSession(*this, listener, std::move(socket));
+  } else {
+    std::make_shared<HttpSession>(*this, listener, std::move(socket))->start();
+  }
+}
+
+void Worker::sweepPools() {
+  MonotonicTime now = dispatcher_.now();
+  for (auto& [key, p] : pools_)
+    p->sweep(now);
+  // Retired pools may still be referenced by requests running on an older configuration;
+  // once no configuration but the current one is alive, nobody can reach them.
+  if (config_.use_count() == 1)
+    retired_pools_.clear();
+  sweep_timer_->enable(std::chrono::seconds(1));
+}
+
+void Worker::shutdown() {
+  shutting_down_ = true;
+  for (auto& a : acceptors_) {
+    std::error_code ec;
+    a.acceptor->close(ec);
+  }
+  acceptors_.clear();
+  for (auto& [k, p] : pools_)
+    p->closeAll();
+  if (sweep_timer_)
+    sweep_timer_->disable();
+}
+
+} // namespace trellis::proxy

@@ -1,0 +1,180 @@
+#pragma once
+
+#include <array>
+#include <list>
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <asio/ip/tcp.hpp>
+
+#include "base/dispatcher.h"
+#include "http/codec.h"
+#include "proxy/config.h"
+#include "proxy/lb/load_balancer.h"
+#include "proxy/lb/random.h"
+#include "proxy/stats.h"
+#include "telemetry/access_log.h"
+#include "telemetry/metrics.h"
+
+namespace trellis::proxy {
+
+class Worker;
+class UpstreamPool;
+struct WorkerConfig;
+
+// An upstream connection, busy with one request or idle in its endpoint's pool.
+class UpstreamConn {
+public:
+  UpstreamConn(asio::io_context& io, UpstreamPool& pool) : socket(io), pool_(&pool) {}
+
+  asio::ip::tcp::socket socket;
+  uint32_t requests = 0;      // requests sent on it so far
+  MonotonicTime idle_since{}; // when it last went back to the pool
+  bool idle = false;          // in the pool, with a read-readiness watch armed
+  UpstreamPool& pool() { return *pool_; }
+
+private:
+  UpstreamPool* pool_;
+};
+
+// Keep-alive connections to one endpoint on one worker. Survives configuration reloads (it is
+// keyed by address), so a reload does not throw warm connections away.
+class UpstreamPool {
+public:
+  UpstreamPool(Worker& worker, net::SocketAddress address)
+      : worker_(worker), address_(address) {}
+  ~UpstreamPool();
+
+  const net::SocketAddress& address() const { return address_; }
+  // The most recently used idle connection, or null.
+  std::shared_ptr<UpstreamConn> take();
+  // Returns a connection that finished a request cleanly. Closes it instead when the pool
+  // holds `max_idle` already or it served `max_requests` (0 = unlimited).
+  void release(std::shared_ptr<UpstreamConn> conn, uint32_t max_idle, uint32_t max_requests);
+  // Closes idle connections unused for `idle_timeout` (called by the worker's sweep).
+  void sweep(MonotonicTime now);
+  size_t idleCount() const { return idle_.size(); }
+  void closeAll();
+
+  // Set by the cluster using this pool: the upstream connection gauge and idle timeout.
+  telemetry::GaugeHandle* active_gauge = nullptr;
+  Duration idle_timeout{0};
+  const WorkerConfig* owner = nullptr; // the configuration that last claimed this pool
+
+private:
+  void watch(const std::shared_ptr<UpstreamConn>& conn);
+  void drop(UpstreamConn* conn);
+
+  Worker& worker_;
+  net::SocketAddress address_;
+  std::vector<std::shared_ptr<UpstreamConn>> idle_;
+};
+
+// A cluster's metric handles on one worker.
+struct ClusterStats {
+  telemetry::CounterHandle cx_total, pool_reuse, err_connect, err_connect_timeout, err_reset,
+      err_bad_response;
+  telemetry::GaugeHandle cx_active;
+};
+
+// A cluster as one worker runs it: endpoint states, the balancer, per-endpoint pools and
+// the cluster's metric handles. Pools and metric series are created on first use, so a
+// configuration with many clusters costs little until traffic reaches them.
+struct ClusterRuntime {
+  ClusterRuntime(const Cluster& cfg, Worker& worker);
+
+  // The pool of endpoint `ep` (created on first use, owned by the worker).
+  UpstreamPool& pool(size_t ep);
+  ClusterStats& stats();
+
+  const Cluster& cfg;
+  Worker& worker;
+  EndpointSet endpoints;
+  std::unique_ptr<LoadBalancer> lb;
+  std::vector<UpstreamPool*> pools; // per endpoint; null until first used
+  std::unique_ptr<ClusterStats> stats_;
+};
+
+// Per route, per target cluster: request counters by code class and the duration histogram.
+struct RouteTargetStats {
+  std::array<telemetry::CounterHandle, 5> by_class;
+  telemetry::HistogramHandle duration;
+};
+
+struct ListenerRuntime {
+  const Listener* cfg = nullptr;
+  std::vector<std::vector<RouteTargetStats>> routes; // [route][target]
+  std::array<telemetry::CounterHandle, 5> no_route_by_class;
+  telemetry::HistogramHandle no_route_duration;
+  telemetry::CounterHandle cx_total, cx_rejected, bytes_in, bytes_out;
+  telemetry::GaugeHandle cx_active;
+  std::array<telemetry::CounterHandle, static_cast<size_t>(http::ParseError::kCount)> parse_errors;
+  std::map<std::string, telemetry::CounterHandle, std::less<>> local_replies;
+  uint32_t connections = 0; // open now on this worker
+  telemetry::CounterHandle& localReply(std::string_view flag);
+};
+
+// Everything a worker derives from one configuration snapshot. Requests hold a shared_ptr to
+// the one they started on, so a reload never pulls state out from under them.
+struct WorkerConfig {
+  ~WorkerConfig();
+  std::shared_ptr<const Snapshot> snapshot;
+  std::vector<std::unique_ptr<ClusterRuntime>> clusters; // same order as snapshot->clusters
+  std::unordered_map<std::string, ListenerRuntime> listeners;
+};
+
+// One worker thread's share of the proxy: its listeners' acceptors, its sessions, its pools.
+// Everything here is used only on the worker's dispatcher thread.
+class Worker {
+public:
+  Worker(size_t index, Dispatcher& dispatcher, ProxyStats& stats,
+         telemetry::AccessLogWorker* access_log);
+  ~Worker();
+
+  // Switches to `snapshot`. `listen_fds` maps listener name to a listening socket this worker
+  // takes ownership of, for listeners it does not have yet. Runs on the worker's thread.
+  void apply(std::shared_ptr<const Snapshot> snapshot, std::map<std::string, int> listen_fds);
+  // Stops accepting and closes idle connections; sessions finish what they are doing.
+  void shutdown();
+
+  Dispatcher& dispatcher() { return dispatcher_; }
+  size_t index() const { return index_; }
+  const std::shared_ptr<WorkerConfig>& config() const { return config_; }
+  ProxyStats& stats() { return stats_; }
+  telemetry::AccessLogWorker* accessLog() { return access_log_; }
+  RandomGenerator& random() { return random_; }
+  UpstreamPool& pool(const net::SocketAddress& address);
+  size_t shard() const { return index_ + 1; } // metrics shard; 0 is the main thread's
+  // Active sessions, for shutdown; sessions add and remove themselves.
+  size_t sessionCount() const { return sessions_; }
+  void sessionOpened() { ++sessions_; }
+  void sessionClosed() { --sessions_; }
+
+private:
+  struct Acceptor {
+    std::string name;
+    net::SocketAddress address;
+    std::unique_ptr<asio::ip::tcp::acceptor> acceptor;
+  };
+  void accept(Acceptor& a);
+  void onAccepted(const std::string& listener, asio::ip::tcp::socket socket);
+  void sweepPools();
+
+  size_t index_;
+  Dispatcher& dispatcher_;
+  ProxyStats& stats_;
+  telemetry::AccessLogWorker* access_log_;
+  RandomGeneratorImpl random_;
+  std::shared_ptr<WorkerConfig> config_;
+  std::list<Acceptor> acceptors_;
+  std::unordered_map<std::string, std::unique_ptr<UpstreamPool>> pools_;
+  std::vector<std::unique_ptr<UpstreamPool>> retired_pools_;
+  std::unique_ptr<Timer> sweep_timer_;
+  size_t sessions_ = 0;
+  bool shutting_down_ = false;
+};
+
+} // namespace trellis::proxy

@@ -211,7 +211,9 @@ Mutation Catalog::putService(const ServicePtr& s, Effects* fx) {
   const std::string nf = foldName(s->node);
   NodeRecord& rec = nodes_.at(nf);
   const std::string idf = foldName(s->id);
-  const InstanceKey key{nf, idf};
+  std::string key = nf;
+  key.push_back('\0');
+  key += idf;
   const std::string name_new = foldName(s->name);
   auto [sit, inserted] = rec.services.try_emplace(idf);
   ServicePtr prev = sit->second.service;
@@ -220,20 +222,22 @@ Mutation Catalog::putService(const ServicePtr& s, Effects* fx) {
   if (prev && foldName(prev->name) == name_new) {
     // Same name: only the tags that differ move, so a port change leaves the list alone.
     NameRecord& nr = names_.at(name_new);
-    auto old_tags = distinctTags(*prev);
-    auto new_tags = distinctTags(*s);
-    for (const auto& t : old_tags)
-      if (!new_tags.count(t)) {
-        auto it = nr.tags.find(t);
-        if (it != nr.tags.end() && --it->second == 0) {
-          nr.tags.erase(it);
-          if (fx)
-            fx->services_list_changed = true;
+    if (prev->tags != s->tags) {
+      auto old_tags = distinctTags(*prev);
+      auto new_tags = distinctTags(*s);
+      for (const auto& t : old_tags)
+        if (!new_tags.count(t)) {
+          auto it = nr.tags.find(t);
+          if (it != nr.tags.end() && --it->second == 0) {
+            nr.tags.erase(it);
+            if (fx)
+              fx->services_list_changed = true;
+          }
         }
-      }
-    for (const auto& t : new_tags)
-      if (!old_tags.count(t) && ++nr.tags[t] == 1 && fx)
-        fx->services_list_changed = true;
+      for (const auto& t : new_tags)
+        if (!old_tags.count(t) && ++nr.tags[t] == 1 && fx)
+          fx->services_list_changed = true;
+    }
     if (nr.display != s->name) {
       nr.display = s->name;
       if (fx)
@@ -254,7 +258,7 @@ Mutation Catalog::putService(const ServicePtr& s, Effects* fx) {
     auto [nit, new_name] = names_.try_emplace(name_new);
     if (new_name && fx)
       fx->services_list_changed = true;
-    nit->second.instances.insert(key);
+    nit->second.instances.emplace(std::move(key), InstanceRef{&rec, &sit->second});
     addTags(nit->second, *s, fx);
     nit->second.display = s->name;
   }
@@ -276,7 +280,10 @@ Mutation Catalog::deleteService(const std::string& node, const std::string& id, 
   const std::string name = foldName(prev->name);
   NameRecord& nr = names_.at(name);
   removeTags(nr, *prev, fx);
-  nr.instances.erase(InstanceKey{nf, sit->first});
+  std::string key = nf;
+  key.push_back('\0');
+  key += sit->first;
+  nr.instances.erase(key);
   if (nr.instances.empty()) {
     names_.erase(name);
     if (fx)
@@ -1117,12 +1124,11 @@ Catalog::services(const std::map<std::string, std::string>& node_meta) const {
     }
     std::set<std::string> tags;
     bool any = false;
-    for (const auto& [nf, idf] : rec.instances) {
-      const NodeRecord& nr = nodes_.at(nf);
-      if (!metaMatches(*nr.node, node_meta))
+    for (const auto& [key, ref] : rec.instances) {
+      if (!metaMatches(*ref.node->node, node_meta))
         continue;
       any = true;
-      const auto& s = nr.services.at(idf).service;
+      const auto& s = ref.slot->service;
       tags.insert(s->tags.begin(), s->tags.end());
     }
     if (any)
@@ -1139,9 +1145,9 @@ Indexed<std::vector<ServiceEntry>> Catalog::serviceInstances(std::string_view na
   auto it = names_.find(f);
   if (it == names_.end())
     return out;
-  for (const auto& [nf, idf] : it->second.instances) {
-    const NodeRecord& nr = nodes_.at(nf);
-    const ServiceSlot& slot = nr.services.at(idf);
+  for (const auto& [key, ref] : it->second.instances) {
+    const NodeRecord& nr = *ref.node;
+    const ServiceSlot& slot = *ref.slot;
     if (!metaMatches(*nr.node, q.node_meta))
       continue;
     bool tags_ok = true;
@@ -1186,8 +1192,8 @@ Indexed<std::vector<CheckPtr>> Catalog::serviceChecks(std::string_view name) con
   auto it = names_.find(f);
   if (it == names_.end())
     return out;
-  for (const auto& [nf, idf] : it->second.instances)
-    for (const auto& [cf, c] : nodes_.at(nf).services.at(idf).checks)
+  for (const auto& [key, ref] : it->second.instances)
+    for (const auto& [cf, c] : ref.slot->checks)
       out.value.push_back(c);
   return out;
 }

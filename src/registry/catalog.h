@@ -179,7 +179,6 @@ public:
   Counts counts() const;
 
 private:
-  using InstanceKey = std::pair<std::string, std::string>; // (folded node, folded ID)
   struct ServiceSlot {
     ServicePtr service;
     std::map<std::string, CheckPtr> checks; // folded CheckID
@@ -190,8 +189,14 @@ private:
     std::map<std::string, CheckPtr> node_checks;      // folded CheckID
     std::unordered_map<std::string, std::string> check_owner; // CheckID -> service ID or ""
   };
+  // An instance seen from its service name. Both pointers stay valid while the instance
+  // exists (std::map nodes do not move).
+  struct InstanceRef {
+    const NodeRecord* node;
+    const ServiceSlot* slot;
+  };
   struct NameRecord {
-    std::set<InstanceKey> instances;
+    std::map<std::string, InstanceRef> instances; // "node\0id" (folded) -> instance
     std::map<std::string, size_t> tags; // tag -> instances carrying it
     std::string display;                // the spelling of the latest registration
   };

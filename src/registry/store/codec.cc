@@ -8,13 +8,163 @@ using nlohmann::json;
 
 namespace {
 
-json durationJson(Duration d) { return static_cast<int64_t>(d.count()); }
+// A small JSON writer for the hot write path (every stored object is encoded at commit).
+// Strings are escaped per RFC 8259; bytes that are not valid UTF-8 (check outputs may carry
+// anything) become U+FFFD, so the result always parses back.
+class JsonWriter {
+public:
+  JsonWriter() { out_.push_back('{'); }
 
-std::string dump(const json& j) {
-  // Replace invalid UTF-8 instead of throwing: names are validated, but outputs and KV-like
-  // free text may carry arbitrary bytes.
-  return j.dump(-1, ' ', false, json::error_handler_t::replace);
-}
+  void key(std::string_view k) {
+    if (out_.size() > 1)
+      out_.push_back(',');
+    string(k);
+    out_.push_back(':');
+  }
+  void raw(std::string_view json) { out_.append(json); }
+  void field(std::string_view k, std::string_view v) {
+    key(k);
+    string(v);
+  }
+  void field(std::string_view k, const std::string& v) { field(k, std::string_view(v)); }
+  void field(std::string_view k, const char* v) { field(k, std::string_view(v)); }
+  void field(std::string_view k, uint64_t v) {
+    key(k);
+    out_.append(std::to_string(v));
+  }
+  void field(std::string_view k, int64_t v) {
+    key(k);
+    out_.append(std::to_string(v));
+  }
+  void field(std::string_view k, bool v) {
+    key(k);
+    out_.append(v ? "true" : "false");
+  }
+  void field(std::string_view k, const std::vector<std::string>& v) {
+    key(k);
+    out_.push_back('[');
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (i)
+        out_.push_back(',');
+      string(v[i]);
+    }
+    out_.push_back(']');
+  }
+  void field(std::string_view k, const std::map<std::string, std::string>& m) {
+    key(k);
+    out_.push_back('{');
+    bool first = true;
+    for (const auto& [mk, mv] : m) {
+      if (!first)
+        out_.push_back(',');
+      first = false;
+      string(mk);
+      out_.push_back(':');
+      string(mv);
+    }
+    out_.push_back('}');
+  }
+  void field(std::string_view k, const std::map<std::string, std::vector<std::string>>& m) {
+    key(k);
+    out_.push_back('{');
+    bool first = true;
+    for (const auto& [mk, mv] : m) {
+      if (!first)
+        out_.push_back(',');
+      first = false;
+      string(mk);
+      out_.push_back(':');
+      out_.push_back('[');
+      for (size_t i = 0; i < mv.size(); ++i) {
+        if (i)
+          out_.push_back(',');
+        string(mv[i]);
+      }
+      out_.push_back(']');
+    }
+    out_.push_back('}');
+  }
+  std::string finish() {
+    out_.push_back('}');
+    return std::move(out_);
+  }
+
+private:
+  // Length of the valid UTF-8 sequence at s[i] (RFC 3629), or 0 if it is not one.
+  static size_t utf8Length(std::string_view s, size_t i) {
+    auto at = [&](size_t j) { return static_cast<unsigned char>(s[j]); };
+    const unsigned char c = at(i);
+    auto cont = [&](size_t j, unsigned char lo, unsigned char hi) {
+      return j < s.size() && at(j) >= lo && at(j) <= hi;
+    };
+    if (c >= 0xc2 && c <= 0xdf)
+      return cont(i + 1, 0x80, 0xbf) ? 2 : 0;
+    if (c == 0xe0)
+      return cont(i + 1, 0xa0, 0xbf) && cont(i + 2, 0x80, 0xbf) ? 3 : 0;
+    if ((c >= 0xe1 && c <= 0xec) || c == 0xee || c == 0xef)
+      return cont(i + 1, 0x80, 0xbf) && cont(i + 2, 0x80, 0xbf) ? 3 : 0;
+    if (c == 0xed)
+      return cont(i + 1, 0x80, 0x9f) && cont(i + 2, 0x80, 0xbf) ? 3 : 0;
+    if (c == 0xf0)
+      return cont(i + 1, 0x90, 0xbf) && cont(i + 2, 0x80, 0xbf) && cont(i + 3, 0x80, 0xbf) ? 4
+                                                                                         : 0;
+    if (c >= 0xf1 && c <= 0xf3)
+      return cont(i + 1, 0x80, 0xbf) && cont(i + 2, 0x80, 0xbf) && cont(i + 3, 0x80, 0xbf) ? 4
+                                                                                         : 0;
+    if (c == 0xf4)
+      return cont(i + 1, 0x80, 0x8f) && cont(i + 2, 0x80, 0xbf) && cont(i + 3, 0x80, 0xbf) ? 4
+                                                                                         : 0;
+    return 0;
+  }
+
+  void string(std::string_view s) {
+    static const char* kHex = "0123456789abcdef";
+    out_.push_back('"');
+    for (size_t i = 0; i < s.size();) {
+      const unsigned char c = static_cast<unsigned char>(s[i]);
+      if (c >= 0x80) {
+        size_t n = utf8Length(s, i);
+        if (n == 0) {
+          out_.append("\\ufffd");
+          ++i;
+        } else {
+          out_.append(s.substr(i, n));
+          i += n;
+        }
+        continue;
+      }
+      switch (c) {
+      case '"':
+        out_.append("\\\"");
+        break;
+      case '\\':
+        out_.append("\\\\");
+        break;
+      case '\n':
+        out_.append("\\n");
+        break;
+      case '\r':
+        out_.append("\\r");
+        break;
+      case '\t':
+        out_.append("\\t");
+        break;
+      default:
+        if (c < 0x20) {
+          out_.append("\\u00");
+          out_.push_back(kHex[c >> 4]);
+          out_.push_back(kHex[c & 0xf]);
+        } else {
+          out_.push_back(static_cast<char>(c));
+        }
+      }
+      ++i;
+    }
+    out_.push_back('"');
+  }
+
+  std::string out_;
+};
 
 // Reads optional fields with type checks; the first problem is kept as the error.
 class Reader {
@@ -145,85 +295,91 @@ Result<json> parse(std::string_view text) {
 } // namespace
 
 std::string encodeNode(const Node& n) {
-  json j;
-  j["Node"] = n.name;
+  JsonWriter w;
+  w.field("Node", n.name);
   if (!n.id.empty())
-    j["ID"] = n.id;
-  j["Address"] = n.address;
+    w.field("ID", n.id);
+  w.field("Address", n.address);
   if (!n.tagged_addresses.empty())
-    j["TaggedAddresses"] = n.tagged_addresses;
+    w.field("TaggedAddresses", n.tagged_addresses);
   if (!n.meta.empty())
-    j["Meta"] = n.meta;
-  j["CreateIndex"] = n.create_index;
-  j["ModifyIndex"] = n.modify_index;
-  return dump(j);
+    w.field("Meta", n.meta);
+  w.field("CreateIndex", n.create_index);
+  w.field("ModifyIndex", n.modify_index);
+  return w.finish();
 }
 
 std::string encodeService(const Service& s) {
-  json j;
-  j["Node"] = s.node;
-  j["ID"] = s.id;
-  j["Service"] = s.name;
+  JsonWriter w;
+  w.field("Node", s.node);
+  w.field("ID", s.id);
+  w.field("Service", s.name);
   if (!s.tags.empty())
-    j["Tags"] = s.tags;
+    w.field("Tags", s.tags);
   if (!s.address.empty())
-    j["Address"] = s.address;
-  j["Port"] = s.port;
+    w.field("Address", s.address);
+  w.field("Port", uint64_t{s.port});
   if (!s.meta.empty())
-    j["Meta"] = s.meta;
-  j["Weights"] = {{"Passing", s.weights.passing}, {"Warning", s.weights.warning}};
+    w.field("Meta", s.meta);
+  w.key("Weights");
+  JsonWriter weights;
+  weights.field("Passing", int64_t{s.weights.passing});
+  weights.field("Warning", int64_t{s.weights.warning});
+  w.raw(weights.finish());
   if (s.enable_tag_override)
-    j["EnableTagOverride"] = true;
-  j["CreateIndex"] = s.create_index;
-  j["ModifyIndex"] = s.modify_index;
-  return dump(j);
+    w.field("EnableTagOverride", true);
+  w.field("CreateIndex", s.create_index);
+  w.field("ModifyIndex", s.modify_index);
+  return w.finish();
 }
 
 std::string encodeCheck(const Check& c) {
-  json j;
-  j["Node"] = c.node;
-  j["CheckID"] = c.id;
-  j["Name"] = c.name;
-  j["Status"] = std::string(checkStatusName(c.status));
+  JsonWriter w;
+  w.field("Node", c.node);
+  w.field("CheckID", c.id);
+  w.field("Name", c.name);
+  w.field("Status", checkStatusName(c.status));
   if (!c.output.empty())
-    j["Output"] = c.output;
+    w.field("Output", c.output);
   if (!c.notes.empty())
-    j["Notes"] = c.notes;
+    w.field("Notes", c.notes);
   if (!c.service_id.empty()) {
-    j["ServiceID"] = c.service_id;
-    j["ServiceName"] = c.service_name;
+    w.field("ServiceID", c.service_id);
+    w.field("ServiceName", c.service_name);
   }
   const CheckDefinition& d = c.definition;
   if (d.type != CheckType::kNone) {
-    json def;
-    def["Type"] = std::string(checkTypeName(d.type));
+    JsonWriter def;
+    def.field("Type", checkTypeName(d.type));
     if (d.interval.count())
-      def["Interval"] = durationJson(d.interval);
+      def.field("Interval", int64_t{d.interval.count()});
     if (d.timeout.count())
-      def["Timeout"] = durationJson(d.timeout);
+      def.field("Timeout", int64_t{d.timeout.count()});
     if (!d.http.empty())
-      def["HTTP"] = d.http;
+      def.field("HTTP", d.http);
     if (!d.method.empty())
-      def["Method"] = d.method;
+      def.field("Method", d.method);
     if (!d.header.empty())
-      def["Header"] = d.header;
+      def.field("Header", d.header);
     if (!d.tcp.empty())
-      def["TCP"] = d.tcp;
+      def.field("TCP", d.tcp);
     if (d.ttl.count())
-      def["TTL"] = durationJson(d.ttl);
+      def.field("TTL", int64_t{d.ttl.count()});
     if (d.success_before_passing)
-      def["SuccessBeforePassing"] = d.success_before_passing;
+      def.field("SuccessBeforePassing", uint64_t{d.success_before_passing});
     if (d.failures_before_warning)
-      def["FailuresBeforeWarning"] = d.failures_before_warning;
+      def.field("FailuresBeforeWarning", uint64_t{d.failures_before_warning});
     if (d.failures_before_critical)
-      def["FailuresBeforeCritical"] = d.failures_before_critical;
-    j["Definition"] = std::move(def);
+      def.field("FailuresBeforeCritical", uint64_t{d.failures_before_critical});
+    w.key("Definition");
+    w.raw(def.finish());
   }
   if (d.deregister_critical_service_after.count())
-    j["DeregisterCriticalServiceAfter"] = durationJson(d.deregister_critical_service_after);
-  j["CreateIndex"] = c.create_index;
-  j["ModifyIndex"] = c.modify_index;
-  return dump(j);
+    w.field("DeregisterCriticalServiceAfter",
+            int64_t{d.deregister_critical_service_after.count()});
+  w.field("CreateIndex", c.create_index);
+  w.field("ModifyIndex", c.modify_index);
+  return w.finish();
 }
 
 Result<NodePtr> decodeNode(std::string_view text) {

@@ -63,11 +63,12 @@ public:
     return sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s_, nullptr);
   }
   sqlite3_stmt* get() { return s_; }
+  // Bound bytes are not copied: they must stay alive until the statement is reset.
   void text(int i, std::string_view v) {
-    sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
   }
   void blob(int i, std::string_view v) {
-    sqlite3_bind_blob(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    sqlite3_bind_blob(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
   }
   // uint64 values are stored bit-cast into SQLite's signed 64-bit integers.
   void u64(int i, uint64_t v) { sqlite3_bind_int64(s_, i, static_cast<sqlite3_int64>(v)); }
@@ -130,7 +131,6 @@ struct SqliteStore::Impl {
   // Committer-thread state.
   std::atomic<uint64_t> revision{0};
   uint64_t compacted = 0;
-  uint64_t commits_since_prune = 0;
   std::optional<Error> broken;
   std::vector<std::shared_ptr<Watcher>> watchers;
 
@@ -201,6 +201,10 @@ struct SqliteStore::Impl {
     // FULL: every COMMIT fsyncs the WAL before returning; see the class comment.
     if ((rc = exec("PRAGMA synchronous=FULL")) != SQLITE_OK)
       return sqlError(rc, "set synchronous=FULL");
+    const std::string cache =
+        fmt::format("PRAGMA cache_size=-{}", std::max<size_t>(settings.cache_size_kib, 64));
+    if ((rc = exec(cache.c_str())) != SQLITE_OK)
+      return sqlError(rc, "set cache_size");
     TRELLIS_RETURN_IF_ERROR(initSchema());
     if (settings.verify_on_open)
       TRELLIS_RETURN_IF_ERROR(quickCheck());
@@ -416,9 +420,11 @@ struct SqliteStore::Impl {
       Status st = std::visit(
           Overloaded{
               [&](const NodePut& x) -> Status {
-                put_node.text(1, foldName(x.node->name));
+                const std::string k = foldName(x.node->name);
+                const std::string body = codec::encodeNode(*x.node);
+                put_node.text(1, k);
                 put_node.u64(2, x.node->modify_index);
-                put_node.text(3, codec::encodeNode(*x.node));
+                put_node.text(3, body);
                 int rc = runStmt(put_node);
                 return rc == SQLITE_DONE ? okStatus() : Status(sqlError(rc, "write a node"));
               },
@@ -431,10 +437,12 @@ struct SqliteStore::Impl {
                 return tombstone(x.index, kTombNode, k, "");
               },
               [&](const ServicePut& x) -> Status {
-                put_service.text(1, foldName(x.service->node));
-                put_service.text(2, foldName(x.service->id));
+                const std::string n = foldName(x.service->node), i = foldName(x.service->id);
+                const std::string body = codec::encodeService(*x.service);
+                put_service.text(1, n);
+                put_service.text(2, i);
                 put_service.u64(3, x.service->modify_index);
-                put_service.text(4, codec::encodeService(*x.service));
+                put_service.text(4, body);
                 int rc = runStmt(put_service);
                 return rc == SQLITE_DONE ? okStatus() : Status(sqlError(rc, "write a service"));
               },
@@ -448,10 +456,12 @@ struct SqliteStore::Impl {
                 return tombstone(x.index, kTombService, n, i);
               },
               [&](const CheckPut& x) -> Status {
-                put_check.text(1, foldName(x.check->node));
-                put_check.text(2, foldName(x.check->id));
+                const std::string n = foldName(x.check->node), i = foldName(x.check->id);
+                const std::string body = codec::encodeCheck(*x.check);
+                put_check.text(1, n);
+                put_check.text(2, i);
                 put_check.u64(3, x.check->modify_index);
-                put_check.text(4, codec::encodeCheck(*x.check));
+                put_check.text(4, body);
                 int rc = runStmt(put_check);
                 return rc == SQLITE_DONE ? okStatus() : Status(sqlError(rc, "write a check"));
               },
@@ -516,14 +526,15 @@ struct SqliteStore::Impl {
     return rc == SQLITE_DONE ? okStatus() : Status(sqlError(rc, "write meta"));
   }
 
-  // Drops delete history older than the retention, inside the group's transaction.
+  // Drops delete history older than the retention, inside the group's transaction. It runs
+  // once history spans twice the retention, so its cost is amortised over `retention` writes.
   Status maybePrune(uint64_t rev, uint64_t* new_compacted) {
     *new_compacted = compacted;
-    if (++commits_since_prune < 1024 || rev <= settings.tombstone_retention)
+    const uint64_t keep = std::max<uint64_t>(settings.tombstone_retention, 1);
+    if (rev <= keep)
       return okStatus();
-    commits_since_prune = 0;
-    const uint64_t cutoff = rev - settings.tombstone_retention;
-    if (cutoff <= compacted)
+    const uint64_t cutoff = rev - keep;
+    if (cutoff - compacted < keep)
       return okStatus();
     prune_tombs.u64(1, cutoff);
     int rc = runStmt(prune_tombs);

@@ -16,6 +16,9 @@ struct SqliteStoreSettings {
   size_t max_queued_batches = 10'000;
   // Delete history kept for changesSince/watch, in revisions; older tombstones are compacted.
   uint64_t tombstone_retention = 1'000'000;
+  // SQLite's page cache; large enough to hold the catalog's working set avoids re-reading
+  // B-tree pages on every commit.
+  size_t cache_size_kib = 64 * 1024;
   // Run PRAGMA quick_check at open: a damaged file is refused at start, not found mid-flight.
   bool verify_on_open = true;
 };

@@ -77,8 +77,7 @@ private:
 class WeightedSampler {
 public:
   // Rebuilds from the endpoints for which usable(i) holds.
-  template <typename Usable>
-  void rebuild(const EndpointSet& eps, Usable usable) {
+  template <typename Usable> void rebuild(const EndpointSet& eps, Usable usable) {
     index_.clear();
     cumulative_.clear();
     equal_ = true;

@@ -36,9 +36,8 @@ std::optional<LbPolicy> parseLbPolicy(std::string_view name) {
   return std::nullopt;
 }
 
-std::unique_ptr<LoadBalancer> createLoadBalancer(const LbConfig& config,
-                                                 const EndpointSet& endpoints,
-                                                 RandomGenerator& random) {
+std::unique_ptr<LoadBalancer>
+createLoadBalancer(const LbConfig& config, const EndpointSet& endpoints, RandomGenerator& random) {
   switch (config.policy) {
   case LbPolicy::kRoundRobin:
     return std::make_unique<RoundRobinLoadBalancer>(config, endpoints, random);

@@ -60,8 +60,7 @@ public:
 };
 
 // Builds the balancer for `config.policy`. `endpoints` and `random` must outlive it.
-std::unique_ptr<LoadBalancer> createLoadBalancer(const LbConfig& config,
-                                                 const EndpointSet& endpoints,
-                                                 RandomGenerator& random);
+std::unique_ptr<LoadBalancer>
+createLoadBalancer(const LbConfig& config, const EndpointSet& endpoints, RandomGenerator& random);
 
 } // namespace trellis::proxy

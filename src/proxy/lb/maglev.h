@@ -17,8 +17,7 @@ bool isPrime(uint64_t n);
 // removing one of N endpoints moves about 1/N of the keys. Memory: 4 bytes per slot.
 class MaglevLoadBalancer : public LoadBalancerBase {
 public:
-  MaglevLoadBalancer(const LbConfig& config, const EndpointSet& endpoints,
-                     RandomGenerator& random);
+  MaglevLoadBalancer(const LbConfig& config, const EndpointSet& endpoints, RandomGenerator& random);
 
   // LoadBalancer
   std::optional<size_t> pick(const LbContext& ctx) override;

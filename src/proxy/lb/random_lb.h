@@ -7,8 +7,7 @@ namespace trellis::proxy {
 // Weighted random: each usable endpoint with probability weight / total usable weight.
 class RandomLoadBalancer : public LoadBalancerBase {
 public:
-  RandomLoadBalancer(const LbConfig& config, const EndpointSet& endpoints,
-                     RandomGenerator& random)
+  RandomLoadBalancer(const LbConfig& config, const EndpointSet& endpoints, RandomGenerator& random)
       : LoadBalancerBase(config, endpoints, random) {}
 
   // LoadBalancer

@@ -4,12 +4,13 @@
 
 namespace trellis::proxy {
 
-RoundRobinLoadBalancer::RoundRobinLoadBalancer(const LbConfig& config,
-                                               const EndpointSet& endpoints,
+RoundRobinLoadBalancer::RoundRobinLoadBalancer(const LbConfig& config, const EndpointSet& endpoints,
                                                RandomGenerator& random)
     : LoadBalancerBase(config, endpoints, random), current_(endpoints.size(), 0) {}
 
-void RoundRobinLoadBalancer::onUsableChanged() { std::fill(current_.begin(), current_.end(), 0); }
+void RoundRobinLoadBalancer::onUsableChanged() {
+  std::fill(current_.begin(), current_.end(), 0);
+}
 
 std::optional<size_t> RoundRobinLoadBalancer::pick(const LbContext& ctx) {
   refresh();

@@ -44,8 +44,8 @@ std::vector<uint64_t> countPicks(LoadBalancer& lb, size_t n, int picks) {
   return counts;
 }
 
-const LbPolicy kAllPolicies[] = {LbPolicy::kRoundRobin, LbPolicy::kLeastRequest,
-                                 LbPolicy::kRandom, LbPolicy::kRingHash, LbPolicy::kMaglev};
+const LbPolicy kAllPolicies[] = {LbPolicy::kRoundRobin, LbPolicy::kLeastRequest, LbPolicy::kRandom,
+                                 LbPolicy::kRingHash, LbPolicy::kMaglev};
 
 // Relative tolerance of each policy's share versus its weight over 100k picks. Round robin is
 // exact; random-based ones carry sampling noise (~1% relative); Maglev tables are balanced to
@@ -273,8 +273,8 @@ TEST(LeastRequest, SimulatedSlowEndpointGetsLessTraffic) {
 
 // Fraction of keys whose endpoint differs between two balancers (by endpoint key, since
 // indices shift when the endpoint list changes).
-double movedFraction(LoadBalancer& a, const EndpointSet& sa, LoadBalancer& b,
-                     const EndpointSet& sb, int keys) {
+double movedFraction(LoadBalancer& a, const EndpointSet& sa, LoadBalancer& b, const EndpointSet& sb,
+                     int keys) {
   int moved = 0;
   for (int i = 0; i < keys; ++i) {
     LbContext ctx;

@@ -1,0 +1,297 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <regex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "base/result.h"
+#include "base/units.h"
+#include "net/address.h"
+#include "proxy/lb/load_balancer.h"
+
+// The proxy's configuration as immutable plain data. A Snapshot is built once (from a file by
+// loadConfigFile, later from the control plane's push), handed to workers as
+// std::shared_ptr<const Snapshot> and never mutated; a reload builds a new one. The schema
+// and every default are documented in docs/proxy.md.
+
+namespace trellis::proxy {
+
+enum class Protocol { kHttp, kTcp };
+const char* protocolName(Protocol p); // "http", "tcp"
+
+// ---- routes ------------------------------------------------------------------------------
+
+// One request header a route requires. Names are lowercase; an empty value means the header
+// must be present with any value, otherwise its value must equal `value` exactly.
+struct HeaderMatcher {
+  std::string name;
+  std::string value;
+
+  bool operator==(const HeaderMatcher&) const = default;
+};
+
+enum class PathMatchKind { kPrefix, kExact, kRegex };
+const char* pathMatchKindName(PathMatchKind k); // "prefix", "path", "regex" (the YAML keys)
+
+// What a request must look like for a route to apply. All given conditions must hold.
+struct RouteMatch {
+  PathMatchKind kind = PathMatchKind::kPrefix;
+  // The prefix, the exact path, or the regular expression's source (which must match the
+  // whole path), according to `kind`.
+  std::string path;
+  // kRegex: compiled once at load time (ECMAScript grammar, linear-time matching).
+  std::shared_ptr<const std::regex> regex;
+  std::vector<std::string> methods;   // any of these (case-sensitive); empty = any method
+  std::vector<HeaderMatcher> headers; // all of these
+
+  // Compares everything but the compiled regex (its source is compared through `path`).
+  bool operator==(const RouteMatch& o) const {
+    return kind == o.kind && path == o.path && methods == o.methods && headers == o.headers;
+  }
+};
+
+struct WeightedCluster {
+  std::string cluster;
+  uint32_t weight = 1;      // 0 allowed (no traffic) as long as the route's total is > 0
+  size_t cluster_index = 0; // into Snapshot::clusters, resolved at load time
+
+  bool operator==(const WeightedCluster&) const = default;
+};
+
+// Which failures a retry policy retries. The defaults are what `on` means when omitted.
+struct RetryOn {
+  bool connect_failure = true;         // connecting to the endpoint failed or timed out
+  bool refused_stream = true;          // HTTP/2 REFUSED_STREAM: the request was not processed
+  bool reset = true;                   // the connection closed or reset before a response
+  bool status_5xx = false;             // any 5xx response (includes the above)
+  bool gateway_error = true;           // 502, 503 or 504 (includes connect failure and reset)
+  bool retriable_status_codes = false; // a status listed in retriable_status_codes
+
+  bool operator==(const RetryOn&) const = default;
+};
+
+struct RetryPolicy {
+  uint32_t attempts = 0;       // retries after the first try (Istio's meaning); 0 = never retry
+  Duration per_try_timeout{0}; // 0 = each try is bounded only by the route timeout
+  RetryOn on;
+  std::vector<uint16_t> retriable_status_codes;
+  Duration backoff_base = std::chrono::milliseconds(25);
+  Duration backoff_max = std::chrono::milliseconds(250);
+  // Retries in flight may be at most this percent of active requests to the cluster, but
+  // budget_min_concurrency retries are always allowed.
+  uint32_t budget_percent = 20;
+  uint32_t budget_min_concurrency = 3;
+  bool retry_non_idempotent = false; // retry POST, PATCH, ... too
+
+  bool operator==(const RetryPolicy&) const = default;
+};
+
+struct FaultDelay {
+  double percent = 100; // of requests, 0..100
+  Duration duration{0};
+
+  bool operator==(const FaultDelay&) const = default;
+};
+
+struct FaultAbort {
+  double percent = 100; // of requests, 0..100
+  uint16_t status = 503;
+
+  bool operator==(const FaultAbort&) const = default;
+};
+
+struct FaultConfig {
+  std::optional<FaultDelay> delay;
+  std::optional<FaultAbort> abort;
+
+  bool operator==(const FaultConfig&) const = default;
+};
+
+// Token bucket: refilled at requests_per_second, holding at most burst tokens.
+struct RateLimit {
+  uint32_t requests_per_second = 0;
+  uint32_t burst = 0;
+  uint16_t status = 429; // answered when the bucket is empty
+
+  bool operator==(const RateLimit&) const = default;
+};
+
+struct HeaderValue {
+  std::string name; // lowercase
+  std::string value;
+
+  bool operator==(const HeaderValue&) const = default;
+};
+
+struct Route {
+  std::string name; // optional label for logs and metrics; may be empty
+  RouteMatch match;
+  // Where matching requests go: one entry (weight 1) for `cluster:`, several for
+  // `weighted_clusters:` (weighted = true). total_weight is their sum, always > 0.
+  std::vector<WeightedCluster> clusters;
+  bool weighted = false;
+  uint64_t total_weight = 0;
+  std::vector<HeaderValue> request_headers_to_add;
+  Duration timeout = std::chrono::seconds(15); // whole request, all tries; 0 = none
+  RetryPolicy retries;
+  FaultConfig fault;
+  std::optional<RateLimit> rate_limit;
+
+  bool operator==(const Route&) const = default;
+};
+
+// ---- listeners -----------------------------------------------------------------------------
+
+struct Listener {
+  std::string name;
+  net::SocketAddress address;
+  Protocol protocol = Protocol::kHttp;
+  std::vector<Route> routes; // http: tried in order, first match wins
+  std::string cluster;       // tcp: where connections are forwarded
+  size_t cluster_index = 0;  // tcp: into Snapshot::clusters
+
+  uint32_t max_connections = 16384;                  // downstream connections at once
+  Duration idle_timeout = std::chrono::seconds(300); // downstream, no bytes either way; 0 = none
+  uint64_t buffer_limit = 1024 * 1024;               // bytes buffered per connection direction
+  // http only
+  uint64_t max_header_bytes = 60 * 1024; // request line + headers
+  uint32_t max_headers = 100;
+  Duration header_read_timeout = std::chrono::seconds(10);
+  uint64_t request_buffer_limit = 64 * 1024; // body kept for retries; larger: no retry
+  uint32_t max_requests_per_connection = 0;  // downstream keep-alive; 0 = unlimited
+
+  bool operator==(const Listener&) const = default;
+};
+
+// ---- clusters ------------------------------------------------------------------------------
+
+enum class HashSource { kHeader, kCookie, kSourceIp };
+const char* hashSourceName(HashSource s); // "header", "cookie", "source_ip"
+
+// What ring_hash and maglev hash: a request header (lowercase name), a cookie, or the
+// downstream IP address. Requests without the header or cookie are balanced at random.
+struct HashPolicy {
+  HashSource source = HashSource::kSourceIp;
+  std::string name; // header or cookie name; empty for kSourceIp
+
+  bool operator==(const HashPolicy&) const = default;
+};
+
+struct Endpoint {
+  net::SocketAddress address;
+  uint32_t weight = 1; // 1..1000000
+
+  bool operator==(const Endpoint&) const = default;
+};
+
+enum class HealthCheckKind { kHttp, kTcp };
+
+struct HealthCheck {
+  HealthCheckKind kind = HealthCheckKind::kHttp;
+  std::string path; // http: GET this path; 2xx is healthy
+  std::string host; // http: Host header; empty = the cluster name
+  Duration interval = std::chrono::seconds(5);
+  Duration timeout = std::chrono::seconds(1);
+  uint32_t healthy_threshold = 2;   // consecutive successes to become healthy
+  uint32_t unhealthy_threshold = 3; // consecutive failures to become unhealthy
+
+  bool operator==(const HealthCheck&) const = default;
+};
+
+struct OutlierDetection {
+  uint32_t consecutive_5xx = 5;             // 0 = this detector off
+  uint32_t consecutive_gateway_failure = 0; // 502/503/504 and local failures; 0 = off
+  Duration interval = std::chrono::seconds(10);
+  Duration base_ejection_time = std::chrono::seconds(30); // times the ejection count
+  Duration max_ejection_time = std::chrono::seconds(300);
+  uint32_t max_ejection_percent = 10;
+
+  bool operator==(const OutlierDetection&) const = default;
+};
+
+struct CircuitBreakers {
+  uint32_t max_connections = 1024;
+  uint32_t max_pending_requests = 1024;
+  uint32_t max_requests = 1024;
+  uint32_t max_retries = 3; // retries in flight at once
+
+  bool operator==(const CircuitBreakers&) const = default;
+};
+
+struct PoolConfig {
+  Duration idle_timeout = std::chrono::seconds(60);
+  uint32_t max_requests_per_connection = 0; // 0 = unlimited
+  uint32_t max_idle_per_endpoint = 64;
+
+  bool operator==(const PoolConfig&) const = default;
+};
+
+struct Cluster {
+  std::string name;
+  LbConfig lb;                       // policy, its options and panic_threshold
+  std::optional<HashPolicy> hash_on; // set exactly when lb.policy is ring_hash or maglev
+  Duration connect_timeout = std::chrono::seconds(5);
+  std::vector<Endpoint> endpoints;
+  std::optional<HealthCheck> health_check;           // none: no active checking
+  std::optional<OutlierDetection> outlier_detection; // none: no passive ejection
+  CircuitBreakers circuit_breakers;
+  PoolConfig pool;
+
+  bool operator==(const Cluster&) const = default;
+};
+
+// The endpoints in the form load balancers take (key = "ip:port"), in the same order.
+std::vector<LbEndpoint> lbEndpoints(const Cluster& cluster);
+
+// ---- the whole configuration ---------------------------------------------------------------
+
+struct AdminConfig {
+  net::SocketAddress address{asio::ip::address_v4::loopback(), 9901};
+
+  bool operator==(const AdminConfig&) const = default;
+};
+
+struct AccessLogConfig {
+  std::string path; // a file, or /dev/stdout
+
+  bool operator==(const AccessLogConfig&) const = default;
+};
+
+struct Snapshot {
+  std::string source; // where it came from (file name), for logs
+  AdminConfig admin;
+  std::optional<AccessLogConfig> access_log; // none: no access log
+  uint32_t concurrency = 0;                  // worker threads; 0 = one per CPU
+  std::vector<Listener> listeners;
+  std::vector<Cluster> clusters;
+
+  const Cluster* findCluster(std::string_view name) const;
+  const Listener* findListener(std::string_view name) const;
+
+  bool operator==(const Snapshot&) const = default;
+};
+
+// Limit on configuration text, so a wrong path (a log file, a device) fails fast.
+constexpr size_t kMaxConfigBytes = 16 * 1024 * 1024;
+
+// Loads and validates a configuration file. Errors read
+// `proxy.yaml:12: clusters[0].lb: unknown policy "round-robbin" (...)`: the file, the 1-based
+// line, the key path and what is wrong. Never throws.
+Result<std::shared_ptr<const Snapshot>> loadConfigFile(const std::string& path);
+
+// As loadConfigFile, from text; `name_for_errors` stands for the file name in errors.
+Result<std::shared_ptr<const Snapshot>> loadConfigString(std::string_view text,
+                                                         std::string_view name_for_errors);
+
+// The snapshot in the configuration schema, with every default filled in (for the admin
+// /config endpoint). Loading its dump again gives an equal snapshot.
+nlohmann::json toJson(const Snapshot& snapshot);
+
+} // namespace trellis::proxy

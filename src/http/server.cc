@@ -340,6 +340,8 @@ private:
     writing_.swap(out_);
     out_.clear();
     write_in_flight_ = true;
+    if (!idle_timer_->enabled())
+      idle_timer_->enable(settings_.idle_timeout);
     asio::async_write(sock_, asio::buffer(writing_),
                       [self = shared_from_this()](const asio::error_code& ec, size_t) {
                         self->onWrite(ec);
@@ -357,6 +359,7 @@ private:
     }
     startWrite();
     maybeLinger();
+    updateTimers(true);
   }
 
   // Once a closing connection has written everything: half-close and drain what the client
@@ -374,22 +377,26 @@ private:
     read();
   }
 
+  // The idle timer runs while the connection waits on the client: for a new request, for
+  // more of a body, or for it to take response bytes (a write in flight); `progress`
+  // re-arms it. The header timer runs from a request's first byte to its last header line
+  // and is not extended by progress. Neither runs while only the handler is busy.
   void updateTimers(bool progress) {
-    if (closed_ || lingering_ || closing_) {
+    if (closed_ || lingering_) {
       idle_timer_->disable();
       header_timer_->disable();
       return;
     }
-    const bool head = parser_.readingHead();
+    const bool head = !closing_ && parser_.readingHead();
     if (head) {
       if (!header_timer_->enabled())
         header_timer_->enable(settings_.header_read_timeout);
     } else {
       header_timer_->disable();
     }
-    const bool idle = parser_.idle() && pipeline_.empty();
-    const bool body = !parser_.idle() && !head;
-    if (idle || body) {
+    const bool idle = !closing_ && parser_.idle() && pipeline_.empty();
+    const bool body = !closing_ && !parser_.idle() && !head;
+    if (idle || body || write_in_flight_) {
       if (progress || !idle_timer_->enabled())
         idle_timer_->enable(settings_.idle_timeout);
     } else {
@@ -406,6 +413,12 @@ private:
 
   void onIdleTimeout() {
     auto self = shared_from_this();
+    if (write_in_flight_) {
+      // The client stopped taking our bytes.
+      countSlowClient();
+      close();
+      return;
+    }
     if (server_ != nullptr)
       ++server_->stats_.idle_timeouts;
     if (cur_ != nullptr)

@@ -30,7 +30,8 @@ struct ServerSettings {
   // Open connections at once; a connection past it gets 503 and is closed.
   uint32_t max_connections = 1024;
   // A connection with no request in progress and no response outstanding is closed after
-  // this long; while a body is being read, the longest pause between bytes.
+  // this long. Also the longest pause between bytes while a body is read, and the longest
+  // time the client may take no response bytes while a write is pending (then: closed).
   Duration idle_timeout = std::chrono::seconds(60);
   // From the first byte of a request until its header section is complete; past it the
   // server answers 408 and closes (slow-header clients).

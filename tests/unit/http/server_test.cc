@@ -513,6 +513,25 @@ TEST_F(ServerTimeoutTest, IdleKeepAliveConnectionIsClosed) {
   EXPECT_EQ(server_->connectionCount(), 0u);
 }
 
+TEST_F(ServerTimeoutTest, ClientThatStopsReadingIsClosed) {
+  // 32 MiB cannot fit in loopback socket buffers, so the write stays pending.
+  server_ = std::make_unique<Server>(d_, settings_,
+                                     [](ServerRequest&, std::shared_ptr<ResponseWriter> w) {
+                                       w->send(200, {}, std::string(32 << 20, 'x'));
+                                     });
+  ASSERT_TRUE(server_->listen(loopback()).ok());
+  asio::ip::tcp::socket sock(d_.io());
+  sock.connect(server_->boundAddress().tcp());
+  asio::write(sock, asio::buffer(std::string("GET /big HTTP/1.1\r\nHost: a\r\n\r\n")));
+  ASSERT_TRUE(pumpUntil(d_, [&] { return server_->stats().requests == 1; }));
+  drain(d_);
+  advance(59s);
+  EXPECT_EQ(server_->connectionCount(), 1u);
+  advance(2s);
+  ASSERT_TRUE(pumpUntil(d_, [&] { return server_->connectionCount() == 0; }));
+  EXPECT_EQ(server_->stats().slow_client_closes, 1u);
+}
+
 TEST_F(ServerTimeoutTest, HeldRequestIsNotTimedOut) {
   std::shared_ptr<ResponseWriter> held;
   server_ = std::make_unique<Server>(d_, settings_,

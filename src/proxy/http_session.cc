@@ -115,7 +115,10 @@ void HttpSession::start() {
 // ---- downstream ---------------------------------------------------------------------------
 
 void HttpSession::readDown() {
-  if (reading_down_ || closed_ || phase_ == Phase::kTunnel || dend_ >= kBufferSize)
+  // After an upgrade request's head, bytes from the client belong to the tunnel (or wait for
+  // the upstream's refusal); no read may be pending when the sockets move to a Tunnel.
+  if (reading_down_ || closed_ || phase_ == Phase::kTunnel || dend_ >= kBufferSize ||
+      dparser_.upgraded())
     return;
   reading_down_ = true;
   down_.async_read_some(asio::buffer(dbuf_.get() + dend_, kBufferSize - dend_),
@@ -145,8 +148,12 @@ void HttpSession::onDownRead(const std::error_code& ec, size_t n) {
 }
 
 void HttpSession::processDown() {
-  while (!closed_ && dbeg_ < dend_ && !writing_up_ && down_pause_ == DownPause::kNone &&
-         phase_ != Phase::kTunnel) {
+  // Runs the parser at least once even with no new bytes: after a pause it may owe an event
+  // for bytes it already consumed (the end of a bodyless message, say).
+  bool first = true;
+  while (!closed_ && (dbeg_ < dend_ || first) && !writing_up_ &&
+         down_pause_ == DownPause::kNone && phase_ != Phase::kTunnel) {
+    first = false;
     auto r = dparser_.execute(std::string_view(dbuf_.get() + dbeg_, dend_ - dbeg_));
     dbeg_ += r.consumed;
     if (r.status == http::ParseStatus::kError) {
@@ -168,8 +175,12 @@ void HttpSession::processDown() {
   if (dbeg_ == dend_)
     dbeg_ = dend_ = 0;
   flushUp();
+  if (!down_out_.empty())
+    flushDown(); // e.g. a "100 Continue" we answered ourselves
   if (down_pause_ == DownPause::kNone && !writing_up_ && phase_ != Phase::kReplying)
     readDown();
+  if (req_sent_)
+    maybeFinish();
 }
 
 void HttpSession::onDownParseError() {
@@ -445,12 +456,18 @@ void HttpSession::flushUp() {
                       }
                       if (self->req_parsed_)
                         self->req_sent_ = true;
-                      if (self->rsp_parsed_ && !self->writing_down_ &&
-                          self->phase_ == Phase::kProxying && self->down_out_.empty())
-                        self->finishRequest();
-                      else
-                        self->processDown();
+                      // Parse on first: the request's end (of a bodyless request, say) may
+                      // still be in the buffer while the response is already complete.
+                      self->processDown();
+                      self->maybeFinish();
                     });
+}
+
+void HttpSession::maybeFinish() {
+  if (closed_ || phase_ != Phase::kProxying || !rsp_parsed_ || writing_down_ || writing_up_ ||
+      !down_out_.empty() || !down_piece_.empty())
+    return;
+  finishRequest();
 }
 
 void HttpSession::readUp() {
@@ -504,7 +521,10 @@ void HttpSession::onUpRead(const std::error_code& ec, size_t n) {
 }
 
 void HttpSession::processUp() {
-  while (!closed_ && ubeg_ < uend_ && !writing_down_ && !up_piece_pause_ && !rsp_parsed_) {
+  bool first = true; // as in processDown()
+  while (!closed_ && (ubeg_ < uend_ || first) && up_ && !writing_down_ && !up_piece_pause_ &&
+         !rsp_parsed_ && !upgrading_) {
+    first = false;
     auto r = uparser_.execute(std::string_view(ubuf_.get() + ubeg_, uend_ - ubeg_));
     ubeg_ += r.consumed;
     if (r.status == http::ParseStatus::kError) {
@@ -645,8 +665,8 @@ void HttpSession::flushDown() {
   if (down_out_.empty() && down_piece_.empty()) {
     if (upgrading_ && rsp_started_)
       startTunnel();
-    else if (rsp_parsed_ && phase_ == Phase::kProxying && (req_sent_ || !req_parsed_ || true))
-      finishRequest();
+    else
+      maybeFinish(); // (with a write upstream in flight, its completion finishes)
     return;
   }
   writing_down_ = true;
@@ -777,7 +797,7 @@ void HttpSession::releaseUpstream(bool reusable) {
 }
 
 void HttpSession::finishRequest() {
-  if (closed_)
+  if (closed_ || phase_ == Phase::kIdle)
     return;
   MonotonicTime now = worker_.dispatcher().now();
   Duration took = now - req_start_;
@@ -838,6 +858,8 @@ void HttpSession::finishRequest() {
   keep_alive_ = true;
   phase_ = Phase::kIdle;
   down_pause_ = DownPause::kNone;
+  if (dparser_.upgraded())
+    dparser_.continueAfterUpgrade(); // the upstream declined the upgrade
   dparser_.resume();
   armIdleTimer(idle_timeout_);
   processDown();
@@ -846,8 +868,10 @@ void HttpSession::finishRequest() {
 void HttpSession::closeDown() {
   if (closed_)
     return;
-  TLOG_DEBUG("listener {}: closing connection from {} (phase {}, flag {}, keep_alive {})",
-             listener_name_, peer_ip_, static_cast<int>(phase_), flag_, keep_alive_);
+  TLOG_DEBUG("listener {}: closing connection from {} (phase {}, flag {}, keep_alive {}, "
+             "request keep-alive {}, sent {})",
+             listener_name_, peer_ip_, static_cast<int>(phase_), flag_, keep_alive_,
+             req_head_.keep_alive, req_sent_);
   closed_ = true;
   phase_ = Phase::kClosed;
   releaseUpstream(false);

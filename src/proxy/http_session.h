@@ -84,6 +84,8 @@ private:
 
   // Ending requests and the connection.
   void localReply(uint16_t status, const char* flag, std::string_view body, bool close = false);
+  // Finishes the request once the response is parsed and every write has completed.
+  void maybeFinish();
   void finishRequest();
   void releaseUpstream(bool reusable);
   void closeDown();

@@ -471,7 +471,7 @@ void HttpSession::maybeFinish() {
 }
 
 void HttpSession::readUp() {
-  if (reading_up_ || !up_ || closed_ || uend_ >= kBufferSize)
+  if (reading_up_ || !up_ || closed_ || uend_ >= kBufferSize || phase_ != Phase::kProxying)
     return;
   reading_up_ = true;
   up_->socket.async_read_some(
@@ -522,8 +522,8 @@ void HttpSession::onUpRead(const std::error_code& ec, size_t n) {
 
 void HttpSession::processUp() {
   bool first = true; // as in processDown()
-  while (!closed_ && (ubeg_ < uend_ || first) && up_ && !writing_down_ && !up_piece_pause_ &&
-         !rsp_parsed_ && !upgrading_) {
+  while (!closed_ && (ubeg_ < uend_ || first) && up_ && phase_ == Phase::kProxying &&
+         !writing_down_ && !up_piece_pause_ && !rsp_parsed_ && !upgrading_) {
     first = false;
     auto r = uparser_.execute(std::string_view(ubuf_.get() + ubeg_, uend_ - ubeg_));
     ubeg_ += r.consumed;

@@ -164,11 +164,13 @@ def test_expect_100_continue(procs, echo):
     assert interim.startswith(b"HTTP/1.1 100"), interim
     s.sendall(b"hello")
     data = b""
-    while b"hello" not in data:
+    while b"}" not in data:
         chunk = s.recv(65536)
         assert chunk, data
         data += chunk
     assert data.startswith(b"HTTP/1.1 200")
+    body = json.loads(data.split(b"\r\n\r\n", 1)[1])
+    assert body["body_bytes"] == 5 and "expect" not in body["headers"]
     s.close()
 
 
@@ -250,7 +252,11 @@ def test_websocket_tunnel(procs):
         async for msg in ws:
             await ws.send("echo:" + msg)
 
-    server = loop.run_until_complete(websockets.serve(handler, "127.0.0.1", 0))
+    async def serve():
+        # built inside the loop that will run it (websockets binds to the current loop)
+        return await websockets.serve(handler, "127.0.0.1", 0)
+
+    server = loop.run_until_complete(serve())
     wsport = server.sockets[0].getsockname()[1]
     threading.Thread(target=loop.run_forever, daemon=True).start()
     cfg = f"""

@@ -10,9 +10,7 @@ namespace trellis::registry {
 
 namespace {
 
-template <class... Ts> struct Overloaded : Ts... {
-  using Ts::operator()...;
-};
+template <class... Ts> struct Overloaded : Ts... { using Ts::operator()...; };
 template <class... Ts> Overloaded(Ts...) -> Overloaded<Ts...>;
 
 bool startsWith(std::string_view s, std::string_view prefix) {
@@ -48,7 +46,9 @@ void truncateOutput(std::string& s, size_t limit) {
   s.resize(n);
 }
 
-size_t stateSlot(CheckStatus s) { return static_cast<size_t>(s); }
+size_t stateSlot(CheckStatus s) {
+  return static_cast<size_t>(s);
+}
 constexpr size_t kAnyState = 3;
 
 std::set<std::string> distinctTags(const Service& s) {
@@ -143,19 +143,18 @@ Catalog::~Catalog() = default;
 // Primitives
 
 Mutation Catalog::applyPrimitive(const Mutation& m, Effects* fx) {
-  return std::visit(Overloaded{
-                        [&](const NodePut& x) { return putNode(x.node); },
-                        [&](const NodeDelete& x) { return deleteNode(x.node, x.index); },
-                        [&](const ServicePut& x) { return putService(x.service, fx); },
-                        [&](const ServiceDelete& x) {
-                          return deleteService(x.node, x.id, x.index, fx);
-                        },
-                        [&](const CheckPut& x) { return putCheck(x.check); },
-                        [&](const CheckDelete& x) { return deleteCheck(x.node, x.id, x.index); },
-                        [&](const KvPut& x) { return putKv(x.entry); },
-                        [&](const KvDelete& x) { return deleteKv(x.key, x.index); },
-                    },
-                    m);
+  return std::visit(
+      Overloaded{
+          [&](const NodePut& x) { return putNode(x.node); },
+          [&](const NodeDelete& x) { return deleteNode(x.node, x.index); },
+          [&](const ServicePut& x) { return putService(x.service, fx); },
+          [&](const ServiceDelete& x) { return deleteService(x.node, x.id, x.index, fx); },
+          [&](const CheckPut& x) { return putCheck(x.check); },
+          [&](const CheckDelete& x) { return deleteCheck(x.node, x.id, x.index); },
+          [&](const KvPut& x) { return putKv(x.entry); },
+          [&](const KvDelete& x) { return deleteKv(x.key, x.index); },
+      },
+      m);
 }
 
 Mutation Catalog::putNode(const NodePtr& n) {
@@ -396,22 +395,19 @@ std::vector<CheckPtr> Catalog::checksOf(const NodeRecord& rec) const {
 // Evaluation
 
 Status Catalog::evaluate(const WriteRequest& req, Txn& txn) {
-  return std::visit(Overloaded{
-                        [&](const RegisterRequest& r) { return evalRegister(r, txn); },
-                        [&](const DeregisterRequest& r) { return evalDeregister(r, txn); },
-                        [&](const AgentServiceRequest& r) { return evalAgentService(r, txn); },
-                        [&](const AgentServiceDeregister& r) {
-                          return evalAgentServiceDeregister(r, txn);
-                        },
-                        [&](const AgentCheckRequest& r) { return evalAgentCheck(r, txn); },
-                        [&](const AgentCheckDeregister& r) {
-                          return evalAgentCheckDeregister(r, txn);
-                        },
-                        [&](const CheckUpdateRequest& r) { return evalCheckUpdate(r, txn); },
-                        [&](const KvPutRequest& r) { return evalKvPut(r, txn); },
-                        [&](const KvDeleteRequest& r) { return evalKvDelete(r, txn); },
-                    },
-                    req);
+  return std::visit(
+      Overloaded{
+          [&](const RegisterRequest& r) { return evalRegister(r, txn); },
+          [&](const DeregisterRequest& r) { return evalDeregister(r, txn); },
+          [&](const AgentServiceRequest& r) { return evalAgentService(r, txn); },
+          [&](const AgentServiceDeregister& r) { return evalAgentServiceDeregister(r, txn); },
+          [&](const AgentCheckRequest& r) { return evalAgentCheck(r, txn); },
+          [&](const AgentCheckDeregister& r) { return evalAgentCheckDeregister(r, txn); },
+          [&](const CheckUpdateRequest& r) { return evalCheckUpdate(r, txn); },
+          [&](const KvPutRequest& r) { return evalKvPut(r, txn); },
+          [&](const KvDeleteRequest& r) { return evalKvDelete(r, txn); },
+      },
+      req);
 }
 
 Status Catalog::putServiceIn(Service s, Txn& txn, bool* renamed) {
@@ -421,8 +417,8 @@ Status Catalog::putServiceIn(Service s, Txn& txn, bool* renamed) {
   TRELLIS_RETURN_IF_ERROR(validateService(s, l));
   const ServiceSlot* slot = findSlot(s.node, s.id);
   if (slot == nullptr && service_count_ >= l.max_services)
-    return makeError(ErrorCode::kResourceExhausted,
-                     "registry limit max_services ({}) reached", l.max_services);
+    return makeError(ErrorCode::kResourceExhausted, "registry limit max_services ({}) reached",
+                     l.max_services);
   s.create_index = slot ? slot->service->create_index : txn.index();
   s.modify_index = txn.index();
   *renamed = slot && slot->service->name != s.name;
@@ -520,9 +516,10 @@ Status Catalog::evalRegister(const RegisterRequest& r, Txn& txn) {
     if (!r.node.id.empty()) {
       auto it = node_ids_.find(foldName(r.node.id));
       if (it != node_ids_.end() && it->second != nf)
-        return makeError(ErrorCode::kAlreadyExists, "Node ID \"{}\" is already used by node "
-                                                    "\"{}\"", r.node.id,
-                         nodes_.at(it->second).node->name);
+        return makeError(ErrorCode::kAlreadyExists,
+                         "Node ID \"{}\" is already used by node "
+                         "\"{}\"",
+                         r.node.id, nodes_.at(it->second).node->name);
     }
     if (rec == nullptr && nodes_.size() >= l.max_nodes)
       return makeError(ErrorCode::kResourceExhausted, "registry limit max_nodes ({}) reached",
@@ -609,8 +606,7 @@ Status Catalog::evalAgentService(const AgentServiceRequest& r, Txn& txn) {
     if (c.name.empty())
       c.name = fmt::format("Service '{}' check", service_name);
     if (!listed.insert(foldName(c.id)).second)
-      return makeError(ErrorCode::kInvalidArgument, "Checks: CheckID \"{}\" appears twice",
-                       c.id);
+      return makeError(ErrorCode::kInvalidArgument, "Checks: CheckID \"{}\" appears twice", c.id);
     // Status is the initial status: a check that exists keeps the one it has.
     TRELLIS_RETURN_IF_ERROR(putCheckIn(std::move(c), txn, true));
   }
@@ -950,13 +946,16 @@ Status Catalog::restore(const StoreSnapshot& snap) {
     if (modify > snap.revision)
       return makeError(ErrorCode::kInternal,
                        "store is inconsistent: {} \"{}\" has ModifyIndex {} past the store "
-                       "revision {}", what, name, modify, snap.revision);
+                       "revision {}",
+                       what, name, modify, snap.revision);
     return okStatus();
   };
   for (const auto& n : snap.nodes) {
     if (n->name.empty() || findNode(n->name))
-      return fail(makeError(ErrorCode::kInternal, "store is inconsistent: node \"{}\" is empty "
-                                                  "or duplicated", n->name));
+      return fail(makeError(ErrorCode::kInternal,
+                            "store is inconsistent: node \"{}\" is empty "
+                            "or duplicated",
+                            n->name));
     if (auto st = checkIndex("node", n->name, n->modify_index); !st.ok())
       return fail(st.error());
     putNode(n);
@@ -965,7 +964,8 @@ Status Catalog::restore(const StoreSnapshot& snap) {
     if (!findNode(s->node) || s->id.empty() || findSlot(s->node, s->id))
       return fail(makeError(ErrorCode::kInternal,
                             "store is inconsistent: service \"{}\" on node \"{}\" has no node, "
-                            "no ID, or is duplicated", s->id, s->node));
+                            "no ID, or is duplicated",
+                            s->id, s->node));
     if (auto st = checkIndex("service", s->id, s->modify_index); !st.ok())
       return fail(st.error());
     putService(s, nullptr);
@@ -976,15 +976,18 @@ Status Catalog::restore(const StoreSnapshot& snap) {
         (!c->service_id.empty() && !findSlot(c->node, c->service_id)))
       return fail(makeError(ErrorCode::kInternal,
                             "store is inconsistent: check \"{}\" on node \"{}\" has no node or "
-                            "service, no ID, or is duplicated", c->id, c->node));
+                            "service, no ID, or is duplicated",
+                            c->id, c->node));
     if (auto st = checkIndex("check", c->id, c->modify_index); !st.ok())
       return fail(st.error());
     putCheck(c);
   }
   for (const auto& e : snap.kv) {
     if (e->key.empty() || kv_.count(e->key))
-      return fail(makeError(ErrorCode::kInternal, "store is inconsistent: KV key \"{}\" is empty "
-                                                  "or duplicated", e->key));
+      return fail(makeError(ErrorCode::kInternal,
+                            "store is inconsistent: KV key \"{}\" is empty "
+                            "or duplicated",
+                            e->key));
     if (auto st = checkIndex("KV key", e->key, e->modify_index); !st.ok())
       return fail(st.error());
     putKv(e);
@@ -1210,7 +1213,8 @@ Indexed<std::vector<CheckPtr>> Catalog::checksInState(std::optional<CheckStatus>
   for (const auto& m : checks_by_state_)
     for (const auto& [k, c] : m)
       all.emplace_back(&k, c);
-  std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return *a.first < *b.first; });
+  std::sort(all.begin(), all.end(),
+            [](const auto& a, const auto& b) { return *a.first < *b.first; });
   out.value.reserve(all.size());
   for (auto& [k, c] : all)
     out.value.push_back(std::move(c));

@@ -45,7 +45,7 @@ enum class HealthFilter {
 };
 
 struct InstanceQuery {
-  std::vector<std::string> tags;               // every tag must be present (case-insensitive)
+  std::vector<std::string> tags;                // every tag must be present (case-insensitive)
   std::map<std::string, std::string> node_meta; // every pair must match exactly
   HealthFilter health = HealthFilter::kAny;
 };
@@ -126,8 +126,8 @@ public:
   // --- Reads (Consul endpoint in brackets) ---
 
   // [/v1/catalog/nodes] by name, optionally filtered by node meta.
-  Indexed<std::vector<NodePtr>> nodes(const std::map<std::string, std::string>& node_meta = {})
-      const;
+  Indexed<std::vector<NodePtr>>
+  nodes(const std::map<std::string, std::string>& node_meta = {}) const;
   // [/v1/catalog/node/<n>] null when absent.
   Indexed<std::optional<NodeServices>> nodeServices(std::string_view node) const;
   NodePtr node(std::string_view name) const;
@@ -185,8 +185,8 @@ private:
   };
   struct NodeRecord {
     NodePtr node;
-    std::map<std::string, ServiceSlot> services;      // folded service ID
-    std::map<std::string, CheckPtr> node_checks;      // folded CheckID
+    std::map<std::string, ServiceSlot> services;              // folded service ID
+    std::map<std::string, CheckPtr> node_checks;              // folded CheckID
     std::unordered_map<std::string, std::string> check_owner; // CheckID -> service ID or ""
   };
   // An instance seen from its service name. Both pointers stay valid while the instance
@@ -197,8 +197,8 @@ private:
   };
   struct NameRecord {
     std::map<std::string, InstanceRef> instances; // "node\0id" (folded) -> instance
-    std::map<std::string, size_t> tags; // tag -> instances carrying it
-    std::string display;                // the spelling of the latest registration
+    std::map<std::string, size_t> tags;           // tag -> instances carrying it
+    std::string display;                          // the spelling of the latest registration
   };
   // What applying one mutation changed beyond the object itself.
   struct Effects {
@@ -258,10 +258,10 @@ private:
   uint64_t index_ = 0;
   bool in_callbacks_ = false;
 
-  std::map<std::string, NodeRecord> nodes_;                // folded node name
-  std::unordered_map<std::string, std::string> node_ids_;  // folded node ID -> folded name
-  std::map<std::string, NameRecord> names_;                // folded service name
-  using CheckKey = std::pair<std::string, std::string>;    // (folded node, folded CheckID)
+  std::map<std::string, NodeRecord> nodes_;               // folded node name
+  std::unordered_map<std::string, std::string> node_ids_; // folded node ID -> folded name
+  std::map<std::string, NameRecord> names_;               // folded service name
+  using CheckKey = std::pair<std::string, std::string>;   // (folded node, folded CheckID)
   std::array<std::map<CheckKey, CheckPtr>, 3> checks_by_state_;
   size_t service_count_ = 0;
   size_t check_count_ = 0;

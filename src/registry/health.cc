@@ -24,9 +24,8 @@ CheckStatus statusForProbe(const ProbeResult& r) {
 }
 
 std::string outputForProbe(const ProbeTarget& t, const ProbeResult& r) {
-  const std::string what = t.type == CheckType::kTcp
-                               ? fmt::format("TCP connect {}", t.address)
-                               : fmt::format("HTTP {} {}", t.method, t.url);
+  const std::string what = t.type == CheckType::kTcp ? fmt::format("TCP connect {}", t.address)
+                                                     : fmt::format("HTTP {} {}", t.method, t.url);
   switch (r.outcome) {
   case ProbeResult::Outcome::kHttpResponse:
     return fmt::format("{}: {} Output: {}", what, r.http_status, r.output);
@@ -90,29 +89,29 @@ void HealthScheduler::track(const CheckPtr& c) {
     raw->run_timer = loop_.createTimer([this, raw] { enqueue(*raw); });
     raw->probe_timer = loop_.createTimer([this, raw] {
       ++stats_.probes_timed_out;
-      onProbeDone(raw->key, raw->probe_seq,
-                  ProbeResult{ProbeResult::Outcome::kFailed, 0,
-                              fmt::format("timed out after {}", formatDuration(raw->target.timeout))},
-                  true);
+      onProbeDone(
+          raw->key, raw->probe_seq,
+          ProbeResult{ProbeResult::Outcome::kFailed, 0,
+                      fmt::format("timed out after {}", formatDuration(raw->target.timeout))},
+          true);
     });
     raw->ttl_timer = loop_.createTimer([this, raw] {
       ++stats_.ttl_expired;
       write(*raw, CheckStatus::kCritical,
-            fmt::format("TTL expired (last output before timeout follows): {}",
-                        raw->check->output),
+            fmt::format("TTL expired (last output before timeout follows): {}", raw->check->output),
             true);
     });
     raw->reap_timer = loop_.createTimer([this, raw] {
       const Check& ck = *raw->check;
       TLOG_INFO("health: deregistering service \"{}\" on node \"{}\": check \"{}\" critical for "
-                "longer than {}", ck.service_id, ck.node, ck.id,
+                "longer than {}",
+                ck.service_id, ck.node, ck.id,
                 formatDuration(ck.definition.deregister_critical_service_after));
       ++stats_.services_deregistered;
-      registry_.submit(DeregisterRequest{ck.node, ck.service_id, ""},
-                       [](Result<WriteResult> r) {
-                         if (!r.ok())
-                           TLOG_WARN("health: deregistration failed: {}", r.error().message());
-                       });
+      registry_.submit(DeregisterRequest{ck.node, ck.service_id, ""}, [](Result<WriteResult> r) {
+        if (!r.ok())
+          TLOG_WARN("health: deregistration failed: {}", r.error().message());
+      });
     });
     checks_.emplace(key, std::move(t));
     setup(*raw);
@@ -168,8 +167,8 @@ void HealthScheduler::setup(Tracked& t) {
     t.target.address = d.tcp;
     t.target.timeout = d.timeout.count() > 0 ? d.timeout : settings_.default_timeout;
     // Stagger the first run over one interval.
-    auto first = Duration(static_cast<int64_t>(static_cast<double>(d.interval.count()) *
-                                               random_.uniform()));
+    auto first =
+        Duration(static_cast<int64_t>(static_cast<double>(d.interval.count()) * random_.uniform()));
     t.run_timer->enable(first);
     break;
   }
@@ -200,8 +199,7 @@ void HealthScheduler::updateCritical(Tracked& t) {
 Duration HealthScheduler::jittered(Duration interval) {
   const double u = 2.0 * random_.uniform() - 1.0; // [-1, 1)
   const double scaled = static_cast<double>(interval.count()) * (1.0 + settings_.jitter * u);
-  return std::max(Duration(std::chrono::milliseconds(1)),
-                  Duration(static_cast<int64_t>(scaled)));
+  return std::max(Duration(std::chrono::milliseconds(1)), Duration(static_cast<int64_t>(scaled)));
 }
 
 void HealthScheduler::enqueue(Tracked& t) {
@@ -232,9 +230,8 @@ void HealthScheduler::startProbe(Tracked& t) {
   const uint64_t seq = ++t.probe_seq;
   t.probe_timer->enable(t.target.timeout);
   const std::string key = t.key;
-  auto handle = prober_.probe(t.target, [this, key, seq](ProbeResult r) {
-    onProbeDone(key, seq, std::move(r), false);
-  });
+  auto handle = prober_.probe(
+      t.target, [this, key, seq](ProbeResult r) { onProbeDone(key, seq, std::move(r), false); });
   // The callback may already have run (an immediate failure); keep the handle only while the
   // probe is outstanding.
   auto it = checks_.find(key);
@@ -307,8 +304,8 @@ void HealthScheduler::updateTtl(std::string_view node, std::string_view check_id
   if (it == checks_.end() || it->second->check->definition.type != CheckType::kTtl) {
     Error e = it == checks_.end()
                   ? makeError(ErrorCode::kNotFound, "Unknown check ID \"{}\"", check_id)
-                  : makeError(ErrorCode::kFailedPrecondition,
-                              "check \"{}\" is not a TTL check", check_id);
+                  : makeError(ErrorCode::kFailedPrecondition, "check \"{}\" is not a TTL check",
+                              check_id);
     std::weak_ptr<bool> alive = alive_;
     loop_.post([alive, done = std::move(done), e = std::move(e)] {
       if (alive.lock())

@@ -40,11 +40,11 @@ private:
 
 // What to probe.
 struct ProbeTarget {
-  CheckType type = CheckType::kHttp; // kHttp or kTcp
-  std::string url;                   // HTTP
-  std::string method;                // HTTP, never empty (GET by default)
+  CheckType type = CheckType::kHttp;                      // kHttp or kTcp
+  std::string url;                                        // HTTP
+  std::string method;                                     // HTTP, never empty (GET by default)
   std::map<std::string, std::vector<std::string>> header; // HTTP
-  std::string address;               // TCP host:port
+  std::string address;                                    // TCP host:port
   Duration timeout{0};
 };
 
@@ -98,13 +98,13 @@ struct HealthSettings {
 struct HealthStats {
   uint64_t probes_started = 0;
   uint64_t probes_timed_out = 0;
-  uint64_t status_writes = 0;  // writes submitted for a status or output change
+  uint64_t status_writes = 0; // writes submitted for a status or output change
   uint64_t ttl_expired = 0;
   uint64_t services_deregistered = 0; // by DeregisterCriticalServiceAfter
-  size_t tracked = 0;   // checks followed
-  size_t running = 0;   // probes outstanding now
-  size_t queued = 0;    // checks due, waiting for a probe slot
-  size_t max_running = 0; // most probes outstanding at once so far
+  size_t tracked = 0;                 // checks followed
+  size_t running = 0;                 // probes outstanding now
+  size_t queued = 0;                  // checks due, waiting for a probe slot
+  size_t max_running = 0;             // most probes outstanding at once so far
 };
 
 // Threading: lives on the registry's loop thread; timers, prober callbacks and catalog
@@ -133,12 +133,12 @@ public:
 private:
   struct Tracked {
     std::string key;
-    CheckPtr check;             // as the catalog has it now
-    uint64_t generation = 0;    // bumped on redefinition; older queue entries are stale
+    CheckPtr check;          // as the catalog has it now
+    uint64_t generation = 0; // bumped on redefinition; older queue entries are stale
     std::unique_ptr<Timer> run_timer;
     std::unique_ptr<Timer> probe_timer; // the probe's timeout
     std::unique_ptr<Timer> ttl_timer;
-    std::unique_ptr<Timer> reap_timer;  // DeregisterCriticalServiceAfter
+    std::unique_ptr<Timer> reap_timer; // DeregisterCriticalServiceAfter
     std::unique_ptr<ProbeHandle> probe;
     uint64_t probe_seq = 0;
     ProbeTarget target;

@@ -48,8 +48,8 @@ bool sameContent(const Node& a, const Node& b) {
 
 bool sameContent(const Service& a, const Service& b) {
   return a.node == b.node && a.id == b.id && a.name == b.name && a.tags == b.tags &&
-         a.address == b.address && a.port == b.port && a.meta == b.meta &&
-         a.weights == b.weights && a.enable_tag_override == b.enable_tag_override;
+         a.address == b.address && a.port == b.port && a.meta == b.meta && a.weights == b.weights &&
+         a.enable_tag_override == b.enable_tag_override;
 }
 
 bool sameContent(const Check& a, const Check& b) {
@@ -83,11 +83,10 @@ Status checkIdentifier(std::string_view field, std::string_view value, const Lim
     return makeError(ErrorCode::kInvalidArgument, "{}: {} bytes long, the limit is {}", field,
                      value.size(), l.max_name_length);
   if (hasControlChar(value))
-    return makeError(ErrorCode::kInvalidArgument, "{} \"{}\": contains a control character",
-                     field, value);
-  if (value.find('/') != std::string_view::npos)
-    return makeError(ErrorCode::kInvalidArgument, "{} \"{}\": must not contain '/'", field,
+    return makeError(ErrorCode::kInvalidArgument, "{} \"{}\": contains a control character", field,
                      value);
+  if (value.find('/') != std::string_view::npos)
+    return makeError(ErrorCode::kInvalidArgument, "{} \"{}\": must not contain '/'", field, value);
   return okStatus();
 }
 
@@ -100,7 +99,9 @@ Status checkText(std::string_view field, std::string_view value, size_t limit) {
   return okStatus();
 }
 
-bool isMetaKeyChar(unsigned char c) { return std::isalnum(c) || c == '_' || c == '-'; }
+bool isMetaKeyChar(unsigned char c) {
+  return std::isalnum(c) || c == '_' || c == '-';
+}
 
 // Consul's meta rules: at most 64 pairs, keys [A-Za-z0-9_-]{1,128}, values up to 512 bytes.
 Status checkMeta(std::string_view field, const std::map<std::string, std::string>& meta,
@@ -112,17 +113,16 @@ Status checkMeta(std::string_view field, const std::map<std::string, std::string
     if (k.empty())
       return makeError(ErrorCode::kInvalidArgument, "{}: empty key", field);
     if (k.size() > l.max_meta_key_length)
-      return makeError(ErrorCode::kInvalidArgument, "{}: key \"{}\" is longer than {} bytes",
-                       field, k.substr(0, 32), l.max_meta_key_length);
+      return makeError(ErrorCode::kInvalidArgument, "{}: key \"{}\" is longer than {} bytes", field,
+                       k.substr(0, 32), l.max_meta_key_length);
     for (unsigned char c : k)
       if (!isMetaKeyChar(c))
         return makeError(ErrorCode::kInvalidArgument,
-                         "{}: key \"{}\" may contain only letters, digits, '_' and '-'", field,
-                         k);
+                         "{}: key \"{}\" may contain only letters, digits, '_' and '-'", field, k);
     if (v.size() > l.max_meta_value_length)
       return makeError(ErrorCode::kInvalidArgument,
-                       "{}: value of \"{}\" is {} bytes long, the limit is {}", field, k,
-                       v.size(), l.max_meta_value_length);
+                       "{}: value of \"{}\" is {} bytes long, the limit is {}", field, k, v.size(),
+                       l.max_meta_value_length);
   }
   return okStatus();
 }
@@ -159,8 +159,8 @@ Status checkHostPort(std::string_view field, std::string_view v, const Limits& l
   uint32_t n = 0;
   for (char c : port) {
     if (c < '0' || c > '9')
-      return makeError(ErrorCode::kInvalidArgument, "{} \"{}\": port \"{}\" is not a number",
-                       field, v, port);
+      return makeError(ErrorCode::kInvalidArgument, "{} \"{}\": port \"{}\" is not a number", field,
+                       v, port);
     n = n * 10 + static_cast<uint32_t>(c - '0');
     if (n > 65535)
       break;
@@ -188,8 +188,10 @@ Status checkDefinition(const Check& c, const Limits& l) {
   };
   auto requireInterval = [&]() -> Status {
     if (d.interval.count() == 0)
-      return makeError(ErrorCode::kInvalidArgument, "Check \"{}\": Interval is required for {} "
-                                                    "checks", c.id, checkTypeName(d.type));
+      return makeError(ErrorCode::kInvalidArgument,
+                       "Check \"{}\": Interval is required for {} "
+                       "checks",
+                       c.id, checkTypeName(d.type));
     if (d.interval < l.min_check_interval)
       return makeError(ErrorCode::kInvalidArgument,
                        "Check \"{}\": Interval {} is below the minimum {}", c.id,
@@ -264,7 +266,8 @@ Status checkDefinition(const Check& c, const Limits& l) {
     if (c.service_id.empty())
       return makeError(ErrorCode::kInvalidArgument,
                        "Check \"{}\": DeregisterCriticalServiceAfter needs a ServiceID (it "
-                       "removes a service)", c.id);
+                       "removes a service)",
+                       c.id);
     if (d.deregister_critical_service_after < l.min_deregister_critical_after)
       return makeError(ErrorCode::kInvalidArgument,
                        "Check \"{}\": DeregisterCriticalServiceAfter {} is below the minimum {}",
@@ -306,11 +309,15 @@ Status validateService(const Service& s, const Limits& l) {
   TRELLIS_RETURN_IF_ERROR(checkText("Service.Address", s.address, l.max_address_length));
   TRELLIS_RETURN_IF_ERROR(checkMeta("Service.Meta", s.meta, l));
   if (s.weights.passing < 1)
-    return makeError(ErrorCode::kInvalidArgument, "Service.Weights.Passing: must be at least 1, "
-                                                  "got {}", s.weights.passing);
+    return makeError(ErrorCode::kInvalidArgument,
+                     "Service.Weights.Passing: must be at least 1, "
+                     "got {}",
+                     s.weights.passing);
   if (s.weights.warning < 0)
-    return makeError(ErrorCode::kInvalidArgument, "Service.Weights.Warning: must not be "
-                                                  "negative, got {}", s.weights.warning);
+    return makeError(ErrorCode::kInvalidArgument,
+                     "Service.Weights.Warning: must not be "
+                     "negative, got {}",
+                     s.weights.warning);
   return okStatus();
 }
 

@@ -63,13 +63,13 @@ struct Service {
 // How a check runs; empty for kNone checks.
 struct CheckDefinition {
   CheckType type = CheckType::kNone;
-  Duration interval{0};               // HTTP/TCP: time between probes
-  Duration timeout{0};                // HTTP/TCP: probe timeout (0: the scheduler's default)
-  std::string http;                   // HTTP: URL
-  std::string method;                 // HTTP: method, default GET
+  Duration interval{0}; // HTTP/TCP: time between probes
+  Duration timeout{0};  // HTTP/TCP: probe timeout (0: the scheduler's default)
+  std::string http;     // HTTP: URL
+  std::string method;   // HTTP: method, default GET
   std::map<std::string, std::vector<std::string>> header; // HTTP: request headers
-  std::string tcp;                    // TCP: host:port
-  Duration ttl{0};                    // TTL: how long a reported status stays valid
+  std::string tcp;                                        // TCP: host:port
+  Duration ttl{0};                               // TTL: how long a reported status stays valid
   Duration deregister_critical_service_after{0}; // 0: never
   // Consul's thresholds: consecutive results needed before the status changes (0 or 1:
   // immediately). failures_before_warning defaults to failures_before_critical.
@@ -123,18 +123,18 @@ std::string foldName(std::string_view s);
 // Limits applied to everything written into the catalog. Defaults follow Consul where it has
 // one (meta: 64 pairs, 128-byte keys, 512-byte values; KV values: 512 KiB).
 struct Limits {
-  size_t max_name_length = 256;         // node names, service names/IDs, check IDs/names
-  size_t max_address_length = 256;      // node/service addresses, TCP check targets
-  size_t max_tags = 64;                 // per service
+  size_t max_name_length = 256;    // node names, service names/IDs, check IDs/names
+  size_t max_address_length = 256; // node/service addresses, TCP check targets
+  size_t max_tags = 64;            // per service
   size_t max_tag_length = 256;
-  size_t max_meta_pairs = 64;           // node and service meta
+  size_t max_meta_pairs = 64; // node and service meta
   size_t max_meta_key_length = 128;
   size_t max_meta_value_length = 512;
   size_t max_checks_per_registration = 32;
-  size_t max_check_output = 4096;       // longer outputs are truncated (Consul: 4 KiB)
+  size_t max_check_output = 4096; // longer outputs are truncated (Consul: 4 KiB)
   size_t max_notes_length = 4096;
   size_t max_url_length = 2048;
-  size_t max_headers = 32;              // HTTP check header values in total
+  size_t max_headers = 32; // HTTP check header values in total
   size_t max_kv_key_length = 1024;
   size_t max_kv_value_size = 512 * 1024;
   Duration min_check_interval = std::chrono::seconds(1);

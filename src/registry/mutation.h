@@ -49,9 +49,8 @@ struct KvDelete {
   std::optional<uint64_t> expect_modify_index;
 };
 
-using Mutation =
-    std::variant<NodePut, NodeDelete, ServicePut, ServiceDelete, CheckPut, CheckDelete, KvPut,
-                 KvDelete>;
+using Mutation = std::variant<NodePut, NodeDelete, ServicePut, ServiceDelete, CheckPut, CheckDelete,
+                              KvPut, KvDelete>;
 
 // The index (revision) a mutation happened at.
 uint64_t mutationIndex(const Mutation& m);

@@ -24,11 +24,11 @@ struct RegistrySettings {
 struct RegistryStats {
   uint64_t writes_submitted = 0;
   uint64_t writes_ok = 0;
-  uint64_t writes_failed = 0;       // rejected by evaluation or lost to a store error
+  uint64_t writes_failed = 0;        // rejected by evaluation or lost to a store error
   uint64_t writes_rejected_full = 0; // max_pending_writes reached
-  uint64_t batches = 0;             // batches sent to the store
-  size_t pending = 0;               // writes waiting now
-  size_t largest_batch = 0;         // most requests in one batch so far
+  uint64_t batches = 0;              // batches sent to the store
+  size_t pending = 0;                // writes waiting now
+  size_t largest_batch = 0;          // most requests in one batch so far
 };
 
 // The write path: the catalog plus its store. Every write is evaluated against the catalog,

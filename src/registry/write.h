@@ -86,10 +86,9 @@ struct KvDeleteRequest {
   std::optional<uint64_t> cas;
 };
 
-using WriteRequest =
-    std::variant<RegisterRequest, DeregisterRequest, AgentServiceRequest, AgentServiceDeregister,
-                 AgentCheckRequest, AgentCheckDeregister, CheckUpdateRequest, KvPutRequest,
-                 KvDeleteRequest>;
+using WriteRequest = std::variant<RegisterRequest, DeregisterRequest, AgentServiceRequest,
+                                  AgentServiceDeregister, AgentCheckRequest, AgentCheckDeregister,
+                                  CheckUpdateRequest, KvPutRequest, KvDeleteRequest>;
 
 // The outcome of an accepted write. `index` is the index the write was applied at; a write
 // that changed nothing (an identical re-registration) reports the index of the state it

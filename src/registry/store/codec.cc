@@ -106,14 +106,11 @@ private:
     if (c == 0xed)
       return cont(i + 1, 0x80, 0x9f) && cont(i + 2, 0x80, 0xbf) ? 3 : 0;
     if (c == 0xf0)
-      return cont(i + 1, 0x90, 0xbf) && cont(i + 2, 0x80, 0xbf) && cont(i + 3, 0x80, 0xbf) ? 4
-                                                                                         : 0;
+      return cont(i + 1, 0x90, 0xbf) && cont(i + 2, 0x80, 0xbf) && cont(i + 3, 0x80, 0xbf) ? 4 : 0;
     if (c >= 0xf1 && c <= 0xf3)
-      return cont(i + 1, 0x80, 0xbf) && cont(i + 2, 0x80, 0xbf) && cont(i + 3, 0x80, 0xbf) ? 4
-                                                                                         : 0;
+      return cont(i + 1, 0x80, 0xbf) && cont(i + 2, 0x80, 0xbf) && cont(i + 3, 0x80, 0xbf) ? 4 : 0;
     if (c == 0xf4)
-      return cont(i + 1, 0x80, 0x8f) && cont(i + 2, 0x80, 0xbf) && cont(i + 3, 0x80, 0xbf) ? 4
-                                                                                         : 0;
+      return cont(i + 1, 0x80, 0x8f) && cont(i + 2, 0x80, 0xbf) && cont(i + 3, 0x80, 0xbf) ? 4 : 0;
     return 0;
   }
 
@@ -375,8 +372,7 @@ std::string encodeCheck(const Check& c) {
     w.raw(def.finish());
   }
   if (d.deregister_critical_service_after.count())
-    w.field("DeregisterCriticalServiceAfter",
-            int64_t{d.deregister_critical_service_after.count()});
+    w.field("DeregisterCriticalServiceAfter", int64_t{d.deregister_critical_service_after.count()});
   w.field("CreateIndex", c.create_index);
   w.field("ModifyIndex", c.modify_index);
   return w.finish();

@@ -5,9 +5,7 @@
 namespace trellis::registry {
 
 namespace {
-template <class... Ts> struct Overloaded : Ts... {
-  using Ts::operator()...;
-};
+template <class... Ts> struct Overloaded : Ts... { using Ts::operator()...; };
 template <class... Ts> Overloaded(Ts...) -> Overloaded<Ts...>;
 } // namespace
 
@@ -87,7 +85,9 @@ Status MemoryStore::applyLocked(const Batch& b) {
                    [&](const CheckPut& x) {
                      checks_[{foldName(x.check->node), foldName(x.check->id)}] = x.check;
                    },
-                   [&](const CheckDelete& x) { checks_.erase({foldName(x.node), foldName(x.id)}); },
+                   [&](const CheckDelete& x) {
+                     checks_.erase({foldName(x.node), foldName(x.id)});
+                   },
                    [&](const KvPut& x) { kv_[x.entry->key] = x.entry; },
                    [&](const KvDelete& x) { kv_.erase(x.key); },
                },

@@ -20,9 +20,7 @@ namespace trellis::registry {
 
 namespace {
 
-template <class... Ts> struct Overloaded : Ts... {
-  using Ts::operator()...;
-};
+template <class... Ts> struct Overloaded : Ts... { using Ts::operator()...; };
 template <class... Ts> Overloaded(Ts...) -> Overloaded<Ts...>;
 
 constexpr const char* kFormat = "trellis-registry";
@@ -114,8 +112,8 @@ struct SqliteStore::Impl {
   SqliteStoreSettings settings;
   sqlite3* db = nullptr;
 
-  Stmt put_node, del_node, put_service, del_service, put_check, del_check, put_kv, del_kv,
-      kv_index, add_tomb, set_meta, prune_tombs;
+  Stmt put_node, del_node, put_service, del_service, put_check, del_check, put_kv, del_kv, kv_index,
+      add_tomb, set_meta, prune_tombs;
 
   std::thread thread;
   mutable std::mutex mu;
@@ -162,8 +160,7 @@ struct SqliteStore::Impl {
     } else if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED) {
       code = ErrorCode::kUnavailable;
       hint = ": the database is locked by another process (is another trellis server using it?)";
-    } else if (primary == SQLITE_CANTOPEN || primary == SQLITE_READONLY ||
-               primary == SQLITE_PERM) {
+    } else if (primary == SQLITE_CANTOPEN || primary == SQLITE_READONLY || primary == SQLITE_PERM) {
       hint = ": cannot open it for writing (check the path and its permissions)";
     } else if (primary == SQLITE_FULL) {
       hint = ": the disk is full";
@@ -177,9 +174,9 @@ struct SqliteStore::Impl {
   // --- open ---
 
   Status openDb() {
-    int rc = sqlite3_open_v2(settings.path.c_str(), &db,
-                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                             nullptr);
+    int rc =
+        sqlite3_open_v2(settings.path.c_str(), &db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
     if (rc != SQLITE_OK)
       return sqlError(rc, "open");
     sqlite3_extended_result_codes(db, 1);
@@ -252,7 +249,8 @@ struct SqliteStore::Impl {
     if (std::find(tables.begin(), tables.end(), "meta") == tables.end())
       return makeError(ErrorCode::kFailedPrecondition,
                        "registry store {}: not a Trellis registry database (it has tables but "
-                       "no meta table)", settings.path);
+                       "no meta table)",
+                       settings.path);
     std::string format = metaValue("format").valueOr("");
     if (format != kFormat)
       return makeError(ErrorCode::kFailedPrecondition,
@@ -483,7 +481,8 @@ struct SqliteStore::Impl {
                   if (*cur != *x.expect_modify_index)
                     return makeError(ErrorCode::kFailedPrecondition,
                                      "KV precondition failed: key \"{}\" has ModifyIndex {}, "
-                                     "expected {}", e.key, *cur, *x.expect_modify_index);
+                                     "expected {}",
+                                     e.key, *cur, *x.expect_modify_index);
                 }
                 put_kv.blob(1, e.key);
                 put_kv.u64(2, e.create_index);
@@ -503,7 +502,8 @@ struct SqliteStore::Impl {
                   if (*cur != 0 && *cur != *x.expect_modify_index)
                     return makeError(ErrorCode::kFailedPrecondition,
                                      "KV precondition failed: key \"{}\" has ModifyIndex {}, "
-                                     "expected {}", x.key, *cur, *x.expect_modify_index);
+                                     "expected {}",
+                                     x.key, *cur, *x.expect_modify_index);
                 }
                 del_kv.blob(1, x.key);
                 int rc = runStmt(del_kv);
@@ -597,8 +597,7 @@ struct SqliteStore::Impl {
             // Whether a failed COMMIT reached the disk is unknown (a failed fsync may or may
             // not have persisted the WAL frames): stop writing until a reopen reads the truth.
             broken = makeError(ErrorCode::kUnavailable,
-                               "{}; the store refuses writes until it is reopened",
-                               e.message());
+                               "{}; the store refuses writes until it is reopened", e.message());
             TLOG_ERROR("{}", broken->message());
           }
           for (auto& r : results)
@@ -669,8 +668,8 @@ struct SqliteStore::Impl {
     Stmt q;
     int rc;
     auto rowError = [&](std::string_view table, std::string_view key, const Error& e) {
-      return makeError(ErrorCode::kIo, "registry store {}: {} row \"{}\": {}", settings.path,
-                       table, key, e.message());
+      return makeError(ErrorCode::kIo, "registry store {}: {} row \"{}\": {}", settings.path, table,
+                       key, e.message());
     };
     if ((rc = q.prepare(db, "SELECT name, body FROM nodes")) != SQLITE_OK)
       return sqlError(rc, "read nodes");
@@ -801,13 +800,12 @@ struct SqliteStore::Impl {
     TRELLIS_RETURN_IF_ERROR(readPuts("SELECT body FROM nodes WHERE modify_index > ?",
                                      codec::decodeNode,
                                      [](NodePtr n) -> Mutation { return NodePut{std::move(n)}; }));
-    TRELLIS_RETURN_IF_ERROR(readPuts(
-        "SELECT body FROM services WHERE modify_index > ?", codec::decodeService,
-        [](ServicePtr s) -> Mutation { return ServicePut{std::move(s)}; }));
-    TRELLIS_RETURN_IF_ERROR(readPuts("SELECT body FROM checks WHERE modify_index > ?",
-                                     codec::decodeCheck, [](CheckPtr c) -> Mutation {
-                                       return CheckPut{std::move(c)};
-                                     }));
+    TRELLIS_RETURN_IF_ERROR(
+        readPuts("SELECT body FROM services WHERE modify_index > ?", codec::decodeService,
+                 [](ServicePtr s) -> Mutation { return ServicePut{std::move(s)}; }));
+    TRELLIS_RETURN_IF_ERROR(
+        readPuts("SELECT body FROM checks WHERE modify_index > ?", codec::decodeCheck,
+                 [](CheckPtr c) -> Mutation { return CheckPut{std::move(c)}; }));
     Stmt k;
     if ((rc = k.prepare(db, "SELECT key, create_index, modify_index, flags, lock_index, session, "
                             "value FROM kv WHERE modify_index > ?")) != SQLITE_OK)
@@ -854,7 +852,9 @@ Result<std::unique_ptr<SqliteStore>> SqliteStore::open(SqliteStoreSettings setti
   return std::unique_ptr<SqliteStore>(new SqliteStore(std::move(impl)));
 }
 
-const SqliteStoreSettings& SqliteStore::settings() const { return impl_->settings; }
+const SqliteStoreSettings& SqliteStore::settings() const {
+  return impl_->settings;
+}
 
 Result<StoreSnapshot> SqliteStore::load() {
   return impl_->onCommitter<Result<StoreSnapshot>>([this] { return impl_->loadNow(); });
@@ -879,7 +879,9 @@ void SqliteStore::commit(std::shared_ptr<const Batch> batch, CommitCallback done
   impl_->cv.notify_one();
 }
 
-uint64_t SqliteStore::revision() const { return impl_->revision.load(); }
+uint64_t SqliteStore::revision() const {
+  return impl_->revision.load();
+}
 
 Result<ChangeSet> SqliteStore::changesSince(uint64_t revision) {
   return impl_->onCommitter<Result<ChangeSet>>(

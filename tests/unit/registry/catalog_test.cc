@@ -273,8 +273,8 @@ TEST(CatalogTest, AgentCheckRegisterAndDeregister) {
 TEST(CatalogTest, FailedRequestIsAtomic) {
   Catalog c;
   // The check names a service that is not on the node: the node and service must not stay.
-  Error e = applyErr(c, reg(node("n1"), service("web", "w1"),
-                            {check("c1", CheckStatus::kPassing, "other")}));
+  Error e = applyErr(
+      c, reg(node("n1"), service("web", "w1"), {check("c1", CheckStatus::kPassing, "other")}));
   EXPECT_EQ(e.code(), ErrorCode::kNotFound);
   EXPECT_THAT(e.message(), HasSubstr("service \"other\" is not registered on node \"n1\""));
   EXPECT_FALSE(c.node("n1"));

@@ -302,8 +302,7 @@ TEST_F(HealthTest, TtlExpiresWhenNotRefreshed) {
   EXPECT_EQ(statusOf("ttl"), CheckStatus::kPassing);
   advance(2s);
   EXPECT_EQ(statusOf("ttl"), CheckStatus::kCritical);
-  EXPECT_EQ(checkOf("ttl")->output,
-            "TTL expired (last output before timeout follows): still good");
+  EXPECT_EQ(checkOf("ttl")->output, "TTL expired (last output before timeout follows): still good");
   EXPECT_EQ(health_->stats().ttl_expired, 1u);
   // The service reports again and is back.
   health_->updateTtl("n1", "ttl", CheckStatus::kWarning, "degraded", [](Result<WriteResult>) {});

@@ -72,8 +72,7 @@ TEST(KvTest, KeysWithSeparator) {
     applyOk(c, put(k, "v"));
   EXPECT_THAT(c.kvKeys("a/", "/").value, ElementsAre("a/", "a/b/", "a/e", "a/f/"));
   EXPECT_THAT(c.kvKeys("", "/").value, ElementsAre("a/", "b"));
-  EXPECT_THAT(c.kvKeys("a/").value,
-              ElementsAre("a/", "a/b/c", "a/b/d", "a/e", "a/f/", "a/f/g/h"));
+  EXPECT_THAT(c.kvKeys("a/").value, ElementsAre("a/", "a/b/c", "a/b/d", "a/e", "a/f/", "a/f/g/h"));
   // A multi-character separator.
   Catalog d;
   for (const char* k : {"x::y::z", "x::w", "x"})
@@ -180,7 +179,7 @@ TEST(KvTest, Validation) {
   Catalog e(s);
   applyOk(e, put("a", "1"));
   EXPECT_EQ(applyErr(e, put("b", "1")).code(), ErrorCode::kResourceExhausted);
-  applyOk(e, put("a", "2")) ; // updating an existing key is fine at the limit
+  applyOk(e, put("a", "2")); // updating an existing key is fine at the limit
 }
 
 } // namespace

@@ -142,11 +142,13 @@ TYPED_TEST_SUITE(StoreContractTest, Factories);
 TYPED_TEST(StoreContractTest, CommitThenLoad) {
   auto store = this->factory_.make();
   BatchMaker bm;
-  ASSERT_TRUE(commitSync(*store, bm.make(reg(node("n1"), service("web", "w1", 80, {"a"}),
-                                             {httpCheck("h", "http://10.0.0.1/", std::chrono::seconds(5), "w1")})))
-                  .ok());
-  ASSERT_TRUE(commitSync(*store, bm.make(KvPutRequest{"k", std::string("v\0w", 3), 7, std::nullopt}))
-                  .ok());
+  ASSERT_TRUE(
+      commitSync(*store,
+                 bm.make(reg(node("n1"), service("web", "w1", 80, {"a"}),
+                             {httpCheck("h", "http://10.0.0.1/", std::chrono::seconds(5), "w1")})))
+          .ok());
+  ASSERT_TRUE(
+      commitSync(*store, bm.make(KvPutRequest{"k", std::string("v\0w", 3), 7, std::nullopt})).ok());
   EXPECT_EQ(store->revision(), 2u);
   auto snap = store->load();
   ASSERT_TRUE(snap.ok()) << snap.error().message();
@@ -222,8 +224,8 @@ TYPED_TEST(StoreContractTest, ChangesSinceReplaysToTheCurrentState) {
   ASSERT_TRUE(commitSync(*store, bm.make(DeregisterRequest{"n1", "", ""})).ok());
   ASSERT_TRUE(commitSync(*store, bm.make(KvDeleteRequest{"a", false, std::nullopt})).ok());
   ASSERT_TRUE(commitSync(*store, bm.make(KvPutRequest{"a", "2", 0, std::nullopt})).ok());
-  ASSERT_TRUE(commitSync(*store, bm.make(CheckUpdateRequest{"n2", "c", CheckStatus::kCritical, ""}))
-                  .ok());
+  ASSERT_TRUE(
+      commitSync(*store, bm.make(CheckUpdateRequest{"n2", "c", CheckStatus::kCritical, ""})).ok());
 
   auto cs = store->changesSince(2);
   ASSERT_TRUE(cs.ok()) << cs.error().message();
@@ -432,9 +434,9 @@ TEST(SqliteStoreTest, UndecodableRowIsAClearErrorAtLoad) {
   }
   sqlite3* db = nullptr;
   ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
-  ASSERT_EQ(sqlite3_exec(db, "UPDATE services SET body = '{\"Node\": 5'", nullptr, nullptr,
-                         nullptr),
-            SQLITE_OK);
+  ASSERT_EQ(
+      sqlite3_exec(db, "UPDATE services SET body = '{\"Node\": 5'", nullptr, nullptr, nullptr),
+      SQLITE_OK);
   sqlite3_close(db);
   auto store = SqliteStore::open({path});
   ASSERT_TRUE(store.ok());
@@ -452,8 +454,7 @@ TEST(SqliteStoreTest, DamagedPagesAreAClearError) {
     BatchMaker bm;
     for (int i = 0; i < 300; ++i)
       ASSERT_TRUE(commitSync(**store, bm.make(KvPutRequest{"key/" + std::to_string(i),
-                                                           std::string(200, 'v'), 0,
-                                                           std::nullopt}))
+                                                           std::string(200, 'v'), 0, std::nullopt}))
                       .ok());
   } // closing checkpoints the WAL into the main file
   const auto size = fs::file_size(path);
@@ -534,8 +535,8 @@ TEST(SqliteStoreTest, KilledProcessLosesNoAcknowledgedWrite) {
       // Eight writes in flight at a time, so group commit is part of what is tested.
       std::vector<std::promise<void>> acks(8);
       for (auto& ack : acks) {
-        auto b = bm.make(KvPutRequest{"k" + std::to_string(bm.catalog.index() + 1),
-                                      "v", 0, std::nullopt});
+        auto b = bm.make(
+            KvPutRequest{"k" + std::to_string(bm.catalog.index() + 1), "v", 0, std::nullopt});
         const uint64_t rev = b->revision;
         (*store)->commit(b, [&ack, rev, fd = fds[1]](Status st) {
           if (st.ok()) {

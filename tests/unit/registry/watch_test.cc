@@ -166,8 +166,7 @@ TEST(WatchTest, WokenWatcherSeesANewIndex) {
   applyOk(c, reg(node("n2"), service("db", "d1")));
   uint64_t seen = c.serviceInstances("web").index;
   uint64_t after = 0;
-  auto h = c.watch(WatchScope::service("web"),
-                   [&] { after = c.serviceInstances("web").index; });
+  auto h = c.watch(WatchScope::service("web"), [&] { after = c.serviceInstances("web").index; });
   ASSERT_TRUE(h.ok());
   applyOk(c, DeregisterRequest{"n1", "w1", ""});
   EXPECT_GT(after, seen) << "a blocking query woken must find the index moved";

@@ -43,8 +43,8 @@ constexpr std::array<uint8_t, 256> makeTable() {
       v |= kHex;
     if (unreserved || subDelim)
       v |= kRegName;
-    if (c == '\t' || c == ' ' || c == 0x21 || (c >= 0x23 && c <= 0x5b) || (c >= 0x5d && c <= 0x7e) ||
-        c >= 0x80)
+    if (c == '\t' || c == ' ' || c == 0x21 || (c >= 0x23 && c <= 0x5b) ||
+        (c >= 0x5d && c <= 0x7e) || c >= 0x80)
       v |= kQdText;
     t[c] = v;
   }
@@ -53,7 +53,9 @@ constexpr std::array<uint8_t, 256> makeTable() {
 
 inline constexpr std::array<uint8_t, 256> kTable = makeTable();
 
-inline bool is(unsigned char c, uint8_t cls) { return (kTable[c] & cls) != 0; }
+inline bool is(unsigned char c, uint8_t cls) {
+  return (kTable[c] & cls) != 0;
+}
 
 inline int hexValue(unsigned char c) {
   if (c >= '0' && c <= '9')

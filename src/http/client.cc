@@ -30,13 +30,12 @@ ClientErrorKind clientErrorKind(const Error& e) {
 }
 
 // One request on its own connection: connect, write, parse the response, report once.
-class ClientExchange : public std::enable_shared_from_this<ClientExchange>,
-                       public ParserCallbacks {
+class ClientExchange : public std::enable_shared_from_this<ClientExchange>, public ParserCallbacks {
 public:
   ClientExchange(Dispatcher& d, const net::SocketAddress& addr, ClientRequest req,
                  RequestOptions opts)
-      : dispatcher_(d), addr_(addr), req_(std::move(req)), opts_(std::move(opts)),
-        sock_(d.io()), parser_(ParserMode::kResponse, *this, opts_.parser) {}
+      : dispatcher_(d), addr_(addr), req_(std::move(req)), opts_(std::move(opts)), sock_(d.io()),
+        parser_(ParserMode::kResponse, *this, opts_.parser) {}
 
   Client::ResponseCallback callback;
   Client::StreamCallbacks stream_callbacks;
@@ -46,9 +45,9 @@ public:
     auto self = shared_from_this();
     connect_timer_ = dispatcher_.createTimer([this] {
       auto keep = shared_from_this();
-      fail(ErrorCode::kDeadlineExceeded, fmt::format("connect to {} timed out after {}",
-                                                     addr_.toString(),
-                                                     formatDuration(opts_.connect_timeout)));
+      fail(ErrorCode::kDeadlineExceeded,
+           fmt::format("connect to {} timed out after {}", addr_.toString(),
+                       formatDuration(opts_.connect_timeout)));
     });
     total_timer_ = dispatcher_.createTimer([this] {
       auto keep = shared_from_this();
@@ -58,9 +57,8 @@ public:
     });
     idle_timer_ = dispatcher_.createTimer([this] {
       auto keep = shared_from_this();
-      fail(ErrorCode::kDeadlineExceeded,
-           fmt::format("no data from {} for {}", addr_.toString(),
-                       formatDuration(opts_.idle_timeout)));
+      fail(ErrorCode::kDeadlineExceeded, fmt::format("no data from {} for {}", addr_.toString(),
+                                                     formatDuration(opts_.idle_timeout)));
     });
     Status valid = buildRequest();
     if (!valid.ok()) {
@@ -72,8 +70,7 @@ public:
       connect_timer_->enable(opts_.connect_timeout);
     if (opts_.timeout > Duration::zero())
       total_timer_->enable(opts_.timeout);
-    sock_.async_connect(addr_.tcp(),
-                        [self](const asio::error_code& ec) { self->onConnect(ec); });
+    sock_.async_connect(addr_.tcp(), [self](const asio::error_code& ec) { self->onConnect(ec); });
   }
 
   void cancel() {
@@ -148,8 +145,8 @@ private:
       return makeError(ErrorCode::kFailedPrecondition, "invalid HTTP method \"{}\"", m);
     const std::string& t = req_.target;
     if (t.empty() || (t.front() != '/' && t != "*"))
-      return makeError(ErrorCode::kFailedPrecondition,
-                       "request target \"{}\" must start with '/'", t);
+      return makeError(ErrorCode::kFailedPrecondition, "request target \"{}\" must start with '/'",
+                       t);
     for (unsigned char c : t)
       if (c <= 0x20 || c >= 0x7f)
         return makeError(ErrorCode::kFailedPrecondition,
@@ -202,10 +199,9 @@ private:
   }
 
   void read() {
-    sock_.async_read_some(asio::buffer(rbuf_),
-                          [self = shared_from_this()](const asio::error_code& ec, size_t n) {
-                            self->onRead(ec, n);
-                          });
+    sock_.async_read_some(
+        asio::buffer(rbuf_),
+        [self = shared_from_this()](const asio::error_code& ec, size_t n) { self->onRead(ec, n); });
   }
 
   void onRead(const asio::error_code& ec, size_t n) {
@@ -248,8 +244,8 @@ private:
       return;
     case ParseStatus::kError:
       fail(ErrorCode::kInvalidArgument,
-           fmt::format("bad response from {}: {} ({})", addr_.toString(),
-                       parser_.errorMessage(), parseErrorName(parser_.error())));
+           fmt::format("bad response from {}: {} ({})", addr_.toString(), parser_.errorMessage(),
+                       parseErrorName(parser_.error())));
       return;
     }
   }
@@ -360,16 +356,16 @@ RequestHandle Client::request(const net::SocketAddress& address, std::string_vie
 
 RequestHandle Client::request(const net::SocketAddress& address, ClientRequest req,
                               RequestOptions options, ResponseCallback callback) {
-  auto ex = std::make_shared<ClientExchange>(dispatcher_, address, std::move(req),
-                                             std::move(options));
+  auto ex =
+      std::make_shared<ClientExchange>(dispatcher_, address, std::move(req), std::move(options));
   ex->callback = std::move(callback);
   return start(std::move(ex));
 }
 
 RequestHandle Client::stream(const net::SocketAddress& address, ClientRequest req,
                              RequestOptions options, StreamCallbacks callbacks) {
-  auto ex = std::make_shared<ClientExchange>(dispatcher_, address, std::move(req),
-                                             std::move(options));
+  auto ex =
+      std::make_shared<ClientExchange>(dispatcher_, address, std::move(req), std::move(options));
   ex->streaming = true;
   ex->stream_callbacks = std::move(callbacks);
   return start(std::move(ex));

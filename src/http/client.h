@@ -52,12 +52,12 @@ struct ClientResponse : ClientResponseHead {
 // How a request failed; each kind has its own ErrorCode in the Error given to callbacks.
 enum class ClientErrorKind : uint8_t {
   kNone,
-  kConnectFailed,   // ErrorCode::kUnavailable: refused, unreachable
-  kTimeout,         // ErrorCode::kDeadlineExceeded: connect, total or idle timeout
-  kReset,           // ErrorCode::kIo: reset, or closed before the response was complete
-  kBadResponse,     // ErrorCode::kInvalidArgument: the response did not parse
+  kConnectFailed,    // ErrorCode::kUnavailable: refused, unreachable
+  kTimeout,          // ErrorCode::kDeadlineExceeded: connect, total or idle timeout
+  kReset,            // ErrorCode::kIo: reset, or closed before the response was complete
+  kBadResponse,      // ErrorCode::kInvalidArgument: the response did not parse
   kResponseTooLarge, // ErrorCode::kResourceExhausted: over max_response_body_bytes
-  kInvalidRequest,  // ErrorCode::kFailedPrecondition: bad method/target/header given
+  kInvalidRequest,   // ErrorCode::kFailedPrecondition: bad method/target/header given
 };
 ClientErrorKind clientErrorKind(const Error& e);
 
@@ -106,8 +106,8 @@ public:
                         RequestOptions options, ResponseCallback callback);
   // Like request(), but hands the body over piece by piece (for watch streams); the body is
   // never buffered and max_response_body_bytes does not apply.
-  RequestHandle stream(const net::SocketAddress& address, ClientRequest req,
-                       RequestOptions options, StreamCallbacks callbacks);
+  RequestHandle stream(const net::SocketAddress& address, ClientRequest req, RequestOptions options,
+                       StreamCallbacks callbacks);
 
   // Requests started and not yet finished.
   size_t activeRequests() const;

@@ -10,7 +10,9 @@ namespace trellis::http {
 
 namespace {
 
-bool isWs(unsigned char c) { return c == ' ' || c == '\t'; }
+bool isWs(unsigned char c) {
+  return c == ' ' || c == '\t';
+}
 
 // A short printable rendering of an offending byte for error messages.
 std::string byteName(unsigned char c) {
@@ -41,7 +43,9 @@ size_t firstInvalidValueByte(const unsigned char* s, size_t from, size_t to) {
 }
 
 // Shortens untrusted text quoted in an error message.
-std::string_view clip(std::string_view s) { return s.size() > 64 ? s.substr(0, 64) : s; }
+std::string_view clip(std::string_view s) {
+  return s.size() > 64 ? s.substr(0, 64) : s;
+}
 
 } // namespace
 
@@ -258,8 +262,8 @@ void Parser::beginMessage() {
   upgrade_seen_ = false;
 }
 
-Parser::LineStatus Parser::takeLine(const char*& p, const char* end, uint32_t& used,
-                                    uint32_t limit, ParseError too_large, ParseError bad_ending,
+Parser::LineStatus Parser::takeLine(const char*& p, const char* end, uint32_t& used, uint32_t limit,
+                                    ParseError too_large, ParseError bad_ending,
                                     std::string_view& line) {
   const size_t avail = static_cast<size_t>(end - p);
   const size_t buffered = line_buf_.size();
@@ -461,8 +465,8 @@ bool Parser::checkTarget(std::string_view target, Method method) {
   auto alpha = [](unsigned char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); };
   if (!alpha(s[0]))
     return failChar(s[0]);
-  while (i < n && (alpha(s[i]) || (s[i] >= '0' && s[i] <= '9') || s[i] == '+' || s[i] == '-' ||
-                   s[i] == '.'))
+  while (i < n &&
+         (alpha(s[i]) || (s[i] >= '0' && s[i] <= '9') || s[i] == '+' || s[i] == '-' || s[i] == '.'))
     ++i;
   if (n - i < 3 || target.substr(i, 3) != "://")
     return fail(fmt::format("request target \"{}\" is neither origin-form (/path) nor "
@@ -572,9 +576,9 @@ bool Parser::parseHeaderLine(std::string_view line, bool trailer, std::string_vi
       if (s[m] == '\r')
         return fail(ParseError::kBadLineEnding,
                     fmt::format("bare CR in value of header \"{}\"", name));
-      return fail(ParseError::kBadHeaderValue,
-                  fmt::format("invalid character {} in value of header \"{}\"", byteName(s[m]),
-                              name));
+      return fail(
+          ParseError::kBadHeaderValue,
+          fmt::format("invalid character {} in value of header \"{}\"", byteName(s[m]), name));
     }
   }
   value = line.substr(j, k - j);
@@ -844,9 +848,8 @@ bool Parser::parseChunkSize(std::string_view line) {
     return false;
   }
   if (size > limits_.max_chunk_size) {
-    setError(ParseError::kChunkTooLarge,
-             fmt::format("chunk of {} bytes exceeds the limit of {}", size,
-                         limits_.max_chunk_size));
+    setError(ParseError::kChunkTooLarge, fmt::format("chunk of {} bytes exceeds the limit of {}",
+                                                     size, limits_.max_chunk_size));
     return false;
   }
   // chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] ), ext-val token/quoted-string.
@@ -915,8 +918,9 @@ ParseResult Parser::execute(std::string_view data) {
   const char* p = begin;
   const char* const end = begin + data.size();
   auto result = [&](ParseStatus s) { return ParseResult{static_cast<size_t>(p - begin), s}; };
-  auto stopped = [&] { return result(state_ == State::kError ? ParseStatus::kError
-                                                              : ParseStatus::kPaused); };
+  auto stopped = [&] {
+    return result(state_ == State::kError ? ParseStatus::kError : ParseStatus::kPaused);
+  };
   if (state_ == State::kError)
     return {0, ParseStatus::kError};
   if (paused_)
@@ -953,8 +957,8 @@ ParseResult Parser::execute(std::string_view data) {
       if (!begun_)
         beginMessage(); // the first byte arrived glued to a leftover partial line
       Action a = Action::kContinue;
-      const bool ok = mode_ == ParserMode::kRequest ? parseRequestLine(line, a)
-                                                    : parseStatusLine(line, a);
+      const bool ok =
+          mode_ == ParserMode::kRequest ? parseRequestLine(line, a) : parseStatusLine(line, a);
       line_buf_.clear();
       if (!ok)
         return result(ParseStatus::kError);
@@ -997,8 +1001,8 @@ ParseResult Parser::execute(std::string_view data) {
     case State::kChunkData: {
       if (p == end)
         return result(ParseStatus::kOk);
-      const size_t n = static_cast<size_t>(
-          std::min<uint64_t>(remaining_, static_cast<uint64_t>(end - p)));
+      const size_t n =
+          static_cast<size_t>(std::min<uint64_t>(remaining_, static_cast<uint64_t>(end - p)));
       const char* piece = p;
       p += n;
       remaining_ -= n;
@@ -1012,8 +1016,8 @@ ParseResult Parser::execute(std::string_view data) {
     case State::kChunkSize: {
       std::string_view line;
       uint32_t used = 0; // partial bytes are counted through line_buf_
-      switch (takeLine(p, end, used, limits_.max_chunk_line_bytes,
-                       ParseError::kBadChunkExtension, ParseError::kBadChunkSize, line)) {
+      switch (takeLine(p, end, used, limits_.max_chunk_line_bytes, ParseError::kBadChunkExtension,
+                       ParseError::kBadChunkSize, line)) {
       case LineStatus::kNeedMore:
         return result(ParseStatus::kOk);
       case LineStatus::kError:
@@ -1038,8 +1042,8 @@ ParseResult Parser::execute(std::string_view data) {
     case State::kChunkDataEnd: {
       std::string_view line;
       uint32_t used = 0;
-      switch (takeLine(p, end, used, 2, ParseError::kBadChunkData, ParseError::kBadChunkData,
-                       line)) {
+      switch (
+          takeLine(p, end, used, 2, ParseError::kBadChunkData, ParseError::kBadChunkData, line)) {
       case LineStatus::kNeedMore:
         return result(ParseStatus::kOk);
       case LineStatus::kError:
@@ -1077,8 +1081,8 @@ ParseResult Parser::execute(std::string_view data) {
       std::string_view name, value;
       if (!parseHeaderLine(line, true, name, value))
         return result(ParseStatus::kError);
-      if (equalsIgnoreCase(name, "content-length") ||
-          equalsIgnoreCase(name, "transfer-encoding") || equalsIgnoreCase(name, "host")) {
+      if (equalsIgnoreCase(name, "content-length") || equalsIgnoreCase(name, "transfer-encoding") ||
+          equalsIgnoreCase(name, "host")) {
         setError(ParseError::kBadTrailer,
                  fmt::format("\"{}\" is not allowed as a trailer field", name));
         return result(ParseStatus::kError);
@@ -1225,49 +1229,90 @@ void appendChunk(std::string_view data, std::string& out) {
   out.append("\r\n", 2);
 }
 
-void appendLastChunk(std::string& out) { out.append("0\r\n\r\n", 5); }
+void appendLastChunk(std::string& out) {
+  out.append("0\r\n\r\n", 5);
+}
 
 std::string_view reasonPhrase(uint16_t status) {
   switch (status) {
-  case 100: return "Continue";
-  case 101: return "Switching Protocols";
-  case 200: return "OK";
-  case 201: return "Created";
-  case 202: return "Accepted";
-  case 204: return "No Content";
-  case 206: return "Partial Content";
-  case 301: return "Moved Permanently";
-  case 302: return "Found";
-  case 303: return "See Other";
-  case 304: return "Not Modified";
-  case 307: return "Temporary Redirect";
-  case 308: return "Permanent Redirect";
-  case 400: return "Bad Request";
-  case 401: return "Unauthorized";
-  case 403: return "Forbidden";
-  case 404: return "Not Found";
-  case 405: return "Method Not Allowed";
-  case 408: return "Request Timeout";
-  case 409: return "Conflict";
-  case 411: return "Length Required";
-  case 412: return "Precondition Failed";
-  case 413: return "Content Too Large";
-  case 414: return "URI Too Long";
-  case 415: return "Unsupported Media Type";
-  case 417: return "Expectation Failed";
-  case 421: return "Misdirected Request";
-  case 422: return "Unprocessable Content";
-  case 425: return "Too Early";
-  case 426: return "Upgrade Required";
-  case 429: return "Too Many Requests";
-  case 431: return "Request Header Fields Too Large";
-  case 500: return "Internal Server Error";
-  case 501: return "Not Implemented";
-  case 502: return "Bad Gateway";
-  case 503: return "Service Unavailable";
-  case 504: return "Gateway Timeout";
-  case 505: return "HTTP Version Not Supported";
-  default: return "Unknown";
+  case 100:
+    return "Continue";
+  case 101:
+    return "Switching Protocols";
+  case 200:
+    return "OK";
+  case 201:
+    return "Created";
+  case 202:
+    return "Accepted";
+  case 204:
+    return "No Content";
+  case 206:
+    return "Partial Content";
+  case 301:
+    return "Moved Permanently";
+  case 302:
+    return "Found";
+  case 303:
+    return "See Other";
+  case 304:
+    return "Not Modified";
+  case 307:
+    return "Temporary Redirect";
+  case 308:
+    return "Permanent Redirect";
+  case 400:
+    return "Bad Request";
+  case 401:
+    return "Unauthorized";
+  case 403:
+    return "Forbidden";
+  case 404:
+    return "Not Found";
+  case 405:
+    return "Method Not Allowed";
+  case 408:
+    return "Request Timeout";
+  case 409:
+    return "Conflict";
+  case 411:
+    return "Length Required";
+  case 412:
+    return "Precondition Failed";
+  case 413:
+    return "Content Too Large";
+  case 414:
+    return "URI Too Long";
+  case 415:
+    return "Unsupported Media Type";
+  case 417:
+    return "Expectation Failed";
+  case 421:
+    return "Misdirected Request";
+  case 422:
+    return "Unprocessable Content";
+  case 425:
+    return "Too Early";
+  case 426:
+    return "Upgrade Required";
+  case 429:
+    return "Too Many Requests";
+  case 431:
+    return "Request Header Fields Too Large";
+  case 500:
+    return "Internal Server Error";
+  case 501:
+    return "Not Implemented";
+  case 502:
+    return "Bad Gateway";
+  case 503:
+    return "Service Unavailable";
+  case 504:
+    return "Gateway Timeout";
+  case 505:
+    return "HTTP Version Not Supported";
+  default:
+    return "Unknown";
   }
 }
 

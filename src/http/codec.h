@@ -45,12 +45,12 @@ enum class ParseError : uint8_t {
   kBadHeaderName,      // empty name, non-tchar byte, or missing colon
   kBadHeaderValue,     // NUL or another control character in a value
   kWhitespaceBeforeColon,
-  kObsFold,      // a header line starting with SP or HTAB (obsolete line folding)
+  kObsFold,       // a header line starting with SP or HTAB (obsolete line folding)
   kBadLineEnding, // bare CR or bare LF where CRLF is required
   kHeadersTooLarge,
   kTooManyHeaders,
-  kBadHost, // HTTP/1.1 request without Host, several Host fields, or an invalid Host value
-  kBadContentLength,                  // not a decimal number, or overflows
+  kBadHost,          // HTTP/1.1 request without Host, several Host fields, or an invalid Host value
+  kBadContentLength, // not a decimal number, or overflows
   kConflictingContentLength,          // repeated with differing values
   kContentLengthWithTransferEncoding, // both framing fields present
   kBadTransferEncoding,               // chunked not final / repeated, empty, or in HTTP/1.0
@@ -105,7 +105,7 @@ struct MessageHead {
   uint16_t status = 0;          // responses only
   BodyFraming framing = BodyFraming::kNone;
   std::optional<uint64_t> content_length; // as sent, even where it does not frame the body
-  bool chunked = false;                    // the body is chunked-encoded
+  bool chunked = false;                   // the body is chunked-encoded
   // The connection may carry another message after this one (RFC 9112 9.3: HTTP/1.1 unless
   // "Connection: close"; HTTP/1.0 only with "Connection: keep-alive"; never for a
   // close-delimited response body).
@@ -133,8 +133,7 @@ public:
   virtual ~ParserCallbacks() = default;
   // A new message's start line arrived (called just before onRequestLine/onStatusLine).
   virtual Action onMessageBegin() { return Action::kContinue; }
-  virtual Action onRequestLine(std::string_view method, std::string_view target,
-                               Version version) {
+  virtual Action onRequestLine(std::string_view method, std::string_view target, Version version) {
     return Action::kContinue;
   }
   virtual Action onStatusLine(Version version, uint16_t status, std::string_view reason) {
@@ -250,7 +249,7 @@ private:
   bool begun_ = false; // the current message's first byte has been seen
   ParseError error_ = ParseError::kNone;
   std::string error_message_;
-  std::string line_buf_; // a line split across execute() calls
+  std::string line_buf_;       // a line split across execute() calls
   uint32_t section_bytes_ = 0; // header (or trailer) section bytes consumed so far
   uint32_t field_count_ = 0;
   uint64_t remaining_ = 0; // body or chunk bytes still expected

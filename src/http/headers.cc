@@ -163,7 +163,9 @@ bool HeaderMap::operator==(const HeaderMap& o) const {
   return true;
 }
 
-bool isTokenChar(unsigned char c) { return chars::is(c, chars::kToken); }
+bool isTokenChar(unsigned char c) {
+  return chars::is(c, chars::kToken);
+}
 
 bool isValidHeaderName(std::string_view name) {
   if (name.empty())

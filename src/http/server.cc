@@ -16,7 +16,9 @@ std::optional<std::string_view> ServerRequest::query(std::string_view name) cons
   return std::nullopt;
 }
 
-bool ServerRequest::hasQuery(std::string_view name) const { return query(name).has_value(); }
+bool ServerRequest::hasQuery(std::string_view name) const {
+  return query(name).has_value();
+}
 
 // ------------------------------------------------------------------------------------------
 
@@ -162,8 +164,7 @@ public:
     return Action::kContinue;
   }
 
-  Action onRequestLine(std::string_view method, std::string_view target,
-                       Version version) override {
+  Action onRequestLine(std::string_view method, std::string_view target, Version version) override {
     ServerRequest& r = cur_->request;
     r.method = methodFromToken(method);
     r.method_name.assign(method);
@@ -240,10 +241,9 @@ private:
     if (reading_ || closed_)
       return;
     reading_ = true;
-    sock_.async_read_some(asio::buffer(rbuf_),
-                          [self = shared_from_this()](const asio::error_code& ec, size_t n) {
-                            self->onRead(ec, n);
-                          });
+    sock_.async_read_some(
+        asio::buffer(rbuf_),
+        [self = shared_from_this()](const asio::error_code& ec, size_t n) { self->onRead(ec, n); });
   }
 
   void onRead(const asio::error_code& ec, size_t n) {
@@ -342,10 +342,9 @@ private:
     write_in_flight_ = true;
     if (!idle_timer_->enabled())
       idle_timer_->enable(settings_.idle_timeout);
-    asio::async_write(sock_, asio::buffer(writing_),
-                      [self = shared_from_this()](const asio::error_code& ec, size_t) {
-                        self->onWrite(ec);
-                      });
+    asio::async_write(
+        sock_, asio::buffer(writing_),
+        [self = shared_from_this()](const asio::error_code& ec, size_t) { self->onWrite(ec); });
   }
 
   void onWrite(const asio::error_code& ec) {
@@ -466,8 +465,7 @@ void ResponseWriterImpl::writeHead(uint16_t status, HeaderMap h, bool streaming)
   }
   h.remove("Transfer-Encoding");
   const bool no_body_status = status < 200 || status == 204 || status == 304;
-  close_after = force_close || !request_keep_alive ||
-                listHasToken(h.getAll("Connection"), "close");
+  close_after = force_close || !request_keep_alive || listHasToken(h.getAll("Connection"), "close");
   if (streaming && !no_body_status) {
     h.remove("Content-Length");
     if (request.version == Version::kHttp11) {
@@ -607,8 +605,8 @@ Status Server::listen(const net::SocketAddress& address) {
 }
 
 void Server::accept() {
-  acceptor_.async_accept([this, alive = std::weak_ptr<bool>(alive_)](
-                             const asio::error_code& ec, asio::ip::tcp::socket sock) {
+  acceptor_.async_accept([this, alive = std::weak_ptr<bool>(alive_)](const asio::error_code& ec,
+                                                                     asio::ip::tcp::socket sock) {
     if (alive.expired() || !acceptor_.is_open())
       return;
     if (ec) {
@@ -657,6 +655,8 @@ void Server::stop() {
   }
 }
 
-void Server::onConnectionClosed(ServerConnection* c) { conns_.erase(c); }
+void Server::onConnectionClosed(ServerConnection* c) {
+  conns_.erase(c);
+}
 
 } // namespace trellis::http

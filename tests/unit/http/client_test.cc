@@ -124,8 +124,7 @@ TEST_F(ClientTest, ClosedBeforeCompleteIsAReset) {
   ASSERT_TRUE(pumpUntil(d_, [&] { return out->has_value(); }));
   ASSERT_FALSE((*out)->ok());
   EXPECT_EQ(clientErrorKind((*out)->error()), ClientErrorKind::kReset);
-  EXPECT_NE((*out)->error().message().find("before the response was complete"),
-            std::string::npos);
+  EXPECT_NE((*out)->error().message().find("before the response was complete"), std::string::npos);
 }
 
 TEST_F(ClientTest, BadResponse) {

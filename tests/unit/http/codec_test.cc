@@ -273,7 +273,8 @@ TEST(CodecHostile, BadTarget) {
   EXPECT_EQ(requestError("GET * HTTP/1.1\r\nHost: a\r\n\r\n"), ParseError::kBadTarget);
   EXPECT_EQ(requestError("GET example.com:80 HTTP/1.1\r\nHost: a\r\n\r\n"), ParseError::kBadTarget);
   EXPECT_EQ(requestError("CONNECT /path HTTP/1.1\r\nHost: a\r\n\r\n"), ParseError::kBadTarget);
-  EXPECT_EQ(requestError("CONNECT example.com HTTP/1.1\r\nHost: a\r\n\r\n"), ParseError::kBadTarget);
+  EXPECT_EQ(requestError("CONNECT example.com HTTP/1.1\r\nHost: a\r\n\r\n"),
+            ParseError::kBadTarget);
   EXPECT_EQ(requestError("CONNECT a:99999 HTTP/1.1\r\nHost: a\r\n\r\n"), ParseError::kBadTarget);
   EXPECT_EQ(requestError("GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n"), ParseError::kBadTarget);
   ParserLimits strict;
@@ -327,8 +328,7 @@ TEST(CodecHostile, ControlCharAtEveryOffsetOfALongValue) {
     std::string ok(40, 'a');
     ok[pos] = (pos % 2) ? '\t' : '\xff'; // HTAB and obs-text are fine anywhere inside
     ok = "b" + ok + "b";
-    EXPECT_EQ(requestError("GET / HTTP/1.1\r\nHost: a\r\nX: " + ok + "\r\n\r\n"),
-              ParseError::kNone)
+    EXPECT_EQ(requestError("GET / HTTP/1.1\r\nHost: a\r\nX: " + ok + "\r\n\r\n"), ParseError::kNone)
         << pos;
   }
 }
@@ -698,9 +698,10 @@ TEST(CodecPause, AbortFromCallback) {
 // Responses
 
 TEST(CodecResponse, ContentLengthAndChunked) {
-  Outcome o = parseWhole(ParserMode::kResponse,
-                         "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
-                         "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nyo\r\n0\r\n\r\n");
+  Outcome o =
+      parseWhole(ParserMode::kResponse,
+                 "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+                 "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nyo\r\n0\r\n\r\n");
   EXPECT_EQ(o.status, ParseStatus::kOk);
   EXPECT_EQ(o.log, "begin\nrsp HTTP/1.1 200 OK\nh Content-Length=2\n"
                    "hc framing=1 cl=2 ka=true up=false ex=false interim=false\nbody hi\ndone\n"
@@ -727,7 +728,8 @@ TEST(CodecResponse, NoBodyFor204And304) {
   for (std::string st : {"204 No Content", "304 Not Modified"}) {
     Recorder r;
     Parser p(ParserMode::kResponse, r);
-    ParseResult res = p.execute("HTTP/1.1 " + st + "\r\nContent-Length: 5\r\n\r\n"
+    ParseResult res = p.execute("HTTP/1.1 " + st +
+                                "\r\nContent-Length: 5\r\n\r\n"
                                 "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     EXPECT_EQ(res.status, ParseStatus::kOk);
     EXPECT_EQ(r.messages, 2) << st;
@@ -763,9 +765,9 @@ TEST(CodecResponse, ReadUntilClose) {
     EXPECT_NE(o.log.find("body all of this is body\ndone\n"), std::string::npos) << o.log;
   }
   // Transfer-Encoding whose final coding is not chunked: also delimited by close.
-  Outcome g = parseWhole(ParserMode::kResponse,
-                         "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzzz", {},
-                         Method::kGet, true);
+  Outcome g =
+      parseWhole(ParserMode::kResponse, "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzzz", {},
+                 Method::kGet, true);
   EXPECT_EQ(g.status, ParseStatus::kOk);
   EXPECT_NE(g.log.find("framing=3"), std::string::npos);
 }
@@ -792,9 +794,9 @@ TEST(CodecResponse, Http10KeepAlive) {
   Parser p(ParserMode::kResponse, r);
   ASSERT_EQ(p.execute("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").status, ParseStatus::kOk);
   EXPECT_FALSE(r.heads.at(0).keep_alive);
-  ASSERT_EQ(p.execute("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n")
-                .status,
-            ParseStatus::kOk);
+  ASSERT_EQ(
+      p.execute("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n").status,
+      ParseStatus::kOk);
   EXPECT_TRUE(r.heads.at(1).keep_alive);
 }
 

@@ -82,8 +82,12 @@ TEST(Headers, HopByHop) {
   EXPECT_FALSE(isHopByHopHeader("Content-Length"));
   EXPECT_FALSE(isHopByHopHeader("X-Custom"));
 
-  HeaderMap h{{"Connection", "close, X-Secret"}, {"X-Secret", "s"}, {"Keep-Alive", "5"},
-              {"Host", "a"},                     {"TE", "trailers"}, {"Content-Length", "1"}};
+  HeaderMap h{{"Connection", "close, X-Secret"},
+              {"X-Secret", "s"},
+              {"Keep-Alive", "5"},
+              {"Host", "a"},
+              {"TE", "trailers"},
+              {"Content-Length", "1"}};
   EXPECT_TRUE(isHopByHop(h, "x-secret"));
   EXPECT_FALSE(isHopByHop(h, "Host"));
   EXPECT_EQ(removeHopByHopHeaders(h), 4u);

@@ -249,8 +249,8 @@ TEST_F(ServerTest, SmugglingAttemptGets400) {
   ASSERT_TRUE(pumpUntil(d_, [&] { return c.eof(); }));
   EXPECT_EQ(c.received().rfind("HTTP/1.1 400 ", 0), 0u);
   EXPECT_EQ(c.count("HTTP/1.1"), 1u); // the smuggled request was never answered
-  EXPECT_EQ(server_->stats().parse_errors[static_cast<size_t>(
-                ParseError::kContentLengthWithTransferEncoding)],
+  EXPECT_EQ(server_->stats()
+                .parse_errors[static_cast<size_t>(ParseError::kContentLengthWithTransferEncoding)],
             1u);
   EXPECT_EQ(handled_, 0);
 }
@@ -466,10 +466,9 @@ protected:
   void SetUp() override {
     settings_.header_read_timeout = 10s;
     settings_.idle_timeout = 60s;
-    server_ = std::make_unique<Server>(d_, settings_,
-                                       [](ServerRequest&, std::shared_ptr<ResponseWriter> w) {
-                                         w->send(200, {}, "ok");
-                                       });
+    server_ = std::make_unique<Server>(
+        d_, settings_,
+        [](ServerRequest&, std::shared_ptr<ResponseWriter> w) { w->send(200, {}, "ok"); });
     ASSERT_TRUE(server_->listen(loopback()).ok());
   }
   // Moves simulated time and lets the loop fire what became due.
@@ -534,10 +533,9 @@ TEST_F(ServerTimeoutTest, ClientThatStopsReadingIsClosed) {
 
 TEST_F(ServerTimeoutTest, HeldRequestIsNotTimedOut) {
   std::shared_ptr<ResponseWriter> held;
-  server_ = std::make_unique<Server>(d_, settings_,
-                                     [&](ServerRequest&, std::shared_ptr<ResponseWriter> w) {
-                                       held = std::move(w);
-                                     });
+  server_ = std::make_unique<Server>(
+      d_, settings_,
+      [&](ServerRequest&, std::shared_ptr<ResponseWriter> w) { held = std::move(w); });
   ASSERT_TRUE(server_->listen(loopback()).ok());
   RawConn c(d_, server_->boundAddress());
   c.send("GET /v1/kv/x?index=3&wait=10m HTTP/1.1\r\nHost: a\r\n\r\n");

@@ -378,10 +378,10 @@ ParseResult<Header> parseHeader(std::span<const uint8_t> msg) {
     return ParseError{ParseErrorCode::kTruncatedHeader, 0,
                       fmt::format("message of {} bytes is shorter than the {}-byte header",
                                   msg.size(), kHeaderSize)};
-  WireReader r(msg);
+  auto u16 = [&](size_t at) { return static_cast<uint16_t>((msg[at] << 8) | msg[at + 1]); };
   Header h;
-  h.id = r.u16();
-  uint16_t flags = r.u16();
+  h.id = u16(0);
+  uint16_t flags = u16(2);
   h.qr = flags & 0x8000;
   h.opcode = static_cast<Opcode>((flags >> 11) & 0xF);
   h.aa = flags & 0x0400;
@@ -391,10 +391,10 @@ ParseResult<Header> parseHeader(std::span<const uint8_t> msg) {
   h.ad = flags & 0x0020;
   h.cd = flags & 0x0010;
   h.rcode = flags & 0xF;
-  h.qdcount = r.u16();
-  h.ancount = r.u16();
-  h.nscount = r.u16();
-  h.arcount = r.u16();
+  h.qdcount = u16(4);
+  h.ancount = u16(6);
+  h.nscount = u16(8);
+  h.arcount = u16(10);
   return h;
 }
 

@@ -192,6 +192,10 @@ TEST_F(DnsServerTest, AnswersOverUdp) {
   EXPECT_EQ(stats().udp_queries.load(), 1u);
   EXPECT_EQ(stats().queriesOfType(RrType::kA), 1u);
   EXPECT_EQ(stats().responsesWithRcode(Rcode::kNoError), 1u);
+  EXPECT_EQ(stats().responsesWithRcode(Rcode::kNxDomain), 0u);
+  EXPECT_EQ(ServerStats::typeLabel(ServerStats::typeIndex(RrType::kSrv)), "SRV");
+  EXPECT_EQ(ServerStats::typeLabel(ServerStats::typeIndex(RrType::kMx)), "other");
+  EXPECT_EQ(ServerStats::rcodeLabel(ServerStats::rcodeIndex(Rcode::kBadVers)), "BADVERS");
 }
 
 TEST_F(DnsServerTest, TruncatedOverUdpThenFullOverTcp) {

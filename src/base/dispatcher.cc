@@ -34,7 +34,9 @@ private:
 };
 
 Dispatcher::Dispatcher(std::string name, TimeSource& time_source)
-    : name_(std::move(name)), time_(time_source), io_(1), work_(asio::make_work_guard(io_)),
+    // Sockets and timers of a loop are used only by its own thread (post() stays
+    // thread-safe), so the reactor's per-descriptor locking can go.
+    : name_(std::move(name)), time_(time_source), io_(ASIO_CONCURRENCY_HINT_UNSAFE_IO), work_(asio::make_work_guard(io_)),
       os_timer_(io_), owner_(std::this_thread::get_id()) {
   time_.addListener(this);
 }
@@ -68,9 +70,10 @@ void Dispatcher::clearDeferred() {
 
 void Dispatcher::run() {
   owner_ = std::this_thread::get_id();
-  if (io_.stopped())
-    io_.restart();
+  // An exit() that came before run() (another thread asked to stop before this one got
+  // here) makes run() return at once; the loop is restarted afterwards for the next run().
   io_.run();
+  io_.restart();
 }
 
 size_t Dispatcher::runReady() {

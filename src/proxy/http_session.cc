@@ -1,5 +1,8 @@
 #include "proxy/http_session.h"
 
+#include <charconv>
+#include <cstring>
+
 #include <asio/connect.hpp>
 #include <asio/write.hpp>
 
@@ -74,6 +77,58 @@ uint32_t flagBits(std::string_view f) {
   if (f == "FI")
     return kFaultInjected;
   return 0;
+}
+
+// A name of the right length compared case-insensitively: most fields fail on length.
+bool nameIs(std::string_view name, std::string_view lower) {
+  return name.size() == lower.size() && http::equalsIgnoreCase(name, lower);
+}
+
+// The field names listed in a message's Connection fields (hop-by-hop for that message).
+struct ConnectionTokens {
+  explicit ConnectionTokens(const http::HeaderMap& h) {
+    for (auto f : h) {
+      if (!nameIs(f.name, "connection"))
+        continue;
+      http::forEachListElement(f.value, [&](std::string_view t) {
+        if (n < names.size())
+          names[n++] = t;
+        else
+          extra.push_back(t);
+      });
+    }
+  }
+  bool has(std::string_view name) const {
+    for (size_t i = 0; i < n; ++i)
+      if (nameIs(name, names[i]))
+        return true;
+    for (auto t : extra)
+      if (nameIs(name, t))
+        return true;
+    return false;
+  }
+  std::array<std::string_view, 16> names; // no allocation for the usual handful
+  size_t n = 0;
+  std::vector<std::string_view> extra;
+};
+
+// True for fields a proxy never forwards: hop-by-hop ones, those named in Connection, and
+// the framing fields it rewrites itself.
+bool isDropped(std::string_view name, const ConnectionTokens& tokens) {
+  if (http::isHopByHopHeader(name) || nameIs(name, "content-length"))
+    return true;
+  return tokens.n > 0 && tokens.has(name);
+}
+
+void appendField(std::string& out, std::string_view name, std::string_view value) {
+  out.append(name).append(": ").append(value).append("\r\n");
+}
+
+void appendNumberField(std::string& out, std::string_view name, uint64_t v) {
+  char tmp[24];
+  auto [end, ec] = std::to_chars(tmp, tmp + sizeof tmp, v);
+  (void)ec;
+  out.append(name).append(": ").append(tmp, end).append("\r\n");
 }
 
 bool isIdempotent(std::string_view m) {
@@ -325,48 +380,64 @@ bool HttpSession::routeRequest() {
 }
 
 void HttpSession::buildUpstreamHead() {
-  http::HeaderMap& h = req_headers_;
-  std::string upgrade;
-  if (req_head_.upgrade) {
-    if (auto u = h.get("upgrade"))
-      upgrade = std::string(*u);
+  // One pass over the request's fields writes the upstream head directly: hop-by-hop fields
+  // (and those named in Connection) are dropped, the fields we own are replaced, the rest are
+  // copied as they came. (Editing a HeaderMap and serialising it cost several passes.)
+  ConnectionTokens tokens(req_headers_);
+  std::string_view xff, rid, tp, upgrade;
+  std::string& out = up_head_;
+  out.clear();
+  out.append(method_).append(" ").append(target_).append(" HTTP/1.1\r\n");
+  for (auto f : req_headers_) {
+    if (isDropped(f.name, tokens)) {
+      if (req_head_.upgrade && nameIs(f.name, "upgrade"))
+        upgrade = f.value;
+      continue;
+    }
+    if (nameIs(f.name, "x-forwarded-for")) {
+      xff = f.value;
+      continue;
+    }
+    if (nameIs(f.name, "x-request-id")) {
+      rid = f.value;
+      continue;
+    }
+    if (nameIs(f.name, "traceparent")) {
+      tp = f.value;
+      continue;
+    }
+    if (nameIs(f.name, "x-forwarded-proto"))
+      continue;
+    appendField(out, f.name, f.value);
   }
-  http::removeHopByHopHeaders(h);
-  h.remove("content-length"); // re-added below from the parsed framing
-  // x-forwarded-for: append the peer; x-forwarded-proto: what the client spoke to us.
-  if (auto xff = h.get("x-forwarded-for"))
-    h.set("x-forwarded-for", std::string(*xff) + ", " + peer_ip_);
-  else
-    h.add("x-forwarded-for", peer_ip_);
-  h.set("x-forwarded-proto", "http");
+  out.append("x-forwarded-for: ");
+  if (!xff.empty())
+    out.append(xff).append(", ");
+  out.append(peer_ip_).append("\r\nx-forwarded-proto: http\r\n");
   auto& ids = telemetry::threadIdGenerator();
-  auto rid = h.get("x-request-id");
-  if (!rid || !telemetry::isAcceptableRequestId(*rid)) {
-    char id[telemetry::kRequestIdLength];
-    ids.writeRequestId(id);
-    h.set("x-request-id", std::string_view(id, sizeof id));
+  if (rid.empty() || !telemetry::isAcceptableRequestId(rid)) {
+    ids.writeRequestId(request_id_);
+    request_id_len_ = telemetry::kRequestIdLength;
+  } else {
+    request_id_len_ = std::min(rid.size(), sizeof request_id_);
+    std::memcpy(request_id_, rid.data(), request_id_len_);
   }
-  auto tp = h.get("traceparent");
-  h.set("traceparent",
-        ids.propagate(tp ? *tp : std::string_view(), false).traceparent());
+  appendField(out, "x-request-id", std::string_view(request_id_, request_id_len_));
+  appendField(out, "traceparent", ids.propagate(tp, false).traceparent());
   for (const auto& hv : route_->request_headers_to_add)
-    h.add(hv.name, hv.value);
+    appendField(out, hv.name, hv.value);
   up_chunked_ = false;
   if (req_head_.chunked) {
-    h.add("transfer-encoding", "chunked");
+    out.append("transfer-encoding: chunked\r\n");
     up_chunked_ = true;
   } else if (req_head_.content_length) {
-    char tmp[24];
-    int n = std::snprintf(tmp, sizeof tmp, "%llu",
-                          static_cast<unsigned long long>(*req_head_.content_length));
-    h.add("content-length", std::string_view(tmp, static_cast<size_t>(n)));
+    appendNumberField(out, "content-length", *req_head_.content_length);
   }
   if (!upgrade.empty()) {
-    h.add("connection", "upgrade");
-    h.add("upgrade", upgrade);
+    out.append("connection: upgrade\r\n");
+    appendField(out, "upgrade", upgrade);
   }
-  up_head_.clear();
-  http::serializeRequestHead(method_, target_, http::Version::kHttp11, h, up_head_);
+  out.append("\r\n");
   up_out_.append(up_head_);
   uparser_.reset();
   uparser_.expectResponseTo(req_head_.method);
@@ -580,60 +651,71 @@ http::Action HttpSession::rspHeader(std::string_view name, std::string_view valu
 }
 
 http::Action HttpSession::rspHeadersComplete(const http::MessageHead& head) {
-  http::HeaderMap& h = rsp_headers_;
+  ConnectionTokens tokens(rsp_headers_);
+  std::string& out = down_out_;
+  auto statusLine = [&](http::Version v) {
+    char code[8];
+    auto [end, ec] = std::to_chars(code, code + sizeof code, status_);
+    (void)ec;
+    out.append(http::versionString(v)).append(" ").append(code, end).append(" ");
+    out.append(reason_.empty() ? http::reasonPhrase(status_) : std::string_view(reason_));
+    out.append("\r\n");
+  };
   if (head.interim) {
-    http::removeHopByHopHeaders(h);
-    http::serializeResponseHead(http::Version::kHttp11, status_, reason_, h, down_out_);
+    statusLine(http::Version::kHttp11);
+    for (auto f : rsp_headers_)
+      if (!isDropped(f.name, tokens))
+        appendField(out, f.name, f.value);
+    out.append("\r\n");
     return http::Action::kContinue;
   }
-  std::string upgrade;
-  if (head.upgrade && status_ == 101) {
-    if (auto u = h.get("upgrade"))
-      upgrade = std::string(*u);
+  std::string_view upgrade;
+  bool switching = head.upgrade && status_ == 101;
+  statusLine(version_);
+  for (auto f : rsp_headers_) {
+    if (isDropped(f.name, tokens)) {
+      if (switching && nameIs(f.name, "upgrade"))
+        upgrade = f.value;
+      continue;
+    }
+    appendField(out, f.name, f.value);
   }
-  http::removeHopByHopHeaders(h);
-  h.remove("content-length"); // re-added below from the parsed framing
   keep_alive_ = req_head_.keep_alive && !upgrading_;
   if (lrt_ && lrt_->cfg->max_requests_per_connection > 0 &&
       requests_on_conn_ >= lrt_->cfg->max_requests_per_connection)
     keep_alive_ = false;
   rsp_rechunk_ = false;
   switch (head.framing) {
-  case http::BodyFraming::kContentLength: {
-    char tmp[24];
-    int n = std::snprintf(tmp, sizeof tmp, "%llu",
-                          static_cast<unsigned long long>(*head.content_length));
-    h.add("content-length", std::string_view(tmp, static_cast<size_t>(n)));
+  case http::BodyFraming::kContentLength:
+    appendNumberField(out, "content-length", *head.content_length);
     break;
-  }
   case http::BodyFraming::kChunked:
   case http::BodyFraming::kUntilClose:
     if (version_ == http::Version::kHttp11) {
-      h.add("transfer-encoding", "chunked");
+      out.append("transfer-encoding: chunked\r\n");
       rsp_rechunk_ = true;
     } else {
       keep_alive_ = false; // HTTP/1.0 client: the body ends when we close
     }
     break;
   case http::BodyFraming::kNone:
-    if (head.content_length && req_head_.method == http::Method::kHead) {
-      h.add("content-length", std::to_string(*head.content_length));
-    } else if (status_ >= 200 && status_ != 204 && status_ != 304 && !head.upgrade) {
-      h.add("content-length", "0");
-    }
+    if (head.content_length && req_head_.method == http::Method::kHead)
+      appendNumberField(out, "content-length", *head.content_length);
+    else if (status_ >= 200 && status_ != 204 && status_ != 304 && !head.upgrade)
+      out.append("content-length: 0\r\n");
     break;
   }
   if (!upgrade.empty()) {
-    h.add("connection", "upgrade");
-    h.add("upgrade", upgrade);
+    out.append("connection: upgrade\r\n");
+    appendField(out, "upgrade", upgrade);
   } else if (!keep_alive_) {
-    h.add("connection", "close");
+    out.append("connection: close\r\n");
   } else if (version_ == http::Version::kHttp10) {
-    h.add("connection", "keep-alive");
+    out.append("connection: keep-alive\r\n");
   }
-  http::serializeResponseHead(version_, status_, reason_, h, down_out_);
+  out.append("\r\n");
   rsp_started_ = true;
-  if (head.upgrade && status_ == 101)
+  if (switching)
     upgrading_ = true;
   return http::Action::kContinue;
 }
@@ -827,8 +909,7 @@ void HttpSession::finishRequest() {
     if (cluster_ && upstream.empty() && route_)
       upstream = cluster_->pool(ep_).address().toString();
     e.upstream = upstream;
-    auto rid = req_headers_.get("x-request-id");
-    e.request_id = rid ? *rid : std::string_view();
+    e.request_id = std::string_view(request_id_, request_id_len_);
     e.response_flags = flagBits(flag_);
     e.listener = listener_name_;
     std::string route_label = route_ ? route_->name : "";
@@ -847,6 +928,7 @@ void HttpSession::finishRequest() {
   req_parsed_ = req_sent_ = rsp_started_ = rsp_parsed_ = rsp_rechunk_ = false;
   up_chunked_ = up_reused_ = retried_reuse_ = false;
   req_body_bytes_ = bytes_out_req_ = bytes_in_req_ = 0;
+  request_id_len_ = 0;
   status_ = 0;
   flag_ = "-";
   up_out_.clear();

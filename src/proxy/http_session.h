@@ -126,6 +126,8 @@ private:
   http::HeaderMap req_headers_;
   http::MessageHead req_head_;
   std::string up_head_;     // the serialised upstream head, kept for a reuse-race retry
+  char request_id_[128];    // x-request-id sent upstream (received or generated)
+  size_t request_id_len_ = 0;
   std::string up_out_;      // bytes to write upstream
   std::string_view up_piece_; // a large body piece written from dbuf_ without copying
   bool up_chunked_ = false;   // request body re-framed as chunked upstream

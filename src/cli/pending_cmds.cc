@@ -4,12 +4,6 @@
 
 namespace trellis::cli {
 
-void addServerCommand(CLI::App& app, const GlobalOptions&, Action& action) {
-  auto* cmd = app.add_subcommand("server", "Run the control plane: registry, HTTP API, DNS, CA");
-  cmd->allow_extras();
-  cmd->callback([&action] { action = [] { return notImplemented("server"); }; });
-}
-
 void addUpCommand(CLI::App& app, const GlobalOptions&, Action& action) {
   auto* cmd = app.add_subcommand("up", "Start manifests' workloads on this machine with sidecars");
   cmd->allow_extras();

@@ -162,6 +162,7 @@ void HttpSession::start() {
     idle_timeout_ = lrt_->cfg->idle_timeout;
   }
   timer_ = worker_.dispatcher().createTimer([this] { onIdleTimer(); });
+  last_activity_ = req_start_ = worker_.dispatcher().now();
   // The first request's head must arrive within header_read_timeout.
   armIdleTimer(lrt_ ? lrt_->cfg->header_read_timeout : std::chrono::seconds(10));
   readDown();
@@ -278,7 +279,9 @@ http::Action HttpSession::onHeader(std::string_view name, std::string_view value
 http::Action HttpSession::onHeadersComplete(const http::MessageHead& head) {
   req_head_ = head;
   ++requests_on_conn_;
-  armIdleTimer(idle_timeout_);
+  // The timer stays armed as it is; when it fires it measures idleness from last_activity_
+  // and re-arms for the rest. Re-arming on every request would cost a timer-set insert.
+  last_activity_ = worker_.dispatcher().now();
   phase_ = Phase::kConnecting;
   if (!routeRequest())
     return http::Action::kPause; // a local reply is under way
@@ -943,7 +946,9 @@ void HttpSession::finishRequest() {
   if (dparser_.upgraded())
     dparser_.continueAfterUpgrade(); // the upstream declined the upgrade
   dparser_.resume();
-  armIdleTimer(idle_timeout_);
+  last_activity_ = req_start_ = worker_.dispatcher().now();
+  if (!timer_->enabled())
+    armIdleTimer(idle_timeout_);
   processDown();
 }
 
@@ -991,7 +996,14 @@ void HttpSession::onIdleTimer() {
     return;
   }
   if (phase_ == Phase::kIdle && !dparser_.idle()) {
-    // A request head still incomplete: slow-header client.
+    // A request head still incomplete: a slow-header client gets header_read_timeout from
+    // the start of its request line (or from the previous request, if even that is missing).
+    Duration limit = lrt_ ? lrt_->cfg->header_read_timeout : std::chrono::seconds(10);
+    Duration taken = worker_.dispatcher().now() - req_start_;
+    if (taken < limit) {
+      timer_->enable(limit - taken);
+      return;
+    }
     localReply(408, "DT", "request header timeout\n", true);
     return;
   }

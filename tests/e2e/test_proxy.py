@@ -423,3 +423,32 @@ clusters:
                        text=True, timeout=30)
     assert r.returncode == 2
     assert f'{path}:9: clusters[0].lb: unknown policy "round-robbin"' in r.stderr, r.stderr
+
+
+def test_slow_header_client_gets_408(procs, echo):
+    api = echo("api")
+    cfg = f"""
+admin: {{address: 127.0.0.1:0}}
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    header_read_timeout: 300ms
+    routes:
+      - match: {{prefix: /}}
+        cluster: api
+clusters:
+  - name: api
+    endpoints: [{api.address}]
+"""
+    p = start_proxy(procs, cfg)
+    s = socket.create_connection(("127.0.0.1", p.port()), timeout=10)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")   # and never finishes the head
+    data = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    assert data.startswith(b"HTTP/1.1 408"), data
+    assert p.metric("trellis_proxy_local_replies_total", flag="DT") == 1

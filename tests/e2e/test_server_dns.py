@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from conftest import wait_until, free_port
+from conftest import ECHO, Echo, wait_until, free_port
 from serverutil import start_server
 
 
@@ -98,16 +98,24 @@ def socket_kind_udp():
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/sbin/haproxy"), reason="haproxy not installed")
-def test_haproxy_discovers_backends(server, procs, echo, tmp_path):
-    echoes = [echo(f"web{i}") for i in range(3)]
-    for e in echoes:
-        register(server, "web", e.instance, e.port, "127.0.0.1")
+def test_haproxy_discovers_backends(server, procs, tmp_path):
+    # One loopback address per instance: HAProxy gives each SRV target host name one server,
+    # so instances must not share an address (their SRV targets are address names).
+    echoes = []
+    for i in range(3):
+        ip = f"127.0.0.{31 + i}"
+        p = procs([ECHO, "--listen", f"{ip}:0", "--name", f"web{i}"])
+        port = int(p.wait_for_line(r"listening on 127\.0\.0\.\d+:(\d+)").group(1))
+        echoes.append(Echo(p, port, f"web{i}"))
+        register(server, "web", f"web{i}", port, ip)
     fport = free_port()
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(f"""global
-    log stdout format raw local0 err
+    log stdout format raw local0 info
 defaults
     mode http
+    log global
+    option httplog
     timeout connect 2s
     timeout client 5s
     timeout server 5s
@@ -126,7 +134,7 @@ backend be
     balance roundrobin
     server-template web 5 _web._tcp.service.trellis resolvers trellis resolve-prefer ipv4 check inter 500ms
 """)
-    procs(["/usr/sbin/haproxy", "-f", str(cfg), "-db"])
+    hap = procs(["/usr/sbin/haproxy", "-f", str(cfg), "-db"])
     seen = set()
 
     def reached_all():
@@ -140,5 +148,7 @@ backend be
                 seen.add(e.name)
         return len(seen) == 3
 
-    wait_until(reached_all, timeout=30, interval=0.05,
-               what=f"HAProxy reaching all three echo instances (seen {seen})")
+    try:
+        wait_until(reached_all, timeout=30, interval=0.05, what="HAProxy reaching all three echoes")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; seen {seen}; haproxy said:\n{hap.output()}")

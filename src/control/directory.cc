@@ -16,6 +16,38 @@ std::optional<asio::ip::address> ipOf(const std::string& text) {
 
 std::vector<dns::ServiceInstance>
 CatalogDirectory::serviceInstances(std::string_view service, std::optional<std::string_view> tag) {
+  std::vector<dns::ServiceInstance> scratch;
+  const auto& v = lookup(service, tag, scratch);
+  return &v == &scratch ? std::move(scratch) : v;
+}
+
+const std::vector<dns::ServiceInstance>&
+CatalogDirectory::lookup(std::string_view service, std::optional<std::string_view> tag,
+                         std::vector<dns::ServiceInstance>& scratch) {
+  std::string key = registry::foldName(service);
+  if (tag) {
+    key += '\0';
+    key += registry::foldName(*tag);
+  } else {
+    key += '\1';
+  }
+  if (auto it = cache_.find(key); it != cache_.end())
+    return it->second.instances;
+  scratch = compute(service, tag);
+  if (cache_.size() >= max_cached_)
+    cache_.clear();
+  auto handle = catalog_.watch(registry::WatchScope::service(service),
+                               [this, key] { cache_.erase(key); });
+  if (!handle)
+    return scratch; // no watcher left: answer uncached
+  auto& slot = cache_[key];
+  slot.instances = std::move(scratch);
+  slot.watch = std::move(*handle);
+  return slot.instances;
+}
+
+std::vector<dns::ServiceInstance>
+CatalogDirectory::compute(std::string_view service, std::optional<std::string_view> tag) const {
   registry::InstanceQuery q;
   if (tag)
     q.tags.emplace_back(*tag);
@@ -51,7 +83,10 @@ CatalogDirectory::serviceInstances(std::string_view service, std::optional<std::
 }
 
 bool CatalogDirectory::serviceExists(std::string_view service) {
-  // A name lives in the catalog while it has instances.
+  // A name lives in the catalog while it has instances (skipped ones included).
+  std::vector<dns::ServiceInstance> scratch;
+  if (!lookup(service, std::nullopt, scratch).empty())
+    return true;
   return !catalog_.serviceInstances(service).value.empty();
 }
 

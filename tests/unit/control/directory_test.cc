@@ -77,3 +77,36 @@ TEST(CatalogDirectory, MapsInstancesHealthAndAddresses) {
 
 } // namespace
 } // namespace trellis::control
+
+namespace trellis::control {
+namespace {
+
+TEST(CatalogDirectory, CacheIsDroppedExactlyByChangesToItsService) {
+  registry::Catalog cat;
+  ASSERT_TRUE(cat.apply(reg("n1", "10.0.0.1", "web-1", "", 80)).ok());
+  auto other = reg("n1", "10.0.0.1", "db-1", "", 5432);
+  other.service->name = "db";
+  ASSERT_TRUE(cat.apply(other).ok());
+  CatalogDirectory dir(cat, 2);
+  EXPECT_EQ(dir.serviceInstances("web", std::nullopt).size(), 1u);
+  EXPECT_EQ(dir.serviceInstances("db", std::nullopt).size(), 1u);
+  EXPECT_EQ(dir.cachedAnswers(), 2u);
+  // A change to db drops db's answer only.
+  other.service->port = 5433;
+  ASSERT_TRUE(cat.apply(other).ok());
+  EXPECT_EQ(dir.cachedAnswers(), 1u);
+  EXPECT_EQ(dir.serviceInstances("db", std::nullopt)[0].port, 5433);
+  // A new web instance is answered by the next query.
+  ASSERT_TRUE(cat.apply(reg("n2", "10.0.0.2", "web-2", "", 81)).ok());
+  EXPECT_EQ(dir.serviceInstances("WEB", std::nullopt).size(), 2u);
+  // Deregistration too.
+  ASSERT_TRUE(cat.apply(registry::DeregisterRequest{"n2", "", ""}).ok());
+  EXPECT_EQ(dir.serviceInstances("web", std::nullopt).size(), 1u);
+  // The cap: a third name empties the cache rather than growing past it.
+  EXPECT_TRUE(dir.serviceInstances("nope", std::nullopt).empty());
+  EXPECT_LE(dir.cachedAnswers(), 2u);
+  EXPECT_LE(cat.watcherCount(), 2u);
+}
+
+} // namespace
+} // namespace trellis::control

@@ -418,15 +418,33 @@ void Server::Core::stop() {
   forwards.clear();
 }
 
+// Datagrams answered per wake-up of the UDP socket beyond the first.
+constexpr int kUdpBurst = 64;
+
 void Server::Core::receiveUdp() {
+  if (!udp.non_blocking()) {
+    std::error_code ec;
+    udp.non_blocking(true, ec);
+  }
   udp.async_receive_from(asio::buffer(udp_buf), udp_peer,
                          [self = shared_from_this()](const std::error_code& ec, size_t n) {
                            if (self->stopped)
                              return;
-                           if (!ec)
+                           if (!ec) {
                              self->onUdp(n);
-                           else if (ec != asio::error::operation_aborted)
+                             // Drain what else is queued before going back to epoll: one
+                             // wake-up serves a burst (bounded, so TCP clients get a turn).
+                             for (int i = 0; i < kUdpBurst && !self->stopped; ++i) {
+                               std::error_code rec;
+                               size_t m = self->udp.receive_from(asio::buffer(self->udp_buf),
+                                                                 self->udp_peer, 0, rec);
+                               if (rec)
+                                 break;
+                               self->onUdp(m);
+                             }
+                           } else if (ec != asio::error::operation_aborted) {
                              TLOG_DEBUG("dns: UDP receive: {}", ec.message());
+                           }
                            // ICMP errors from earlier replies surface here; keep serving.
                            self->receiveUdp();
                          });

@@ -51,15 +51,6 @@ template <size_t N> void appendHex(const std::array<uint8_t, N>& a, std::string&
   }
 }
 
-uint64_t splitmix64(uint64_t& x) {
-  uint64_t z = (x += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
 void fillNonZero(IdGenerator& gen, uint8_t* out, size_t n) {
   // An all-zero id is invalid; with 64+ random bits it is astronomically unlikely, but retry.
   bool any = false;
@@ -165,22 +156,9 @@ bool isAcceptableRequestId(std::string_view id) {
   return true;
 }
 
-IdGenerator::IdGenerator(uint64_t seed) {
-  for (uint64_t& s : s_)
-    s = splitmix64(seed);
-}
+IdGenerator::IdGenerator(uint64_t seed) : gen_(seed) {}
 
-uint64_t IdGenerator::next() {
-  const uint64_t result = rotl(s_[1] * 5, 7) * 9;
-  const uint64_t t = s_[1] << 17;
-  s_[2] ^= s_[0];
-  s_[3] ^= s_[1];
-  s_[1] ^= s_[2];
-  s_[0] ^= s_[3];
-  s_[2] ^= t;
-  s_[3] = rotl(s_[3], 45);
-  return result;
-}
+uint64_t IdGenerator::next() { return gen_.next(); }
 
 TraceContext IdGenerator::newTrace(bool sampled) {
   TraceContext ctx;

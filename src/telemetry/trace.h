@@ -5,6 +5,7 @@
 #include <string>
 #include <string_view>
 
+#include "base/random.h"
 #include "base/result.h"
 
 // W3C Trace Context (`traceparent`) and `x-request-id` helpers for the data plane.
@@ -74,7 +75,7 @@ public:
   void writeRequestId(char* out);
 
 private:
-  uint64_t s_[4];
+  Xoshiro256 gen_;
 };
 
 // The calling thread's generator, seeded from the OS's randomness on first use.

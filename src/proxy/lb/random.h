@@ -2,6 +2,8 @@
 
 #include <cstdint>
 
+#include "base/random.h"
+
 namespace trellis::proxy {
 
 // A source of random 64-bit values. Load balancers, weighted route selection and fault
@@ -18,13 +20,13 @@ public:
 // xoshiro256** seeded through splitmix64: fast, statistically strong, not cryptographic.
 class RandomGeneratorImpl : public RandomGenerator {
 public:
-  explicit RandomGeneratorImpl(uint64_t seed);
+  explicit RandomGeneratorImpl(uint64_t seed) : gen_(seed) {}
 
   // RandomGenerator
-  uint64_t random() override;
+  uint64_t random() override { return gen_.next(); }
 
 private:
-  uint64_t s_[4];
+  Xoshiro256 gen_;
 };
 
 // Maps a uniform 64-bit value onto [0, n) without division (Lemire's multiply-shift); the

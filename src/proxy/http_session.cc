@@ -131,6 +131,8 @@ void appendNumberField(std::string& out, std::string_view name, uint64_t v) {
   out.append(name).append(": ").append(tmp, end).append("\r\n");
 }
 
+constexpr size_t kNoEndpoint = static_cast<size_t>(-1);
+
 bool isIdempotent(std::string_view m) {
   return m == "GET" || m == "HEAD" || m == "OPTIONS" || m == "PUT" || m == "DELETE" ||
          m == "TRACE";
@@ -365,6 +367,7 @@ bool HttpSession::routeRequest() {
   route_ = &lrt_->cfg->routes[route_index_];
   target_index_ = selectCluster(*route_, worker_.random().random());
   cluster_ = cfg_->clusters[route_->clusters[target_index_].cluster_index].get();
+  ep_ = kNoEndpoint;
   LbContext ctx;
   std::optional<uint64_t> hash;
   if (cluster_->cfg.hash_on)
@@ -809,11 +812,11 @@ void HttpSession::startTunnel() {
     cluster_->endpoints.onRequestEnd(ep_);
     ep_counted_ = false;
   }
-  // Count the upgrade as an answered request now; the tunnel may live for hours.
+  // Count the upgrade (a 101, so 1xx) as an answered request now; the tunnel may live for
+  // hours.
   if (route_)
-    lrt_->routes[route_index_][target_index_].by_class[1].inc();
+    lrt_->routes[route_index_][target_index_].by_class[0].inc();
   auto cfg = cfg_;
-  ClusterRuntime* cluster = cluster_;
   ListenerRuntime* lrt = lrt_;
   auto tunnel = std::make_shared<Tunnel>(
       worker_.dispatcher(), std::move(down_), std::move(conn->socket), std::move(to_up),
@@ -821,8 +824,9 @@ void HttpSession::startTunnel() {
         lrt->bytes_in.add(c.a_to_b);
         lrt->bytes_out.add(c.b_to_a);
         lrt->cx_active.dec();
+        if (lrt->connections > 0)
+          lrt->connections--; // as closeDown() would have done
       });
-  (void)cluster;
   closed_ = true; // the session is done; the tunnel owns the sockets
   tunnel->start();
 }
@@ -908,9 +912,9 @@ void HttpSession::finishRequest() {
     e.bytes_received = req_body_bytes_;
     e.bytes_sent = bytes_out_req_;
     e.duration = took;
-    std::string upstream = cluster_ && up_ ? cluster_->pool(ep_).address().toString() : "";
-    if (cluster_ && upstream.empty() && route_)
-      upstream = cluster_->pool(ep_).address().toString();
+    // ep_ is kNoEndpoint until the balancer picked one for this request.
+    std::string upstream =
+        cluster_ && ep_ != kNoEndpoint ? cluster_->pool(ep_).address().toString() : "";
     e.upstream = upstream;
     e.request_id = std::string_view(request_id_, request_id_len_);
     e.response_flags = flagBits(flag_);

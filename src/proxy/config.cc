@@ -732,7 +732,8 @@ Status Parser::parseHealthCheck(const YAML::Node& n, const std::string& path,
                                 HealthCheck& out) const {
   TRELLIS_RETURN_IF_ERROR(checkKeys(
       n, path,
-      {"path", "tcp", "host", "interval", "timeout", "healthy_threshold", "unhealthy_threshold"}));
+      {"path", "tcp", "host", "interval", "timeout", "healthy_threshold", "unhealthy_threshold",
+       "start_healthy"}));
   bool tcp = false;
   TRELLIS_RETURN_IF_ERROR(field(n, path, "tcp", tcp, boolean()));
   const bool has_path = n["path"].IsDefined();
@@ -757,6 +758,7 @@ Status Parser::parseHealthCheck(const YAML::Node& n, const std::string& path,
   TRELLIS_RETURN_IF_ERROR(field(n, path, "timeout", out.timeout, duration(false)));
   TRELLIS_RETURN_IF_ERROR(
       field(n, path, "healthy_threshold", out.healthy_threshold, integer(1, 100)));
+  TRELLIS_RETURN_IF_ERROR(field(n, path, "start_healthy", out.start_healthy, boolean()));
   return field(n, path, "unhealthy_threshold", out.unhealthy_threshold, integer(1, 100));
 }
 
@@ -1319,7 +1321,8 @@ json clusterJson(const Cluster& c) {
     json hc = {{"interval", dur(h.interval)},
                {"timeout", dur(h.timeout)},
                {"healthy_threshold", h.healthy_threshold},
-               {"unhealthy_threshold", h.unhealthy_threshold}};
+               {"unhealthy_threshold", h.unhealthy_threshold},
+               {"start_healthy", h.start_healthy}};
     if (h.kind == HealthCheckKind::kTcp) {
       hc["tcp"] = true;
     } else {

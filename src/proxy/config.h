@@ -201,6 +201,9 @@ struct HealthCheck {
   Duration timeout = std::chrono::seconds(1);
   uint32_t healthy_threshold = 2;   // consecutive successes to become healthy
   uint32_t unhealthy_threshold = 3; // consecutive failures to become unhealthy
+  // Whether endpoints count as healthy before their first check (so a cold start routes at
+  // once); false: each must pass healthy_threshold checks first.
+  bool start_healthy = true;
 
   bool operator==(const HealthCheck&) const = default;
 };

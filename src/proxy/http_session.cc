@@ -150,7 +150,10 @@ HttpSession::HttpSession(Worker& worker, std::string listener, asio::ip::tcp::so
   worker_.sessionOpened();
 }
 
-HttpSession::~HttpSession() { worker_.sessionClosed(); }
+HttpSession::~HttpSession() {
+  releaseSlots();
+  worker_.sessionClosed();
+}
 
 void HttpSession::start() {
   std::error_code ec;
@@ -164,6 +167,7 @@ void HttpSession::start() {
     idle_timeout_ = lrt_->cfg->idle_timeout;
   }
   timer_ = worker_.dispatcher().createTimer([this] { onIdleTimer(); });
+  req_timer_ = worker_.dispatcher().createTimer([this] { onRequestTimer(); });
   last_activity_ = req_start_ = worker_.dispatcher().now();
   // The first request's head must arrive within header_read_timeout.
   armIdleTimer(lrt_ ? lrt_->cfg->header_read_timeout : std::chrono::seconds(10));
@@ -230,6 +234,15 @@ void HttpSession::processDown() {
   }
   if (closed_)
     return;
+  if (phase_ == Phase::kIdle && !header_timer_ && !dparser_.idle() && lrt_ &&
+      lrt_->cfg->header_read_timeout.count() > 0 && requests_on_conn_ > 0) {
+    // A later request on a keep-alive connection whose head did not arrive in one read: it
+    // gets header_read_timeout from its first byte (the first request's is timed from the
+    // connection's start by the idle timer). Heads that arrive whole never arm this.
+    header_timer_ = true;
+    Duration left = lrt_->cfg->header_read_timeout - (worker_.dispatcher().now() - req_start_);
+    req_timer_->enable(std::max(left, Duration(1)));
+  }
   if (dbeg_ == dend_)
     dbeg_ = dend_ = 0;
   flushUp();
@@ -281,8 +294,13 @@ http::Action HttpSession::onHeader(std::string_view name, std::string_view value
 http::Action HttpSession::onHeadersComplete(const http::MessageHead& head) {
   req_head_ = head;
   ++requests_on_conn_;
-  // The timer stays armed as it is; when it fires it measures idleness from last_activity_
-  // and re-arms for the rest. Re-arming on every request would cost a timer-set insert.
+  if (header_timer_) {
+    header_timer_ = false;
+    req_timer_->disable();
+  }
+  // The idle timer stays armed as it is; when it fires it measures idleness from
+  // last_activity_ and re-arms for the rest. Re-arming on every request would cost a
+  // timer-set insert.
   last_activity_ = worker_.dispatcher().now();
   phase_ = Phase::kConnecting;
   if (!routeRequest())
@@ -292,18 +310,28 @@ http::Action HttpSession::onHeadersComplete(const http::MessageHead& head) {
     req_headers_.remove("expect");
     down_out_.append("HTTP/1.1 100 Continue\r\n\r\n");
   }
-  buildUpstreamHead();
-  if (auto conn = cluster_->pool(ep_).take()) {
-    upstreamReady(std::move(conn), true);
-    return http::Action::kContinue;
+  if (wait_ == Wait::kFaultDelay) {
+    down_pause_ = DownPause::kConnecting; // the body waits with the request
+    return http::Action::kPause;
   }
-  connectUpstream();
-  down_pause_ = DownPause::kConnecting;
-  return http::Action::kPause;
+  return beginUpstream();
 }
 
 http::Action HttpSession::onBody(std::string_view piece) {
   req_body_bytes_ += piece.size();
+  if (recording_ && replayable_) {
+    const uint64_t limit = lrt_ ? lrt_->cfg->request_buffer_limit : 64 * 1024;
+    if (replay_.size() + piece.size() + 32 > limit) {
+      replayable_ = false; // too large to keep: this request will not be retried
+      std::string().swap(replay_);
+    } else {
+      if (up_chunked_)
+        appendChunkHeader(piece.size(), replay_);
+      replay_.append(piece);
+      if (up_chunked_)
+        replay_.append("\r\n");
+    }
+  }
   if (up_chunked_)
     appendChunkHeader(piece.size(), up_out_);
   if (piece.size() <= kCopyThreshold) {
@@ -318,8 +346,11 @@ http::Action HttpSession::onBody(std::string_view piece) {
 }
 
 http::Action HttpSession::onMessageComplete() {
-  if (up_chunked_)
+  if (up_chunked_) {
     http::appendLastChunk(up_out_);
+    if (recording_ && replayable_)
+      http::appendLastChunk(replay_);
+  }
   req_parsed_ = true;
   down_pause_ = DownPause::kComplete;
   return http::Action::kPause;
@@ -368,21 +399,256 @@ bool HttpSession::routeRequest() {
   target_index_ = selectCluster(*route_, worker_.random().random());
   cluster_ = cfg_->clusters[route_->clusters[target_index_].cluster_index].get();
   ep_ = kNoEndpoint;
+  if (route_->rate_limit) {
+    SharedTokenBucket* bucket = cfg_->shared->rateLimit(listener_name_, route_index_);
+    if (bucket && !bucket->tryTake(worker_.dispatcher().now())) {
+      lrt_->route_policy[route_index_].rate_limited.inc();
+      localReply(route_->rate_limit->status, "RL", "rate limited\n");
+      return false;
+    }
+  }
+  const FaultConfig& fault = route_->fault;
+  auto chance = [this](double percent) {
+    return percent >= 100 ||
+           (percent > 0 && static_cast<double>(worker_.random().random() >> 11) * 0x1.0p-53 * 100 <
+                               percent);
+  };
+  fault_abort_ = fault.abort && chance(fault.abort->percent);
+  if (fault.delay && chance(fault.delay->percent)) {
+    lrt_->route_policy[route_index_].fault_delay.inc();
+    wait_ = Wait::kFaultDelay;
+    req_timer_->enable(fault.delay->duration);
+    return true;
+  }
+  if (fault_abort_) {
+    lrt_->route_policy[route_index_].fault_abort.inc();
+    localReply(fault.abort->status, "FI", "fault injected\n");
+    return false;
+  }
+  return true;
+}
+
+http::Action HttpSession::beginUpstream() {
+  ClusterState& state = *cluster_->state;
+  if (!state.limit(LimitKind::kRequests).tryAcquire()) {
+    cluster_->stats().overflow[static_cast<size_t>(LimitKind::kRequests)].inc();
+    localReply(503, "UO", "upstream overflow: too many requests to the cluster\n");
+    return http::Action::kPause;
+  }
+  holds_request_slot_ = true;
+  has_req_deadline_ = route_->timeout.count() > 0;
+  if (has_req_deadline_)
+    req_deadline_ = worker_.dispatcher().now() + route_->timeout;
+  recording_ = route_->retries.attempts > 0;
+  replayable_ = true;
+  if (!pickEndpoint())
+    return http::Action::kPause;
+  buildUpstreamHead();
+  return startTry();
+}
+
+bool HttpSession::pickEndpoint() {
+  cluster_->syncHealth();
   LbContext ctx;
-  std::optional<uint64_t> hash;
   if (cluster_->cfg.hash_on)
-    hash = requestHash(*cluster_->cfg.hash_on, peer_ip_,
-                       [this](std::string_view n) { return req_headers_.get(n); });
-  ctx.hash = hash;
+    ctx.hash = requestHash(*cluster_->cfg.hash_on, peer_ip_,
+                           [this](std::string_view n) { return req_headers_.get(n); });
+  ctx.exclude = std::span<const size_t>(tried_.data(), tried_n_);
   auto pick = cluster_->lb->pick(ctx);
   if (!pick) {
+    ep_ = kNoEndpoint;
     localReply(503, "UH", "no healthy upstream\n");
     return false;
   }
+  if (cluster_->lb->panicking())
+    cluster_->stats().panic.inc();
   ep_ = *pick;
   cluster_->endpoints.onRequestStart(ep_);
   ep_counted_ = true;
   return true;
+}
+
+http::Action HttpSession::startTry() {
+  armTryTimer();
+  if (auto conn = cluster_->pool(ep_).take()) {
+    upstreamReady(std::move(conn), true);
+    return http::Action::kContinue;
+  }
+  if (!connectUpstream())
+    return http::Action::kPause;
+  if (down_pause_ == DownPause::kNone)
+    down_pause_ = DownPause::kConnecting;
+  return http::Action::kPause;
+}
+
+void HttpSession::resumeAfterWait(http::Action a) {
+  if (closed_ || phase_ != Phase::kProxying)
+    return;
+  if (a == http::Action::kContinue && down_pause_ == DownPause::kConnecting) {
+    down_pause_ = DownPause::kNone;
+    dparser_.resume();
+  }
+  processDown();
+}
+
+void HttpSession::armTryTimer() {
+  const MonotonicTime now = worker_.dispatcher().now();
+  const Duration per_try = route_->retries.per_try_timeout;
+  has_try_deadline_ = per_try.count() > 0;
+  if (has_try_deadline_)
+    try_deadline_ = now + per_try;
+  if (!has_req_deadline_ && !has_try_deadline_)
+    return;
+  MonotonicTime next = has_req_deadline_ ? req_deadline_ : try_deadline_;
+  if (has_try_deadline_ && try_deadline_ < next)
+    next = try_deadline_;
+  req_timer_->enable(std::max(next - now, Duration(0)));
+}
+
+void HttpSession::onRequestTimer() {
+  if (closed_)
+    return;
+  const MonotonicTime now = worker_.dispatcher().now();
+  if (header_timer_) {
+    header_timer_ = false;
+    if (phase_ == Phase::kIdle && !dparser_.idle()) {
+      lrt_->timeouts[static_cast<size_t>(TimeoutKind::kHeaderRead)].inc();
+      localReply(408, "DT", "request header timeout\n", true);
+    }
+    return;
+  }
+  if (wait_ == Wait::kFaultDelay) {
+    wait_ = Wait::kNone;
+    if (fault_abort_) {
+      lrt_->route_policy[route_index_].fault_abort.inc();
+      localReply(route_->fault.abort->status, "FI", "fault injected\n");
+      return;
+    }
+    resumeAfterWait(beginUpstream());
+    return;
+  }
+  if (wait_ == Wait::kBackoff) {
+    startRetry();
+    return;
+  }
+  if (phase_ != Phase::kConnecting && phase_ != Phase::kProxying)
+    return;
+  if (has_req_deadline_ && now >= req_deadline_) {
+    has_req_deadline_ = has_try_deadline_ = false;
+    lrt_->timeouts[static_cast<size_t>(TimeoutKind::kRequest)].inc();
+    if (!rsp_parsed_)
+      reportOutcome(Outcome::kLocalFailure);
+    abandonConnect();
+    releaseUpstream(false);
+    if (rsp_started_) {
+      flag_ = "UT";
+      closeDown();
+      return;
+    }
+    localReply(504, "UT", "upstream request timeout\n", !req_parsed_);
+    return;
+  }
+  if (has_try_deadline_ && now >= try_deadline_) {
+    has_try_deadline_ = false;
+    if (!rsp_started_) {
+      lrt_->timeouts[static_cast<size_t>(TimeoutKind::kPerTry)].inc();
+      abandonConnect();
+      onUpstreamFailure(TryFailure::kTimeout, "UT", 504);
+      return;
+    }
+  }
+  if (has_req_deadline_)
+    req_timer_->enable(std::max(req_deadline_ - now, Duration(0)));
+}
+
+void HttpSession::abandonConnect() {
+  if (phase_ == Phase::kConnecting && up_) {
+    // The connect in flight is given up: closing cancels it (its handler sees up_ changed).
+    std::error_code ec;
+    up_->socket.close(ec);
+    up_.reset();
+  }
+  if (holds_pending_slot_) {
+    holds_pending_slot_ = false;
+    cluster_->state->limit(LimitKind::kPendingRequests).release();
+  }
+}
+
+void HttpSession::reportOutcome(Outcome o) {
+  if (cluster_ && ep_ != kNoEndpoint && cluster_->state->hasOutlierDetection())
+    cluster_->state->reportOutcome(ep_, o, worker_.dispatcher().now());
+}
+
+bool HttpSession::acquireRetry(TryFailure failure, uint16_t status) {
+  if (!route_ || !cluster_ || rsp_started_ || req_head_.upgrade)
+    return false;
+  const RetryPolicy& p = route_->retries;
+  if (retries_done_ >= p.attempts || tried_n_ + 1 >= kMaxTries || !replayable_ ||
+      !retryOnCovers(p, failure, status) || !methodAllowsRetry(p, method_, failure))
+    return false;
+  ClusterState& state = *cluster_->state;
+  SharedLimit& retries = state.limit(LimitKind::kRetries);
+  if (holds_retry_slot_) {
+    holds_retry_slot_ = false; // the retry that just failed is over
+    retries.release();
+  }
+  if (!retryBudgetAllows(p, state.limit(LimitKind::kRequests).used(), retries.used())) {
+    cluster_->stats().retries_budget_exhausted.inc();
+    return false;
+  }
+  if (!retries.tryAcquire()) {
+    cluster_->stats().overflow[static_cast<size_t>(LimitKind::kRetries)].inc();
+    return false;
+  }
+  holds_retry_slot_ = true;
+  return true;
+}
+
+void HttpSession::scheduleRetry() {
+  ++retries_done_;
+  cluster_->stats().retries.inc();
+  if (ep_ != kNoEndpoint)
+    tried_[tried_n_++] = ep_;
+  abandonConnect();
+  releaseUpstream(false);
+  up_out_.clear();
+  up_piece_ = {};
+  req_sent_ = false;
+  ubeg_ = uend_ = 0;
+  status_ = 0;
+  // The request parser waits for the next try's connection (what it already parsed is in
+  // replay_); kComplete stays: the whole request is in replay_.
+  if (down_pause_ == DownPause::kNone || down_pause_ == DownPause::kPiece)
+    down_pause_ = DownPause::kConnecting;
+  phase_ = Phase::kConnecting;
+  wait_ = Wait::kBackoff;
+  Duration backoff = retryBackoff(route_->retries, retries_done_, worker_.random().random());
+  if (has_req_deadline_) {
+    const Duration left = req_deadline_ - worker_.dispatcher().now();
+    if (backoff > left)
+      backoff = std::max(left, Duration(0)); // the deadline fires first, answering 504
+  }
+  req_timer_->enable(backoff);
+}
+
+void HttpSession::startRetry() {
+  wait_ = Wait::kNone;
+  if (has_req_deadline_ && worker_.dispatcher().now() >= req_deadline_) {
+    lrt_->timeouts[static_cast<size_t>(TimeoutKind::kRequest)].inc();
+    localReply(504, "UT", "upstream request timeout\n", !req_parsed_);
+    return;
+  }
+  if (!pickEndpoint())
+    return;
+  // The same head with the next attempt number, then the body kept so far.
+  const std::string n = std::to_string(retries_done_ + 1);
+  up_head_.replace(attempt_at_, attempt_len_, n);
+  attempt_len_ = n.size();
+  up_out_ = up_head_;
+  up_out_.append(replay_);
+  uparser_.reset();
+  uparser_.expectResponseTo(req_head_.method);
+  resumeAfterWait(startTry());
 }
 
 void HttpSession::buildUpstreamHead() {
@@ -412,7 +678,7 @@ void HttpSession::buildUpstreamHead() {
       tp = f.value;
       continue;
     }
-    if (nameIs(f.name, "x-forwarded-proto"))
+    if (nameIs(f.name, "x-forwarded-proto") || nameIs(f.name, "x-trellis-attempt"))
       continue;
     appendField(out, f.name, f.value);
   }
@@ -432,6 +698,13 @@ void HttpSession::buildUpstreamHead() {
   appendField(out, "traceparent", ids.propagate(tp, false).traceparent());
   for (const auto& hv : route_->request_headers_to_add)
     appendField(out, hv.name, hv.value);
+  if (route_->retries.attempts > 0) {
+    // Which try this is, for the upstream's logs; a retry rewrites the number in place.
+    out.append("x-trellis-attempt: ");
+    attempt_at_ = out.size();
+    attempt_len_ = 1;
+    out.append("1\r\n");
+  }
   up_chunked_ = false;
   if (req_head_.chunked) {
     out.append("transfer-encoding: chunked\r\n");
@@ -449,9 +722,25 @@ void HttpSession::buildUpstreamHead() {
   uparser_.expectResponseTo(req_head_.method);
 }
 
-void HttpSession::connectUpstream() {
+bool HttpSession::connectUpstream() {
   auto& pool = cluster_->pool(ep_);
+  ClusterState& state = *cluster_->state;
+  if (!state.limit(LimitKind::kConnections).tryAcquire()) {
+    cluster_->stats().overflow[static_cast<size_t>(LimitKind::kConnections)].inc();
+    localReply(503, "UO", "upstream overflow: too many connections to the cluster\n",
+               !req_parsed_);
+    return false;
+  }
   auto conn = std::make_shared<UpstreamConn>(worker_.dispatcher().io(), pool);
+  conn->counted_by = cluster_->state;
+  if (!state.limit(LimitKind::kPendingRequests).tryAcquire()) {
+    cluster_->stats().overflow[static_cast<size_t>(LimitKind::kPendingRequests)].inc();
+    localReply(503, "UO", "upstream overflow: too many requests waiting for a connection\n",
+               !req_parsed_);
+    return false;
+  }
+  holds_pending_slot_ = true;
+  phase_ = Phase::kConnecting;
   up_ = conn;
   up_reused_ = false;
   armIdleTimer(cluster_->cfg.connect_timeout);
@@ -461,15 +750,20 @@ void HttpSession::connectUpstream() {
                                  return; // timed out and given up on
                                self->onConnected(ec);
                              });
+  return true;
 }
 
 void HttpSession::onConnected(const std::error_code& ec) {
   if (closed_)
     return;
+  if (holds_pending_slot_) {
+    holds_pending_slot_ = false;
+    cluster_->state->limit(LimitKind::kPendingRequests).release();
+  }
   if (ec) {
     cluster_->stats().err_connect.inc();
     up_.reset();
-    onUpstreamFailure("connect_failure", "UF", 503);
+    onUpstreamFailure(TryFailure::kConnectFailure, "UF", 503);
     return;
   }
   auto conn = up_;
@@ -495,7 +789,10 @@ void HttpSession::upstreamReady(std::shared_ptr<UpstreamConn> conn, bool reused)
   phase_ = Phase::kProxying;
   ubeg_ = uend_ = 0;
   readUp();
-  flushUp();
+  // No flushUp() here: this may run inside a request-parser callback that goes on to append
+  // body bytes to up_out_, which must not happen under a write in flight (the write would
+  // hold a stale buffer, and its completion would drop what was appended). Callers flush
+  // through processDown() once the parser has stopped.
 }
 
 void HttpSession::flushUp() {
@@ -589,7 +886,7 @@ void HttpSession::onUpRead(const std::error_code& ec, size_t n) {
       connectUpstream();
       return;
     }
-    onUpstreamFailure("reset", "UC", 502);
+    onUpstreamFailure(TryFailure::kReset, "UC", 502);
     return;
   }
   uend_ += n;
@@ -608,7 +905,7 @@ void HttpSession::processUp() {
       cluster_->stats().err_bad_response.inc();
       TLOG_DEBUG("cluster {}: bad response from {}: {}", cluster_->cfg.name,
                  cluster_->pool(ep_).address().toString(), uparser_.errorMessage());
-      onUpstreamFailure("bad_response", "UPE", 502);
+      onUpstreamFailure(TryFailure::kBadResponse, "UPE", 502);
       return;
     }
     if (r.status == http::ParseStatus::kUpgraded) {
@@ -620,6 +917,12 @@ void HttpSession::processUp() {
   }
   if (closed_)
     return;
+  if (retry_status_) {
+    // A response head whose status the route retries: drop this try (and its response).
+    retry_status_ = false;
+    scheduleRetry();
+    return;
+  }
   if (ubeg_ == uend_ && !upgrading_)
     ubeg_ = uend_ = 0;
   flushDown();
@@ -627,7 +930,12 @@ void HttpSession::processUp() {
     readUp();
 }
 
-void HttpSession::onUpstreamFailure(const char* kind, const char* flag, uint16_t status) {
+void HttpSession::onUpstreamFailure(TryFailure failure, const char* flag, uint16_t status) {
+  reportOutcome(Outcome::kLocalFailure);
+  if (!rsp_started_ && acquireRetry(failure, status)) {
+    scheduleRetry();
+    return;
+  }
   releaseUpstream(false);
   if (rsp_started_) {
     // Part of the response is already on its way: all we can do is cut the connection.
@@ -635,12 +943,40 @@ void HttpSession::onUpstreamFailure(const char* kind, const char* flag, uint16_t
     closeDown();
     return;
   }
-  localReply(status, flag,
-             status == 503 ? "upstream connect error\n" : "upstream sent an invalid response\n",
-             !req_parsed_);
+  const char* body = "upstream sent an invalid response\n";
+  switch (failure) {
+  case TryFailure::kConnectFailure:
+    body = "upstream connect error\n";
+    break;
+  case TryFailure::kReset:
+    body = "upstream reset before the response\n";
+    break;
+  case TryFailure::kTimeout:
+    body = "upstream timeout\n";
+    break;
+  default:
+    break;
+  }
+  localReply(status, flag, body, !req_parsed_);
 }
 
 // ---- response -----------------------------------------------------------------------------
+
+bool HttpSession::retryOnStatus() {
+  // The try got its answer: only the route's deadline applies from here on.
+  has_try_deadline_ = false;
+  if (status_ >= 500)
+    reportOutcome(status_ >= 502 && status_ <= 504 ? Outcome::kGatewayError : Outcome::k5xx);
+  else
+    reportOutcome(Outcome::kSuccess);
+  if (status_ >= 500 || (route_ && !route_->retries.retriable_status_codes.empty())) {
+    if (acquireRetry(TryFailure::kStatus, status_))
+      return true;
+  }
+  if (retries_done_ > 0 && status_ < 500 && cluster_)
+    cluster_->stats().retries_succeeded.inc();
+  return false;
+}
 
 http::Action HttpSession::rspStatusLine(http::Version version, uint16_t status,
                                         std::string_view reason) {
@@ -674,6 +1010,10 @@ http::Action HttpSession::rspHeadersComplete(const http::MessageHead& head) {
         appendField(out, f.name, f.value);
     out.append("\r\n");
     return http::Action::kContinue;
+  }
+  if (retryOnStatus()) {
+    retry_status_ = true;
+    return http::Action::kPause;
   }
   std::string_view upgrade;
   bool switching = head.upgrade && status_ == 101;
@@ -859,8 +1199,24 @@ void HttpSession::localReply(uint16_t status, const char* flag, std::string_view
   rsp_started_ = true;
   rsp_parsed_ = true;
   phase_ = Phase::kReplying;
+  wait_ = Wait::kNone;
+  has_req_deadline_ = has_try_deadline_ = false;
+  req_timer_->disable();
   down_pause_ = DownPause::kReply;
   flushDown();
+}
+
+void HttpSession::releaseSlots() {
+  if (!cluster_)
+    return;
+  ClusterState& state = *cluster_->state;
+  if (holds_request_slot_)
+    state.limit(LimitKind::kRequests).release();
+  if (holds_retry_slot_)
+    state.limit(LimitKind::kRetries).release();
+  if (holds_pending_slot_)
+    state.limit(LimitKind::kPendingRequests).release();
+  holds_request_slot_ = holds_retry_slot_ = holds_pending_slot_ = false;
 }
 
 void HttpSession::releaseUpstream(bool reusable) {
@@ -929,7 +1285,20 @@ void HttpSession::finishRequest() {
   if (up_ && !req_sent_)
     keep_alive_ = false; // the rest of the request body was never read
   releaseUpstream(up_clean);
+  releaseSlots();
   // Reset per-request state.
+  if (req_timer_->enabled() && !header_timer_)
+    req_timer_->disable();
+  wait_ = Wait::kNone;
+  fault_abort_ = has_req_deadline_ = has_try_deadline_ = retry_status_ = false;
+  retries_done_ = 0;
+  tried_n_ = 0;
+  recording_ = false;
+  replayable_ = true;
+  if (replay_.capacity() > kCopyThreshold)
+    std::string().swap(replay_); // a large body's buffer is not kept for the next request
+  else
+    replay_.clear();
   route_ = nullptr;
   cluster_ = nullptr;
   req_parsed_ = req_sent_ = rsp_started_ = rsp_parsed_ = rsp_rechunk_ = false;
@@ -963,11 +1332,15 @@ void HttpSession::closeDown() {
              "request keep-alive {}, sent {})",
              listener_name_, peer_ip_, static_cast<int>(phase_), flag_, keep_alive_,
              req_head_.keep_alive, req_sent_);
+  abandonConnect(); // a connect in flight is not a connection to put back
   closed_ = true;
   phase_ = Phase::kClosed;
   releaseUpstream(false);
+  releaseSlots();
   if (timer_)
     timer_->disable();
+  if (req_timer_)
+    req_timer_->disable();
   std::error_code ec;
   down_.shutdown(asio::ip::tcp::socket::shutdown_send, ec);
   down_.close(ec);
@@ -995,8 +1368,10 @@ void HttpSession::onIdleTimer() {
   if (phase_ == Phase::kConnecting && up_) {
     // connect_timeout
     cluster_->stats().err_connect_timeout.inc();
-    up_.reset();
-    onUpstreamFailure("connect_timeout", "UF", 503);
+    if (lrt_)
+      lrt_->timeouts[static_cast<size_t>(TimeoutKind::kConnect)].inc();
+    abandonConnect();
+    onUpstreamFailure(TryFailure::kConnectFailure, "UF", 503);
     return;
   }
   if (phase_ == Phase::kIdle && !dparser_.idle()) {
@@ -1008,7 +1383,15 @@ void HttpSession::onIdleTimer() {
       timer_->enable(limit - taken);
       return;
     }
+    if (lrt_)
+      lrt_->timeouts[static_cast<size_t>(TimeoutKind::kHeaderRead)].inc();
     localReply(408, "DT", "request header timeout\n", true);
+    return;
+  }
+  if (wait_ != Wait::kNone) {
+    // Backoff or an injected delay: the request timer is in charge; look again later.
+    if (idle_timeout_.count() > 0)
+      timer_->enable(idle_timeout_);
     return;
   }
   Duration since = worker_.dispatcher().now() - last_activity_;
@@ -1016,7 +1399,12 @@ void HttpSession::onIdleTimer() {
     timer_->enable(idle_timeout_ - since);
     return;
   }
+  if (lrt_)
+    lrt_->timeouts[static_cast<size_t>(phase_ == Phase::kIdle ? TimeoutKind::kDownstreamIdle
+                                                              : TimeoutKind::kUpstreamIdle)]
+        .inc();
   if (phase_ == Phase::kProxying && !rsp_started_) {
+    reportOutcome(Outcome::kLocalFailure);
     releaseUpstream(false);
     localReply(504, "UT", "upstream timeout\n", true);
     return;
@@ -1041,6 +1429,7 @@ void startTcpSession(Worker& worker, const std::string& listener, asio::ip::tcp:
   if (cluster->cfg.hash_on)
     ctx.hash = requestHash(*cluster->cfg.hash_on, peer,
                            [](std::string_view) { return std::optional<std::string_view>(); });
+  cluster->syncHealth();
   auto pick = cluster->lb->pick(ctx);
   auto down = std::make_shared<asio::ip::tcp::socket>(std::move(socket));
   auto done_down = [lrt, cfg] {
@@ -1069,6 +1458,7 @@ void startTcpSession(Worker& worker, const std::string& listener, asio::ip::tcp:
       [cfg, lrt, cluster, ep, down, up, timer, d, idle, done_down](const std::error_code& ec) {
         timer->disable();
         cluster->endpoints.onRequestEnd(ep);
+        cluster->state->reportOutcome(ep, ec ? Outcome::kLocalFailure : Outcome::kSuccess, d->now());
         if (ec) {
           cluster->stats().err_connect.inc();
           lrt->localReply("UF").inc();

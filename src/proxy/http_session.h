@@ -7,6 +7,7 @@
 
 #include "http/codec.h"
 #include "http/headers.h"
+#include "proxy/resilience/retry.h"
 #include "proxy/worker.h"
 
 namespace trellis::proxy {
@@ -63,15 +64,37 @@ private:
 
   // Routing and upstream.
   bool routeRequest();
+  // After routing (and any injected delay): circuit breaker, deadline, endpoint, first try.
+  // kContinue when an upstream connection is ready now; kPause while connecting or replying.
+  http::Action beginUpstream();
+  // Picks an endpoint not tried yet where possible; false (and a 503 UH reply) when none.
+  bool pickEndpoint();
+  // Starts a try on ep_: a pooled connection or a new one. Return as beginUpstream().
+  http::Action startTry();
+  // After a timer started a try: lets the request parser continue if the try is ready.
+  void resumeAfterWait(http::Action a);
   void buildUpstreamHead();
-  void connectUpstream();
+  bool connectUpstream(); // false: refused by a circuit breaker (replied 503 UO)
   void onConnected(const std::error_code& ec);
   void upstreamReady(std::shared_ptr<UpstreamConn> conn, bool reused);
   void flushUp();
   void readUp();
   void onUpRead(const std::error_code& ec, size_t n);
   void processUp();
-  void onUpstreamFailure(const char* kind, const char* flag, uint16_t status);
+  // A try failed before (or while) its response arrived: retried if the policy allows,
+  // otherwise answered with `status` (or the connection cut, if the response had started).
+  void onUpstreamFailure(TryFailure failure, const char* flag, uint16_t status);
+  // Checks the retry policy, budget and circuit breaker for one more try; true when a retry
+  // may start (and holds a retry slot).
+  bool acquireRetry(TryFailure failure, uint16_t status);
+  // Abandons the current try and waits out the backoff before the next one.
+  void scheduleRetry();
+  void startRetry();
+  void reportOutcome(Outcome o);
+  void armTryTimer();
+  void onRequestTimer();
+  void abandonConnect();
+  void releaseSlots();
 
   // Response side (callbacks of the response parser).
   http::Action rspStatusLine(http::Version version, uint16_t status, std::string_view reason);
@@ -79,6 +102,7 @@ private:
   http::Action rspHeadersComplete(const http::MessageHead& head);
   http::Action rspBody(std::string_view piece);
   http::Action rspComplete();
+  bool retryOnStatus(); // at a final response head: whether its status is retried
   void flushDown();
   void startTunnel();
 
@@ -151,6 +175,25 @@ private:
   SystemTime req_wall_start_{};
   uint64_t bytes_in_req_ = 0, bytes_out_req_ = 0;
   bool closed_ = false;
+
+  // Fault tolerance of the current request.
+  enum class Wait : uint8_t { kNone, kFaultDelay, kBackoff };
+  std::unique_ptr<Timer> req_timer_; // deadlines, per-try timeout, backoff, injected delay
+  Wait wait_ = Wait::kNone;
+  bool header_timer_ = false;       // req_timer_ is timing a slow request head
+  bool fault_abort_ = false;        // abort after the injected delay
+  bool has_req_deadline_ = false, has_try_deadline_ = false;
+  MonotonicTime req_deadline_{}, try_deadline_{};
+  uint32_t retries_done_ = 0;
+  static constexpr size_t kMaxTries = 11; // attempts (<= 10 retries) + the first try
+  std::array<size_t, kMaxTries> tried_{};
+  size_t tried_n_ = 0;
+  bool holds_request_slot_ = false, holds_retry_slot_ = false, holds_pending_slot_ = false;
+  bool recording_ = false;   // the route retries: keep the body sent for a replay
+  bool replayable_ = true;   // replay_ holds the whole body sent so far
+  bool retry_status_ = false; // the response head just parsed is to be retried
+  std::string replay_;       // request body as framed upstream, for a retry
+  size_t attempt_at_ = 0, attempt_len_ = 0; // the x-trellis-attempt value within up_head_
 };
 
 // A downstream TCP connection of a `protocol: tcp` listener: picks an endpoint of the

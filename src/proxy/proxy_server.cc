@@ -126,13 +126,20 @@ Status ProxyServer::apply(std::shared_ptr<const Snapshot> snap) {
     TLOG_INFO("listener {} listening on {}", name, b.group.bound.toString());
     bound_[name] = std::move(b);
   }
+  auto shared = SharedState::build(*snap, shared_.get(), main_.now());
   snapshot_ = snap;
+  shared_ = shared;
   for (size_t i = 0; i < concurrency_; ++i) {
     Worker* w = workers_[i].get();
-    runOn(pool_->dispatcher(i), [w, snap, f = std::move(fds[i])]() mutable {
-      w->apply(snap, std::move(f));
+    runOn(pool_->dispatcher(i), [w, snap, shared, f = std::move(fds[i])]() mutable {
+      w->apply(snap, shared, std::move(f));
     });
   }
+  if (!health_) {
+    prober_ = std::make_unique<HealthProberImpl>(main_);
+    health_ = std::make_unique<HealthChecker>(main_, *prober_, random_);
+  }
+  health_->setClusters(shared->clusters);
   // The group's own descriptors are no longer needed: each worker holds a dup.
   for (auto& [name, b] : bound_)
     for (auto& s : b.group.sockets)
@@ -169,6 +176,8 @@ void ProxyServer::stop() {
   stopped_ = true;
   if (admin_)
     admin_->stop();
+  health_.reset();
+  prober_.reset();
   for (size_t i = 0; i < concurrency_; ++i) {
     Worker* w = workers_[i].get();
     runOn(pool_->dispatcher(i), [this, w, i] {
@@ -187,9 +196,71 @@ void ProxyServer::stop() {
     access_log_->stop();
 }
 
+void ProxyServer::renderClusterState(std::string& out) const {
+  if (!shared_)
+    return;
+  auto family = [&](const char* name, const char* type, const char* help) {
+    out.append("# HELP ").append(name).append(" ").append(help).append("\n# TYPE ");
+    out.append(name).append(" ").append(type).append("\n");
+  };
+  auto sample = [&](const char* name, const std::string& labels, double v) {
+    out.append(name).append("{").append(labels).append("} ");
+    out.append(fmt::format("{}", v)).append("\n");
+  };
+  // Cluster names are validated names (no quotes or backslashes): no escaping needed.
+  auto cl = [](const ClusterState& c) { return "cluster=\"" + c.config().name + "\""; };
+  family("trellis_proxy_circuit_breaker_remaining", "gauge",
+         "Remaining capacity of each circuit-breaker limit of a cluster");
+  for (const auto& c : shared_->clusters)
+    for (size_t k = 0; k < static_cast<size_t>(LimitKind::kCount); ++k)
+      sample("trellis_proxy_circuit_breaker_remaining",
+             cl(*c) + ",limit=\"" + limitKindName(static_cast<LimitKind>(k)) + "\"",
+             c->limit(static_cast<LimitKind>(k)).remaining());
+  family("trellis_proxy_endpoints", "gauge",
+         "Endpoints of a cluster by state (healthy, unhealthy: failing active checks, ejected: "
+         "by outlier detection)");
+  for (const auto& c : shared_->clusters) {
+    auto counts = c->stateCounts();
+    for (size_t k = 0; k < counts.size(); ++k)
+      sample("trellis_proxy_endpoints",
+             cl(*c) + ",state=\"" + endpointStateName(static_cast<EndpointState>(k)) + "\"",
+             static_cast<double>(counts[k]));
+  }
+  family("trellis_proxy_outlier_ejections_active", "gauge",
+         "Endpoints of a cluster ejected by outlier detection now");
+  for (const auto& c : shared_->clusters)
+    if (c->hasOutlierDetection())
+      sample("trellis_proxy_outlier_ejections_active", cl(*c),
+             static_cast<double>(c->activeEjections()));
+  family("trellis_proxy_outlier_ejections_total", "counter",
+         "Ejections by outlier detection, by reason");
+  for (const auto& c : shared_->clusters)
+    if (c->hasOutlierDetection())
+      for (size_t r = 0; r < static_cast<size_t>(EjectReason::kCount); ++r)
+        sample("trellis_proxy_outlier_ejections_total",
+               cl(*c) + ",reason=\"" + ejectReasonName(static_cast<EjectReason>(r)) + "\"",
+               static_cast<double>(c->ejections(static_cast<EjectReason>(r))));
+  family("trellis_proxy_outlier_ejections_overflow_total", "counter",
+         "Ejections not made because max_ejection_percent of the cluster was already ejected");
+  for (const auto& c : shared_->clusters)
+    if (c->hasOutlierDetection())
+      sample("trellis_proxy_outlier_ejections_overflow_total", cl(*c),
+             static_cast<double>(c->ejectionOverflows()));
+  family("trellis_proxy_health_checks_total", "counter",
+         "Active health checks by result (success, failure)");
+  for (const auto& c : shared_->clusters) {
+    if (!c->config().health_check)
+      continue;
+    sample("trellis_proxy_health_checks_total", cl(*c) + ",result=\"success\"",
+           static_cast<double>(c->healthChecks(true)));
+    sample("trellis_proxy_health_checks_total", cl(*c) + ",result=\"failure\"",
+           static_cast<double>(c->healthChecks(false)));
+  }
+}
+
 std::string ProxyServer::clustersJson() {
-  // Endpoint states live on the workers; worker 0's view is representative (every worker
-  // receives the same health results), and reading it on its own thread keeps it coherent.
+  // Endpoint states: the shared state is the truth (workers copy it before each pick);
+  // active request counts and idle connections are worker 0's, read on its own thread.
   nlohmann::json out = nlohmann::json::array();
   if (workers_.empty())
     return out.dump();
@@ -203,7 +274,7 @@ std::string ProxyServer::clustersJson() {
       for (size_t i = 0; i < c->endpoints.size(); ++i) {
         eps.push_back({{"address", c->cfg.endpoints[i].address.toString()},
                        {"weight", c->cfg.endpoints[i].weight},
-                       {"state", endpointStateName(c->endpoints.state(i))},
+                       {"state", endpointStateName(c->state->state(i))},
                        {"active_requests", c->endpoints.activeRequests(i)},
                        {"idle_connections", c->pools[i] ? c->pools[i]->idleCount() : 0}});
       }
@@ -223,7 +294,9 @@ void ProxyServer::handleAdmin(http::ServerRequest& req, std::shared_ptr<http::Re
   const std::string& p = req.path;
   bool get = req.method == http::Method::kGet || req.method == http::Method::kHead;
   if (p == "/metrics" && get) {
-    reply(200, telemetry::kPrometheusContentType, registry_.renderPrometheus());
+    std::string text = registry_.renderPrometheus();
+    renderClusterState(text);
+    reply(200, telemetry::kPrometheusContentType, text);
   } else if (p == "/ready" && get) {
     bool ready = snapshot_ && !stopped_;
     reply(ready ? 200 : 503, "text/plain", ready ? "ready\n" : "not ready\n");

@@ -9,6 +9,8 @@
 #include "http/server.h"
 #include "net/listen.h"
 #include "proxy/config.h"
+#include "proxy/resilience/health_checker.h"
+#include "proxy/resilience/shared_state.h"
 #include "proxy/stats.h"
 #include "proxy/worker.h"
 #include "telemetry/access_log.h"
@@ -51,6 +53,9 @@ private:
   };
   void handleAdmin(http::ServerRequest& req, std::shared_ptr<http::ResponseWriter> w);
   std::string clustersJson();
+  // Endpoint health, ejections and circuit-breaker capacity, read from the shared cluster
+  // states at scrape time (no registry series per cluster), in the Prometheus text format.
+  void renderClusterState(std::string& out) const;
 
   Dispatcher& main_;
   ProxyOptions options_;
@@ -58,6 +63,10 @@ private:
   telemetry::Registry registry_;
   ProxyStats stats_;
   std::shared_ptr<const Snapshot> snapshot_;
+  std::shared_ptr<SharedState> shared_;
+  RandomGeneratorImpl random_{0x6865616c7468ull};
+  std::unique_ptr<HealthProberImpl> prober_;
+  std::unique_ptr<HealthChecker> health_;
   std::unique_ptr<WorkerPool> pool_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::map<std::string, BoundListener> bound_;

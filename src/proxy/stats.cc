@@ -65,6 +65,37 @@ Result<ProxyStats> ProxyStats::create(telemetry::Registry& r) {
                                   "Configuration reloads, by result", {"result"}));
   TRELLIS_RETURN_IF_ERROR(gauge(s.config_info, "trellis_proxy_config_generation",
                                 "Generation of the active configuration (1 at start)", {}));
+  TRELLIS_RETURN_IF_ERROR(counter(s.retries, "trellis_proxy_retries_total",
+                                  "Retries started (tries after a request's first)",
+                                  {"cluster"}));
+  TRELLIS_RETURN_IF_ERROR(counter(s.retries_succeeded, "trellis_proxy_retries_succeeded_total",
+                                  "Requests whose retry got a response that was not retried "
+                                  "again",
+                                  {"cluster"}));
+  TRELLIS_RETURN_IF_ERROR(counter(s.retries_budget_exhausted,
+                                  "trellis_proxy_retries_budget_exhausted_total",
+                                  "Retries not made because the cluster's retry budget was used "
+                                  "up",
+                                  {"cluster"}));
+  TRELLIS_RETURN_IF_ERROR(counter(s.overflow, "trellis_proxy_upstream_overflow_total",
+                                  "Requests refused (503 UO) or retries not made because a "
+                                  "circuit-breaker limit was reached, by limit",
+                                  {"cluster", "limit"}));
+  TRELLIS_RETURN_IF_ERROR(counter(s.panic, "trellis_proxy_lb_panic_total",
+                                  "Endpoint picks made in panic mode (too few healthy endpoints, "
+                                  "so all were used)",
+                                  {"cluster"}));
+  TRELLIS_RETURN_IF_ERROR(counter(s.timeouts, "trellis_proxy_timeouts_total",
+                                  "Timeouts by kind (connect, per_try, request, upstream_idle, "
+                                  "downstream_idle, header_read)",
+                                  {"listener", "kind"}));
+  TRELLIS_RETURN_IF_ERROR(counter(s.rate_limited, "trellis_proxy_rate_limited_total",
+                                  "Requests refused by a route's local rate limit",
+                                  {"listener", "route"}));
+  TRELLIS_RETURN_IF_ERROR(counter(s.faults, "trellis_proxy_faults_injected_total",
+                                  "Faults injected by a route's fault configuration, by kind "
+                                  "(delay, abort)",
+                                  {"listener", "route", "kind"}));
   return s;
 }
 

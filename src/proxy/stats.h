@@ -27,6 +27,16 @@ struct ProxyStats {
   telemetry::CounterFamily* local_replies = nullptr;   // listener, flag
   telemetry::CounterFamily* reloads = nullptr;         // result
   telemetry::GaugeFamily* config_info = nullptr;       // generation
+  // Fault tolerance (docs/metrics.md). Endpoint health, ejections and circuit-breaker
+  // remaining capacity live in the shared ClusterState and are rendered from it at scrape.
+  telemetry::CounterFamily* retries = nullptr;                 // cluster
+  telemetry::CounterFamily* retries_succeeded = nullptr;       // cluster
+  telemetry::CounterFamily* retries_budget_exhausted = nullptr; // cluster
+  telemetry::CounterFamily* overflow = nullptr;                // cluster, limit
+  telemetry::CounterFamily* panic = nullptr;                   // cluster
+  telemetry::CounterFamily* timeouts = nullptr;                // listener, kind
+  telemetry::CounterFamily* rate_limited = nullptr;            // listener, route
+  telemetry::CounterFamily* faults = nullptr;                  // listener, route, kind
 
   static Result<ProxyStats> create(telemetry::Registry& registry);
 };

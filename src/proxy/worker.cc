@@ -102,9 +102,37 @@ void UpstreamPool::closeAll() {
 
 // ---- runtime state ------------------------------------------------------------------------
 
-ClusterRuntime::ClusterRuntime(const Cluster& c, Worker& w)
-    : cfg(c), worker(w), endpoints(lbEndpoints(c)), pools(c.endpoints.size(), nullptr) {
+const char* timeoutKindName(TimeoutKind k) {
+  switch (k) {
+  case TimeoutKind::kConnect:
+    return "connect";
+  case TimeoutKind::kPerTry:
+    return "per_try";
+  case TimeoutKind::kRequest:
+    return "request";
+  case TimeoutKind::kUpstreamIdle:
+    return "upstream_idle";
+  case TimeoutKind::kDownstreamIdle:
+    return "downstream_idle";
+  case TimeoutKind::kHeaderRead:
+    return "header_read";
+  case TimeoutKind::kCount:
+    break;
+  }
+  return "unknown";
+}
+
+ClusterRuntime::ClusterRuntime(const Cluster& c, Worker& w, std::shared_ptr<ClusterState> st)
+    : cfg(c), worker(w), state(std::move(st)), endpoints(lbEndpoints(c)),
+      pools(c.endpoints.size(), nullptr) {
   lb = createLoadBalancer(c.lb, endpoints, w.random());
+  syncHealthSlow(state->generation());
+}
+
+void ClusterRuntime::syncHealthSlow(uint64_t generation) {
+  seen_generation_ = generation;
+  for (size_t i = 0; i < endpoints.size(); ++i)
+    endpoints.setState(i, state->state(i));
 }
 
 UpstreamPool& ClusterRuntime::pool(size_t ep) {
@@ -132,6 +160,13 @@ ClusterStats& ClusterRuntime::stats() {
     stats_->err_connect_timeout = s.upstream_errors->handle(shard, {cfg.name, "connect_timeout"});
     stats_->err_reset = s.upstream_errors->handle(shard, {cfg.name, "reset"});
     stats_->err_bad_response = s.upstream_errors->handle(shard, {cfg.name, "bad_response"});
+    stats_->retries = s.retries->handle(shard, {cfg.name});
+    stats_->retries_succeeded = s.retries_succeeded->handle(shard, {cfg.name});
+    stats_->retries_budget_exhausted = s.retries_budget_exhausted->handle(shard, {cfg.name});
+    stats_->panic = s.panic->handle(shard, {cfg.name});
+    for (size_t k = 0; k < stats_->overflow.size(); ++k)
+      stats_->overflow[k] =
+          s.overflow->handle(shard, {cfg.name, limitKindName(static_cast<LimitKind>(k))});
   }
   return *stats_;
 }
@@ -171,13 +206,16 @@ UpstreamPool& Worker::pool(const net::SocketAddress& address) {
 }
 
 void Worker::apply(std::shared_ptr<const Snapshot> snapshot,
+                   std::shared_ptr<const SharedState> shared,
                    std::map<std::string, int> listen_fds) {
   const size_t shard = this->shard();
   auto cfg = std::make_shared<WorkerConfig>();
   cfg->snapshot = snapshot;
+  cfg->shared = shared;
   cfg->clusters.reserve(snapshot->clusters.size());
-  for (const auto& c : snapshot->clusters)
-    cfg->clusters.push_back(std::make_unique<ClusterRuntime>(c, *this));
+  for (size_t i = 0; i < snapshot->clusters.size(); ++i)
+    cfg->clusters.push_back(
+        std::make_unique<ClusterRuntime>(snapshot->clusters[i], *this, shared->clusters[i]));
   for (const auto& l : snapshot->listeners) {
     ListenerRuntime& lr = cfg->listeners[l.name];
     lr.cfg = &l;
@@ -195,6 +233,20 @@ void Worker::apply(std::shared_ptr<const Snapshot> snapshot,
     }
     for (const char* flag : {"NR", "UH", "UF", "UC", "UPE", "UT", "DPE", "DT", "UO", "RL", "FI"})
       lr.local_replies.emplace(flag, stats_.local_replies->handle(shard, {l.name, flag}));
+    for (size_t k = 0; k < lr.timeouts.size(); ++k)
+      lr.timeouts[k] =
+          stats_.timeouts->handle(shard, {l.name, timeoutKindName(static_cast<TimeoutKind>(k))});
+    lr.route_policy.resize(l.routes.size());
+    for (size_t r = 0; r < l.routes.size(); ++r) {
+      const Route& route = l.routes[r];
+      std::string rname = route.name.empty() ? std::to_string(r) : route.name;
+      if (route.rate_limit)
+        lr.route_policy[r].rate_limited = stats_.rate_limited->handle(shard, {l.name, rname});
+      if (route.fault.delay)
+        lr.route_policy[r].fault_delay = stats_.faults->handle(shard, {l.name, rname, "delay"});
+      if (route.fault.abort)
+        lr.route_policy[r].fault_abort = stats_.faults->handle(shard, {l.name, rname, "abort"});
+    }
     for (size_t r = 0; r < l.routes.size(); ++r) {
       const Route& route = l.routes[r];
       std::string rname = route.name.empty() ? std::to_string(r) : route.name;

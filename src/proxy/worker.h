@@ -15,6 +15,7 @@
 #include "proxy/config.h"
 #include "proxy/lb/load_balancer.h"
 #include "proxy/lb/random.h"
+#include "proxy/resilience/shared_state.h"
 #include "proxy/stats.h"
 #include "telemetry/access_log.h"
 #include "telemetry/metrics.h"
@@ -29,11 +30,17 @@ struct WorkerConfig;
 class UpstreamConn {
 public:
   UpstreamConn(asio::io_context& io, UpstreamPool& pool) : socket(io), pool_(&pool) {}
+  ~UpstreamConn() {
+    if (counted_by)
+      counted_by->limit(LimitKind::kConnections).release();
+  }
 
   asio::ip::tcp::socket socket;
   uint32_t requests = 0;      // requests sent on it so far
   MonotonicTime idle_since{}; // when it last went back to the pool
   bool idle = false;          // in the pool, with a read-readiness watch armed
+  // The cluster whose max_connections this connection counts against, until it is destroyed.
+  std::shared_ptr<ClusterState> counted_by;
   UpstreamPool& pool() { return *pool_; }
 
 private:
@@ -78,13 +85,24 @@ struct ClusterStats {
   telemetry::CounterHandle cx_total, pool_reuse, err_connect, err_connect_timeout, err_reset,
       err_bad_response;
   telemetry::GaugeHandle cx_active;
+  telemetry::CounterHandle retries, retries_succeeded, retries_budget_exhausted, panic;
+  std::array<telemetry::CounterHandle, static_cast<size_t>(LimitKind::kCount)> overflow;
 };
 
 // A cluster as one worker runs it: endpoint states, the balancer, per-endpoint pools and
 // the cluster's metric handles. Pools and metric series are created on first use, so a
 // configuration with many clusters costs little until traffic reaches them.
 struct ClusterRuntime {
-  ClusterRuntime(const Cluster& cfg, Worker& worker);
+  ClusterRuntime(const Cluster& cfg, Worker& worker, std::shared_ptr<ClusterState> state);
+
+  // Copies endpoint states from the shared ClusterState when they changed (one atomic load
+  // when they did not). Call before every pick.
+  void syncHealth() {
+    const uint64_t g = state->generation();
+    if (g != seen_generation_)
+      syncHealthSlow(g);
+  }
+  void syncHealthSlow(uint64_t generation);
 
   // The pool of endpoint `ep` (created on first use, owned by the worker).
   UpstreamPool& pool(size_t ep);
@@ -92,6 +110,8 @@ struct ClusterRuntime {
 
   const Cluster& cfg;
   Worker& worker;
+  std::shared_ptr<ClusterState> state;
+  uint64_t seen_generation_ = 0;
   EndpointSet endpoints;
   std::unique_ptr<LoadBalancer> lb;
   std::vector<UpstreamPool*> pools; // per endpoint; null until first used
@@ -104,8 +124,26 @@ struct RouteTargetStats {
   telemetry::HistogramHandle duration;
 };
 
+enum class TimeoutKind : uint8_t {
+  kConnect,        // connecting to an endpoint (the cluster's connect_timeout)
+  kPerTry,         // one try's per_try_timeout before its response head
+  kRequest,        // the route's timeout, all tries included
+  kUpstreamIdle,   // no bytes from the upstream for the listener's idle_timeout mid-request
+  kDownstreamIdle, // an idle keep-alive downstream connection
+  kHeaderRead,     // a request head not complete within header_read_timeout
+  kCount,
+};
+const char* timeoutKindName(TimeoutKind k);
+
+// Counters of a route's rate limit and fault injection (only for routes that have them).
+struct RoutePolicyStats {
+  telemetry::CounterHandle rate_limited, fault_delay, fault_abort;
+};
+
 struct ListenerRuntime {
   const Listener* cfg = nullptr;
+  std::vector<RoutePolicyStats> route_policy; // [route]
+  std::array<telemetry::CounterHandle, static_cast<size_t>(TimeoutKind::kCount)> timeouts;
   std::vector<std::vector<RouteTargetStats>> routes; // [route][target]
   std::array<telemetry::CounterHandle, 5> no_route_by_class;
   telemetry::HistogramHandle no_route_duration;
@@ -122,6 +160,7 @@ struct ListenerRuntime {
 struct WorkerConfig {
   ~WorkerConfig();
   std::shared_ptr<const Snapshot> snapshot;
+  std::shared_ptr<const SharedState> shared;
   std::vector<std::unique_ptr<ClusterRuntime>> clusters; // same order as snapshot->clusters
   std::unordered_map<std::string, ListenerRuntime> listeners;
 };
@@ -136,7 +175,8 @@ public:
 
   // Switches to `snapshot`. `listen_fds` maps listener name to a listening socket this worker
   // takes ownership of, for listeners it does not have yet. Runs on the worker's thread.
-  void apply(std::shared_ptr<const Snapshot> snapshot, std::map<std::string, int> listen_fds);
+  void apply(std::shared_ptr<const Snapshot> snapshot, std::shared_ptr<const SharedState> shared,
+             std::map<std::string, int> listen_fds);
   // Stops accepting and closes idle connections; sessions finish what they are doing.
   void shutdown();
 

@@ -19,6 +19,9 @@ inline bool isExcluded(const LbContext& ctx, size_t i) {
 
 // Tracks availability and panic for one EndpointSet and tells the subclass when it changes.
 class LoadBalancerBase : public LoadBalancer {
+public:
+  bool panicking() const override { return panic_; }
+
 protected:
   LoadBalancerBase(const LbConfig& config, const EndpointSet& endpoints, RandomGenerator& random)
       : config_(config), endpoints_(endpoints), random_(random) {}

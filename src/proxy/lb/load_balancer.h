@@ -57,6 +57,8 @@ public:
   // Returns the index (into the EndpointSet) of the endpoint to use, or nullopt when no
   // endpoint is usable (all unavailable and the cluster not in panic, or the set is empty).
   virtual std::optional<size_t> pick(const LbContext& ctx) = 0;
+  // Whether the last pick() was made in panic (too few endpoints available, so all were used).
+  virtual bool panicking() const { return false; }
 };
 
 // Builds the balancer for `config.policy`. `endpoints` and `random` must outlive it.

@@ -1,0 +1,160 @@
+#include "proxy/resilience/cluster_state.h"
+
+#include <unordered_map>
+
+#include "base/log.h"
+
+namespace trellis::proxy {
+
+const char* limitKindName(LimitKind k) {
+  switch (k) {
+  case LimitKind::kConnections:
+    return "connections";
+  case LimitKind::kPendingRequests:
+    return "pending_requests";
+  case LimitKind::kRequests:
+    return "requests";
+  case LimitKind::kRetries:
+    return "retries";
+  case LimitKind::kCount:
+    break;
+  }
+  return "unknown";
+}
+
+ClusterState::ClusterState(const Cluster& config)
+    : cfg_(config), n_(config.endpoints.size()),
+      limits_{SharedLimit(config.circuit_breakers.max_connections),
+              SharedLimit(config.circuit_breakers.max_pending_requests),
+              SharedLimit(config.circuit_breakers.max_requests),
+              SharedLimit(config.circuit_breakers.max_retries)} {
+  if (!cfg_.outlier_detection && !cfg_.health_check)
+    return; // nothing ever changes an endpoint's state: no per-endpoint memory
+  ejected_ = std::make_unique<std::atomic<bool>[]>(n_);
+  unhealthy_ = std::make_unique<std::atomic<bool>[]>(n_);
+  counting_ = std::make_unique<std::atomic<bool>[]>(n_);
+  const bool start_unhealthy = cfg_.health_check && !cfg_.health_check->start_healthy;
+  for (size_t i = 0; i < n_; ++i) {
+    ejected_[i].store(false, std::memory_order_relaxed);
+    unhealthy_[i].store(start_unhealthy, std::memory_order_relaxed);
+    counting_[i].store(false, std::memory_order_relaxed);
+  }
+  if (cfg_.outlier_detection)
+    outlier_.emplace(*cfg_.outlier_detection, n_);
+  if (cfg_.health_check)
+    trackers_.assign(n_, HealthTracker(*cfg_.health_check));
+  if (start_unhealthy)
+    publish();
+}
+
+EndpointState ClusterState::state(size_t ep) const {
+  if (!ejected_)
+    return EndpointState::kHealthy;
+  if (ejected_[ep].load(std::memory_order_relaxed))
+    return EndpointState::kEjected;
+  if (unhealthy_[ep].load(std::memory_order_relaxed))
+    return EndpointState::kUnhealthy;
+  return EndpointState::kHealthy;
+}
+
+void ClusterState::reportOutcome(size_t ep, Outcome o, MonotonicTime now) {
+  if (!outlier_ || ep >= n_)
+    return;
+  if (o == Outcome::kSuccess && !counting_[ep].load(std::memory_order_relaxed))
+    return;
+  std::lock_guard lock(mu_);
+  counting_[ep].store(o != Outcome::kSuccess, std::memory_order_relaxed);
+  auto reason = outlier_->onOutcome(ep, o, now);
+  if (!reason)
+    return;
+  ejections_[static_cast<size_t>(*reason)].fetch_add(1, std::memory_order_relaxed);
+  ejected_[ep].store(true, std::memory_order_relaxed);
+  counting_[ep].store(false, std::memory_order_relaxed);
+  publish();
+  TLOG_INFO("cluster {}: ejected endpoint {} ({}, ejection {}, for {} ms)", cfg_.name,
+            cfg_.endpoints[ep].address.toString(), ejectReasonName(*reason),
+            outlier_->ejectionCount(ep),
+            std::chrono::duration_cast<std::chrono::milliseconds>(outlier_->ejectedUntil(ep) - now)
+                .count());
+}
+
+void ClusterState::reportHealthCheck(size_t ep, bool success) {
+  if (trackers_.empty() || ep >= n_)
+    return;
+  checks_[success ? 1 : 0].fetch_add(1, std::memory_order_relaxed);
+  std::lock_guard lock(mu_);
+  if (!trackers_[ep].onResult(success))
+    return;
+  const bool healthy = trackers_[ep].healthy();
+  unhealthy_[ep].store(!healthy, std::memory_order_relaxed);
+  publish();
+  TLOG_INFO("cluster {}: endpoint {} is now {} (active health check)", cfg_.name,
+            cfg_.endpoints[ep].address.toString(), healthy ? "healthy" : "unhealthy");
+}
+
+void ClusterState::tick(MonotonicTime now) {
+  if (!outlier_)
+    return;
+  std::lock_guard lock(mu_);
+  auto back = outlier_->tick(now);
+  for (size_t ep : back) {
+    ejected_[ep].store(false, std::memory_order_relaxed);
+    TLOG_INFO("cluster {}: endpoint {} back from ejection", cfg_.name,
+              cfg_.endpoints[ep].address.toString());
+  }
+  if (!back.empty())
+    publish();
+}
+
+void ClusterState::inheritFrom(const ClusterState& old) {
+  for (size_t r = 0; r < ejections_.size(); ++r)
+    ejections_[r].store(old.ejections_[r].load(std::memory_order_relaxed),
+                        std::memory_order_relaxed);
+  for (size_t r = 0; r < checks_.size(); ++r)
+    checks_[r].store(old.checks_[r].load(std::memory_order_relaxed), std::memory_order_relaxed);
+  std::scoped_lock lock(mu_, old.mu_);
+  overflow_base_ = old.overflow_base_ + (old.outlier_ ? old.outlier_->overflows() : 0);
+  if (!ejected_ || !old.ejected_)
+    return;
+  std::unordered_map<std::string, size_t> old_index;
+  for (size_t i = 0; i < old.n_; ++i)
+    old_index.emplace(old.cfg_.endpoints[i].address.toString(), i);
+  bool changed = false;
+  for (size_t i = 0; i < n_; ++i) {
+    auto it = old_index.find(cfg_.endpoints[i].address.toString());
+    if (it == old_index.end())
+      continue;
+    const size_t j = it->second;
+    if (!trackers_.empty() && !old.trackers_.empty()) {
+      trackers_[i].inherit(old.trackers_[j]);
+      unhealthy_[i].store(!trackers_[i].healthy(), std::memory_order_relaxed);
+      changed = true;
+    }
+    if (outlier_ && old.outlier_) {
+      outlier_->inherit(i, *old.outlier_, j);
+      ejected_[i].store(outlier_->ejected(i), std::memory_order_relaxed);
+      changed = true;
+    }
+  }
+  if (changed)
+    publish();
+}
+
+uint64_t ClusterState::ejectionOverflows() const {
+  std::lock_guard lock(mu_);
+  return overflow_base_ + (outlier_ ? outlier_->overflows() : 0);
+}
+
+size_t ClusterState::activeEjections() const {
+  std::lock_guard lock(mu_);
+  return outlier_ ? outlier_->ejectedCount() : 0;
+}
+
+std::array<size_t, 3> ClusterState::stateCounts() const {
+  std::array<size_t, 3> c{0, 0, 0};
+  for (size_t i = 0; i < n_; ++i)
+    ++c[static_cast<size_t>(state(i))];
+  return c;
+}
+
+} // namespace trellis::proxy

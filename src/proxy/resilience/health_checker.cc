@@ -1,0 +1,142 @@
+#include "proxy/resilience/health_checker.h"
+
+#include <asio/ip/tcp.hpp>
+
+#include "base/log.h"
+
+namespace trellis::proxy {
+
+// ---- probes -------------------------------------------------------------------------------
+
+void HealthProberImpl::probe(const HealthCheck& check, const std::string& cluster,
+                             const net::SocketAddress& address, std::function<void(bool)> done) {
+  if (check.kind == HealthCheckKind::kHttp) {
+    http::ClientRequest req;
+    req.method = "GET";
+    req.target = check.path;
+    req.headers.add("host", check.host.empty() ? cluster : check.host);
+    req.headers.add("user-agent", "trellis-health-check");
+    req.headers.add("connection", "close");
+    http::RequestOptions opts;
+    opts.connect_timeout = check.timeout;
+    opts.timeout = check.timeout;
+    opts.max_response_body_bytes = 64 * 1024;
+    client_.request(address, std::move(req), opts,
+                    [done = std::move(done)](Result<http::ClientResponse> r) {
+                      done(r.ok() && r->status >= 200 && r->status < 300);
+                    });
+    return;
+  }
+  // TCP: connect, then close. The timer and the connect race; whichever ends first reports.
+  struct Probe {
+    explicit Probe(Dispatcher& d) : socket(d.io()) {}
+    asio::ip::tcp::socket socket;
+    std::unique_ptr<Timer> timer;
+    std::function<void(bool)> done;
+    void finish(bool ok) {
+      if (!done)
+        return;
+      auto cb = std::move(done);
+      done = nullptr;
+      timer->disable();
+      std::error_code ec;
+      socket.close(ec);
+      cb(ok);
+    }
+  };
+  auto p = std::make_shared<Probe>(dispatcher_);
+  p->done = std::move(done);
+  p->timer = dispatcher_.createTimer([w = std::weak_ptr<Probe>(p)] {
+    if (auto p = w.lock())
+      p->finish(false);
+  });
+  p->timer->enable(check.timeout);
+  p->socket.async_connect(address.tcp(), [p](const std::error_code& ec) { p->finish(!ec); });
+}
+
+// ---- scheduling ---------------------------------------------------------------------------
+
+struct HealthChecker::Target {
+  std::shared_ptr<ClusterState> cluster;
+  size_t endpoint = 0;
+  std::unique_ptr<Timer> timer;
+  bool retired = false; // its snapshot was replaced: results are dropped
+};
+
+struct HealthChecker::Ticker {
+  std::shared_ptr<ClusterState> cluster;
+  std::unique_ptr<Timer> timer;
+};
+
+HealthChecker::HealthChecker(Dispatcher& dispatcher, HealthProber& prober, RandomGenerator& random)
+    : dispatcher_(dispatcher), prober_(prober), random_(random) {}
+
+HealthChecker::~HealthChecker() {
+  for (auto& t : targets_)
+    t->retired = true;
+}
+
+void HealthChecker::setClusters(std::vector<std::shared_ptr<ClusterState>> clusters) {
+  for (auto& t : targets_) {
+    t->retired = true;
+    t->timer->disable();
+  }
+  targets_.clear();
+  tickers_.clear();
+  clusters_ = std::move(clusters);
+  for (const auto& c : clusters_) {
+    const Cluster& cfg = c->config();
+    if (cfg.health_check) {
+      const Duration spread = cfg.health_check->interval / 10;
+      for (size_t i = 0; i < cfg.endpoints.size(); ++i) {
+        auto t = std::make_shared<Target>();
+        t->cluster = c;
+        t->endpoint = i;
+        std::weak_ptr<Target> w = t;
+        t->timer = dispatcher_.createTimer([this, w] {
+          if (auto t = w.lock())
+            run(t);
+        });
+        const uint64_t span = static_cast<uint64_t>(std::max<int64_t>(spread.count(), 0)) + 1;
+        schedule(t, Duration(static_cast<int64_t>(scaleRandom(random_.random(), span))));
+        targets_.push_back(std::move(t));
+      }
+    }
+    if (cfg.outlier_detection) {
+      auto k = std::make_unique<Ticker>();
+      k->cluster = c;
+      Ticker* raw = k.get();
+      const Duration interval = cfg.outlier_detection->interval;
+      k->timer = dispatcher_.createTimer([this, raw, interval] {
+        raw->cluster->tick(dispatcher_.now());
+        raw->timer->enable(interval);
+      });
+      k->timer->enable(interval);
+      tickers_.push_back(std::move(k));
+    }
+  }
+}
+
+void HealthChecker::schedule(const std::shared_ptr<Target>& t, Duration after) {
+  t->timer->enable(after);
+}
+
+void HealthChecker::run(const std::shared_ptr<Target>& t) {
+  if (t->retired)
+    return;
+  const Cluster& cfg = t->cluster->config();
+  ++in_flight_;
+  std::weak_ptr<bool> alive = alive_;
+  prober_.probe(*cfg.health_check, cfg.name, cfg.endpoints[t->endpoint].address,
+                [this, t, alive](bool ok) {
+                  if (alive.expired())
+                    return; // the checker is gone
+                  --in_flight_;
+                  if (t->retired)
+                    return;
+                  t->cluster->reportHealthCheck(t->endpoint, ok);
+                  schedule(t, t->cluster->config().health_check->interval);
+                });
+}
+
+} // namespace trellis::proxy

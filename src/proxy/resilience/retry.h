@@ -1,0 +1,41 @@
+#pragma once
+
+#include <cstdint>
+
+#include "base/units.h"
+#include "proxy/config.h"
+
+namespace trellis::proxy {
+
+// Why a try failed, as the retry policy's `on` list sees it.
+enum class TryFailure : uint8_t {
+  kConnectFailure, // never reached the upstream: refused, unreachable, connect timeout
+  kReset,          // the connection closed or reset before a response head arrived
+  kTimeout,        // per_try_timeout before a response head arrived (a 504)
+  kBadResponse,    // the response did not parse (a 502)
+  kStatus,         // a complete response head with this status
+};
+
+// Whether `policy.on` covers this failure (`status` matters for kStatus only). 5xx covers
+// every failure; gateway-error covers connect failures, resets, timeouts, bad responses and
+// 502/503/504; connect-failure and reset cover just those.
+bool retryOnCovers(const RetryPolicy& policy, TryFailure f, uint16_t status);
+
+// Whether a request with this method may be retried after `f`: idempotent methods always;
+// others only when the request never reached an upstream (connect failure) unless the
+// route sets retry_non_idempotent.
+bool methodAllowsRetry(const RetryPolicy& policy, std::string_view method, TryFailure f);
+
+// The wait before retry number `retry` (1 for the first retry): "full jitter" exponential
+// backoff, uniform in [0, min(backoff_max, backoff_base * 2^(retry-1))]. `random` is a
+// uniform 64-bit value.
+Duration retryBackoff(const RetryPolicy& policy, uint32_t retry, uint64_t random);
+
+// The retry budget: whether one more retry may start when `active_requests` requests (to the
+// cluster, this one included) are in flight of which `active_retries` are retries. Allowed
+// while retries stay within budget_percent of active requests, or below
+// budget_min_concurrency.
+bool retryBudgetAllows(const RetryPolicy& policy, uint64_t active_requests,
+                       uint64_t active_retries);
+
+} // namespace trellis::proxy

@@ -32,7 +32,8 @@ std::string hostnameError(std::string_view h, bool wildcard_ok) {
                        h, wildcard_ok ? ", optionally prefixed with \"*.\"" : "",
                        kMaxHostnameLength);
   }
-  if (std::all_of(rest.begin(), rest.end(), [](char c) { return c == '.' || std::isdigit(c); }))
+  if (std::all_of(rest.begin(), rest.end(),
+                  [](char c) { return c == '.' || (c >= '0' && c <= '9'); }))
     return fmt::format("invalid hostname \"{}\": IP addresses are not allowed", h);
   return "";
 }

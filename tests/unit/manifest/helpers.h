@@ -35,13 +35,19 @@ inline Resource loadOne(std::string_view yaml) {
   return r->front();
 }
 
-// toJson, then fromJson of its dump re-parsed, gives an equal resource.
+// toJson, then fromJson of its dump re-parsed, gives an equal resource; so does loading the
+// dump as a manifest.
 inline void expectRoundTrip(const Resource& r) {
   const nlohmann::json j = toJson(r);
   auto back = fromJson(nlohmann::json::parse(j.dump()));
   ASSERT_TRUE(back.ok()) << back.error().message() << "\n" << j.dump(2);
   EXPECT_EQ(*back, r) << j.dump(2);
   EXPECT_EQ(toJson(*back), j);
+  // The canonical form is also valid input for `trellis apply` (JSON is YAML).
+  auto applied = loadString(j.dump(), "canonical.json");
+  ASSERT_TRUE(applied.ok()) << applied.error().message();
+  ASSERT_EQ(applied->size(), 1u);
+  EXPECT_EQ(applied->front(), r);
 }
 
 } // namespace trellis::manifest::testing

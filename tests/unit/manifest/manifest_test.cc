@@ -225,6 +225,11 @@ TEST(Load, Limits) {
     deep += "]";
   EXPECT_NE(loadError(deep + "\n").find("nested more than 32 levels deep"), std::string::npos);
 
+  // Nesting far past the limit fails cleanly in the YAML parser itself (no stack overflow).
+  EXPECT_NE(loadError(std::string(100000, '[')).find("test.yaml: invalid YAML"),
+            std::string::npos);
+  EXPECT_NE(loadError("a: *missing\n").find("test.yaml: invalid YAML"), std::string::npos);
+
   // Aliases that multiply ("billion laughs") stop at the node budget, not at memory.
   std::string bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n";
   for (char c = 'b'; c <= 'j'; ++c)

@@ -28,9 +28,8 @@ std::string hostnameError(std::string_view h, bool wildcard_ok) {
   if (wildcard_ok && rest.substr(0, 2) == "*.")
     rest.remove_prefix(2);
   if (h.size() > kMaxHostnameLength || !isDnsSubdomain(rest)) {
-    return fmt::format("invalid hostname \"{}\" (lowercase DNS labels{}, at most {} characters)",
-                       h, wildcard_ok ? ", optionally prefixed with \"*.\"" : "",
-                       kMaxHostnameLength);
+    return fmt::format("invalid hostname \"{}\" (lowercase DNS labels{}, at most {} characters)", h,
+                       wildcard_ok ? ", optionally prefixed with \"*.\"" : "", kMaxHostnameLength);
   }
   if (std::all_of(rest.begin(), rest.end(),
                   [](char c) { return c == '.' || (c >= '0' && c <= '9'); }))
@@ -101,8 +100,8 @@ Result<ValueMatchType> readValueMatchType(const json& obj, const std::string& pa
 
 Status parseParentRef(const json& j, const std::string& path, const ObjectMeta& meta,
                       ParentRef& out) {
-  TRELLIS_RETURN_IF_ERROR(checkKeys(j, path, {"group", "kind", "namespace", "name", "port",
-                                              "sectionName"}));
+  TRELLIS_RETURN_IF_ERROR(
+      checkKeys(j, path, {"group", "kind", "namespace", "name", "port", "sectionName"}));
   if (find(j, "sectionName"))
     return fieldError(path + ".sectionName",
                       "not supported: trellis gateways and services have no named sections "
@@ -371,7 +370,8 @@ Status parseRedirect(const json& j, const std::string& path, RequestRedirect& ou
   }
   if (const json* p = find(j, "path")) {
     const std::string ppath = path + ".path";
-    TRELLIS_RETURN_IF_ERROR(checkKeys(*p, ppath, {"type", "replaceFullPath", "replacePrefixMatch"}));
+    TRELLIS_RETURN_IF_ERROR(
+        checkKeys(*p, ppath, {"type", "replaceFullPath", "replacePrefixMatch"}));
     const json* t = find(*p, "type");
     if (!t)
       return missing(ppath, "type");
@@ -394,8 +394,8 @@ Status parseRedirect(const json& j, const std::string& path, RequestRedirect& ou
                                                      *type));
     }
     if (find(*p, other))
-      return fieldError(joinPath(ppath, other), fmt::format("must not be set when type is {}",
-                                                            *type));
+      return fieldError(joinPath(ppath, other),
+                        fmt::format("must not be set when type is {}", *type));
     const json* v = find(*p, key);
     if (!v)
       return fieldError(joinPath(ppath, key), fmt::format("required when type is {}", *type));
@@ -416,17 +416,17 @@ Status parseRedirect(const json& j, const std::string& path, RequestRedirect& ou
   if (const json* c = find(j, "statusCode")) {
     auto v = readInt(*c, path + ".statusCode", 301, 302);
     if (!v.ok())
-      return fieldError(path + ".statusCode",
-                        fmt::format("must be 301 or 302, got {}", c->dump()));
+      return fieldError(path + ".statusCode", fmt::format("must be 301 or 302, got {}", c->dump()));
     out.status_code = static_cast<uint16_t>(*v);
   }
   return okStatus();
 }
 
 Status parseFilter(const json& j, const std::string& path, HttpRouteFilter& out) {
-  TRELLIS_RETURN_IF_ERROR(checkKeys(j, path, {"type", "requestHeaderModifier",
-                                              "responseHeaderModifier", "requestMirror",
-                                              "requestRedirect", "urlRewrite", "extensionRef"}));
+  TRELLIS_RETURN_IF_ERROR(
+      checkKeys(j, path,
+                {"type", "requestHeaderModifier", "responseHeaderModifier", "requestMirror",
+                 "requestRedirect", "urlRewrite", "extensionRef"}));
   const json* t = find(j, "type");
   if (!t)
     return missing(path, "type");
@@ -463,8 +463,8 @@ Status parseFilter(const json& j, const std::string& path, HttpRouteFilter& out)
                                   *type));
   for (const FilterType& f : kTypes) {
     if (&f != ft && find(j, f.field))
-      return fieldError(joinPath(path, f.field), fmt::format("must not be set when type is {}",
-                                                             *type));
+      return fieldError(joinPath(path, f.field),
+                        fmt::format("must not be set when type is {}", *type));
   }
   const json* body = find(j, ft->field);
   if (!body)
@@ -536,9 +536,8 @@ Status parseBackendRef(const json& j, const std::string& path, const ObjectMeta&
 
 Result<Duration> readGatewayDuration(const json& j, const std::string& path) {
   if (!j.is_string())
-    return fieldError(path,
-                      fmt::format("expected a duration such as \"10s\" or \"500ms\", got {}",
-                                  typeName(j)));
+    return fieldError(
+        path, fmt::format("expected a duration such as \"10s\" or \"500ms\", got {}", typeName(j)));
   auto d = parseGatewayDuration(j.get_ref<const std::string&>());
   if (!d.ok())
     return fieldError(path, d.error().message());
@@ -570,11 +569,10 @@ Status parseRule(const json& j, const std::string& path, const ObjectMeta& meta,
       TRELLIS_RETURN_IF_ERROR(parseFilter((*fs)[i], p, f));
       for (size_t k = 0; k < out.filters.size(); ++k) {
         if (out.filters[k].index() == f.index())
-          return fieldError(p, fmt::format("a {} filter is already given (filters[{}]); each "
-                                           "type may appear once per rule",
-                                           f.index() == 0 ? "RequestHeaderModifier"
-                                                          : "RequestRedirect",
-                                           k));
+          return fieldError(
+              p, fmt::format("a {} filter is already given (filters[{}]); each "
+                             "type may appear once per rule",
+                             f.index() == 0 ? "RequestHeaderModifier" : "RequestRedirect", k));
       }
       out.filters.push_back(std::move(f));
     }
@@ -625,11 +623,11 @@ Status parseRule(const json& j, const std::string& path, const ObjectMeta& meta,
     const auto& req = out.timeouts.request;
     const auto& backend = out.timeouts.backend_request;
     if (req && backend && req->count() != 0 && (backend->count() == 0 || *backend > *req))
-      return fieldError(tpath + ".backendRequest",
-                        fmt::format("{} is longer than the request timeout {}",
-                                    backend->count() == 0 ? "0s (no timeout)"
-                                                          : formatGatewayDuration(*backend),
-                                    formatGatewayDuration(*req)));
+      return fieldError(
+          tpath + ".backendRequest",
+          fmt::format("{} is longer than the request timeout {}",
+                      backend->count() == 0 ? "0s (no timeout)" : formatGatewayDuration(*backend),
+                      formatGatewayDuration(*req)));
   }
   return okStatus();
 }
@@ -844,10 +842,8 @@ std::string formatGatewayDuration(Duration d) {
   if (ms == 0)
     return "0s";
   std::string out;
-  for (const auto& [unit, per] : {std::pair<const char*, int64_t>{"h", 3600000},
-                                  {"m", 60000},
-                                  {"s", 1000},
-                                  {"ms", 1}}) {
+  for (const auto& [unit, per] :
+       {std::pair<const char*, int64_t>{"h", 3600000}, {"m", 60000}, {"s", 1000}, {"ms", 1}}) {
     if (ms >= per) {
       out += fmt::format("{}{}", ms / per, unit);
       ms %= per;

@@ -151,9 +151,8 @@ Status parseMetadata(const json& j, Kind kind, ObjectMeta& out) {
       bytes += k.size() + v.size();
     }
     if (bytes > kMaxAnnotationBytes)
-      return fieldError("metadata.annotations",
-                        fmt::format("{} bytes in all, at most {} allowed", bytes,
-                                    kMaxAnnotationBytes));
+      return fieldError("metadata.annotations", fmt::format("{} bytes in all, at most {} allowed",
+                                                            bytes, kMaxAnnotationBytes));
     out.annotations = std::move(*m);
   }
   return okStatus();
@@ -162,8 +161,7 @@ Status parseMetadata(const json& j, Kind kind, ObjectMeta& out) {
 std::string supportedKinds() {
   std::string out;
   for (Kind k : kKinds)
-    out += fmt::format("{}{} (apiVersion {})", out.empty() ? "" : ", ", kindName(k),
-                       apiVersion(k));
+    out += fmt::format("{}{} (apiVersion {})", out.empty() ? "" : ", ", kindName(k), apiVersion(k));
   return out;
 }
 
@@ -175,16 +173,16 @@ Result<Resource> parseDocument(const json& doc) {
                                       typeName(doc)));
   const json* kind_field = find(doc, "kind");
   if (!kind_field)
-    return fieldError("kind", fmt::format("required field is missing (supported: {})",
-                                          supportedKinds()));
+    return fieldError("kind",
+                      fmt::format("required field is missing (supported: {})", supportedKinds()));
   auto kind_name = readString(*kind_field, "kind", 63);
   if (!kind_name.ok())
     return kind_name.error();
   const Kind* kind = std::find_if(std::begin(kKinds), std::end(kKinds),
                                   [&](Kind k) { return *kind_name == kindName(k); });
   if (kind == std::end(kKinds))
-    return fieldError("kind", fmt::format("unknown kind \"{}\" (supported: {})", *kind_name,
-                                          supportedKinds()));
+    return fieldError(
+        "kind", fmt::format("unknown kind \"{}\" (supported: {})", *kind_name, supportedKinds()));
   const json* version = find(doc, "apiVersion");
   if (!version)
     return fieldError("apiVersion", fmt::format("required field is missing ({} is {})",
@@ -294,13 +292,12 @@ Result<std::vector<Resource>> finish(std::vector<Loaded> loaded) {
     auto [it, fresh] = seen.emplace(l.resource.id(), i);
     if (!fresh) {
       const Loaded& first = loaded[it->second];
-      const std::string first_where = first.file == l.file
-                                          ? fmt::format("document {}", first.document)
-                                          : fmt::format("{} document {}", first.file,
-                                                        first.document);
+      const std::string first_where =
+          first.file == l.file ? fmt::format("document {}", first.document)
+                               : fmt::format("{} document {}", first.file, first.document);
       return makeError(ErrorCode::kInvalidArgument,
-                       "{}: document {} ({} \"{}\"): {} is also defined by {}", l.file,
-                       l.document, kindName(l.resource.kind()), l.resource.metadata.name,
+                       "{}: document {} ({} \"{}\"): {} is also defined by {}", l.file, l.document,
+                       kindName(l.resource.kind()), l.resource.metadata.name,
                        l.resource.id().toString(), first_where);
     }
     out.push_back(l.resource);

@@ -21,12 +21,12 @@
 namespace trellis::manifest {
 
 // Limits on input, so a wrong path or a hostile file fails fast with bounded memory.
-constexpr size_t kMaxFileBytes = 4 * 1024 * 1024;    // one file, or one loadString text
-constexpr size_t kMaxDocumentsPerFile = 1000;        // `---`-separated documents
-constexpr size_t kMaxResourcesPerDirectory = 5000;   // across all files of a directory
-constexpr size_t kMaxFilesPerDirectory = 1000;       // *.yaml / *.yml files read
-constexpr size_t kMaxNestingDepth = 32;              // mappings and lists inside each other
-constexpr size_t kMaxNodesPerFile = 500000;          // YAML nodes after expanding aliases
+constexpr size_t kMaxFileBytes = 4 * 1024 * 1024;  // one file, or one loadString text
+constexpr size_t kMaxDocumentsPerFile = 1000;      // `---`-separated documents
+constexpr size_t kMaxResourcesPerDirectory = 5000; // across all files of a directory
+constexpr size_t kMaxFilesPerDirectory = 1000;     // *.yaml / *.yml files read
+constexpr size_t kMaxNestingDepth = 32;            // mappings and lists inside each other
+constexpr size_t kMaxNodesPerFile = 500000;        // YAML nodes after expanding aliases
 constexpr size_t kMaxExpandedBytesPerFile = 2 * kMaxFileBytes; // scalar bytes, aliases expanded
 
 // Loads a YAML file, or every *.yaml and *.yml file of a directory (sorted by name, not

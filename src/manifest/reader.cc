@@ -54,12 +54,11 @@ Status expectList(const json& j, const std::string& path, size_t min_items, size
   if (!j.is_array())
     return fieldError(path, fmt::format("expected a list, got {}", typeName(j)));
   if (j.size() < min_items)
-    return fieldError(path, min_items == 1 ? "must not be empty"
-                                           : fmt::format("must have at least {} entries",
-                                                         min_items));
+    return fieldError(path, min_items == 1
+                                ? "must not be empty"
+                                : fmt::format("must have at least {} entries", min_items));
   if (j.size() > max_items)
-    return fieldError(path,
-                      fmt::format("has {} entries, at most {} allowed", j.size(), max_items));
+    return fieldError(path, fmt::format("has {} entries, at most {} allowed", j.size(), max_items));
   return okStatus();
 }
 
@@ -155,8 +154,8 @@ Result<std::string> readString(const json& j, const std::string& path, size_t ma
   if (s.empty() && !empty_ok)
     return fieldError(path, "must not be empty");
   if (s.size() > max_length)
-    return fieldError(path,
-                      fmt::format("is {} characters long, at most {} allowed", s.size(), max_length));
+    return fieldError(
+        path, fmt::format("is {} characters long, at most {} allowed", s.size(), max_length));
   return s;
 }
 
@@ -199,8 +198,8 @@ Result<bool> readBool(const json& j, const std::string& path) {
 
 Result<Duration> readDuration(const json& j, const std::string& path, bool zero_ok) {
   if (!j.is_string()) {
-    return fieldError(path, fmt::format("expected a duration such as \"250ms\" or \"10s\", got {}",
-                                        typeName(j)));
+    return fieldError(
+        path, fmt::format("expected a duration such as \"250ms\" or \"10s\", got {}", typeName(j)));
   }
   auto d = parseDuration(j.get_ref<const std::string&>());
   if (!d.ok())
@@ -224,8 +223,8 @@ Result<std::map<std::string, std::string>> readStringMap(const json& j, const st
   return out;
 }
 
-Status durationField(const json& obj, const std::string& path, std::string_view key,
-                     Duration& out, bool zero_ok) {
+Status durationField(const json& obj, const std::string& path, std::string_view key, Duration& out,
+                     bool zero_ok) {
   const json* v = find(obj, key);
   if (!v)
     return okStatus();
@@ -261,8 +260,8 @@ bool isDnsSubdomain(std::string_view s) {
   size_t start = 0;
   while (true) {
     const size_t dot = s.find('.', start);
-    const std::string_view label = s.substr(start, dot == std::string_view::npos ? s.npos
-                                                                                 : dot - start);
+    const std::string_view label =
+        s.substr(start, dot == std::string_view::npos ? s.npos : dot - start);
     // Kubernetes' subdomain regex allows labels longer than 63 only in theory; keep RFC 1123.
     if (!isDnsLabel(label))
       return false;
@@ -333,8 +332,8 @@ std::string toLower(std::string_view s) {
 Result<std::shared_ptr<const std::regex>> compileRegex(const std::string& source,
                                                        const std::string& path) {
   if (source.empty() || source.size() > kMaxRegexLength)
-    return fieldError(path, fmt::format("a regular expression must have 1 to {} characters",
-                                        kMaxRegexLength));
+    return fieldError(
+        path, fmt::format("a regular expression must have 1 to {} characters", kMaxRegexLength));
   try {
     auto flags = std::regex::ECMAScript;
 #ifdef __GLIBCXX__

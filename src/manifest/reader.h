@@ -54,8 +54,8 @@ Result<std::map<std::string, std::string>> readStringMap(const json& j, const st
 
 // Reads obj[key] when present into `out` (an integer type) with range [min, max].
 template <typename T>
-Status intField(const json& obj, const std::string& path, std::string_view key, T& out,
-                int64_t min, int64_t max) {
+Status intField(const json& obj, const std::string& path, std::string_view key, T& out, int64_t min,
+                int64_t max) {
   const json* v = find(obj, key);
   if (!v)
     return okStatus();
@@ -66,8 +66,8 @@ Status intField(const json& obj, const std::string& path, std::string_view key, 
   return okStatus();
 }
 
-Status durationField(const json& obj, const std::string& path, std::string_view key,
-                     Duration& out, bool zero_ok);
+Status durationField(const json& obj, const std::string& path, std::string_view key, Duration& out,
+                     bool zero_ok);
 Status boolField(const json& obj, const std::string& path, std::string_view key, bool& out);
 
 // Name checks, as Kubernetes applies them.

@@ -73,8 +73,8 @@ bool isIanaServiceName(std::string_view s) {
 }
 
 Status parsePort(const json& j, const std::string& path, ServicePort& out) {
-  TRELLIS_RETURN_IF_ERROR(checkKeys(j, path, {"name", "port", "targetPort", "protocol",
-                                              "appProtocol", "nodePort"}));
+  TRELLIS_RETURN_IF_ERROR(
+      checkKeys(j, path, {"name", "port", "targetPort", "protocol", "appProtocol", "nodePort"}));
   if (find(j, "nodePort"))
     return fieldError(path + ".nodePort", "not supported by trellis (there are no nodes; expose "
                                           "services through a trellis gateway)");
@@ -109,9 +109,9 @@ Status parsePort(const json& j, const std::string& path, ServicePort& out) {
     } else {
       auto v = readInt(*t, tpath, 1, 65535);
       if (!v.ok())
-        return fieldError(tpath,
-                          fmt::format("expected a port number 1..65535 or a port name, got {}",
-                                      t->dump()));
+        return fieldError(
+            tpath,
+            fmt::format("expected a port number 1..65535 or a port name, got {}", t->dump()));
       out.target_port = static_cast<uint16_t>(*v);
     }
   }

@@ -100,8 +100,9 @@ Status parseLoadBalancer(const json& j, const std::string& path, LoadBalancer& o
     if (it == std::end(kPolicies)) {
       for (const PolicyName& n : kPolicies) {
         if (squashName(n.name) == squashName(*s))
-          return fieldError(path + ".policy",
-                            fmt::format("unknown policy \"{}\" (did you mean \"{}\"?)", *s, n.name));
+          return fieldError(
+              path + ".policy",
+              fmt::format("unknown policy \"{}\" (did you mean \"{}\"?)", *s, n.name));
       }
       return fieldError(path + ".policy",
                         fmt::format("unknown policy \"{}\" (expected RoundRobin, LeastRequest, "
@@ -114,14 +115,13 @@ Status parseLoadBalancer(const json& j, const std::string& path, LoadBalancer& o
   const bool hashing = policy == proxy::LbPolicy::kRingHash || policy == proxy::LbPolicy::kMaglev;
   if (const json* h = find(j, "hashOn")) {
     if (!hashing)
-      return fieldError(path + ".hashOn",
-                        fmt::format("only RingHash and Maglev hash requests (policy is {})",
-                                    policyName(policy)));
+      return fieldError(
+          path + ".hashOn",
+          fmt::format("only RingHash and Maglev hash requests (policy is {})", policyName(policy)));
     out.hash_on.emplace();
     TRELLIS_RETURN_IF_ERROR(parseHashOn(*h, path + ".hashOn", *out.hash_on));
   } else if (hashing) {
-    return fieldError(path + ".hashOn",
-                      fmt::format("required with policy {}", policyName(policy)));
+    return fieldError(path + ".hashOn", fmt::format("required with policy {}", policyName(policy)));
   }
   // Options only next to their policy, so a mismatch is not silently ignored.
   struct Option {
@@ -133,8 +133,8 @@ Status parseLoadBalancer(const json& j, const std::string& path, LoadBalancer& o
                           Option{"maglev", proxy::LbPolicy::kMaglev}}) {
     if (find(j, o.key) && o.policy != policy)
       return fieldError(joinPath(path, o.key),
-                        fmt::format("options for policy {} but policy is {}",
-                                    policyName(o.policy), policyName(policy)));
+                        fmt::format("options for policy {} but policy is {}", policyName(o.policy),
+                                    policyName(policy)));
   }
   if (const json* o = find(j, "leastRequest")) {
     const std::string p = path + ".leastRequest";
@@ -154,8 +154,7 @@ Status parseLoadBalancer(const json& j, const std::string& path, LoadBalancer& o
   if (const json* o = find(j, "maglev")) {
     const std::string p = path + ".maglev";
     TRELLIS_RETURN_IF_ERROR(checkKeys(*o, p, {"tableSize"}));
-    TRELLIS_RETURN_IF_ERROR(
-        intField(*o, p, "tableSize", out.config.maglev_table_size, 3, 5000011));
+    TRELLIS_RETURN_IF_ERROR(intField(*o, p, "tableSize", out.config.maglev_table_size, 3, 5000011));
     if (!proxy::isPrime(out.config.maglev_table_size))
       return fieldError(p + ".tableSize", fmt::format("{} is not prime (e.g. 65537, 131071)",
                                                       out.config.maglev_table_size));
@@ -164,10 +163,10 @@ Status parseLoadBalancer(const json& j, const std::string& path, LoadBalancer& o
 }
 
 Status parseRetries(const json& j, const std::string& path, proxy::RetryPolicy& out) {
-  TRELLIS_RETURN_IF_ERROR(checkKeys(j, path,
-                                    {"attempts", "perTryTimeout", "on", "retriableStatusCodes",
-                                     "backoff", "budgetPercent", "budgetMinConcurrency",
-                                     "retryNonIdempotent"}));
+  TRELLIS_RETURN_IF_ERROR(
+      checkKeys(j, path,
+                {"attempts", "perTryTimeout", "on", "retriableStatusCodes", "backoff",
+                 "budgetPercent", "budgetMinConcurrency", "retryNonIdempotent"}));
   if (!find(j, "attempts"))
     return missing(path, "attempts");
   TRELLIS_RETURN_IF_ERROR(intField(j, path, "attempts", out.attempts, 0, kMaxRetryAttempts));
@@ -234,11 +233,10 @@ Status parseRetries(const json& j, const std::string& path, proxy::RetryPolicy& 
 Status parseOutlier(const json& j, const std::string& path, proxy::OutlierDetection& out) {
   TRELLIS_RETURN_IF_ERROR(checkKeys(j, path,
                                     {"consecutive5xx", "consecutiveGatewayFailure", "interval",
-                                     "baseEjectionTime", "maxEjectionTime",
-                                     "maxEjectionPercent"}));
+                                     "baseEjectionTime", "maxEjectionTime", "maxEjectionPercent"}));
   TRELLIS_RETURN_IF_ERROR(intField(j, path, "consecutive5xx", out.consecutive_5xx, 0, 1000));
-  TRELLIS_RETURN_IF_ERROR(intField(j, path, "consecutiveGatewayFailure",
-                                   out.consecutive_gateway_failure, 0, 1000));
+  TRELLIS_RETURN_IF_ERROR(
+      intField(j, path, "consecutiveGatewayFailure", out.consecutive_gateway_failure, 0, 1000));
   if (out.consecutive_5xx == 0 && out.consecutive_gateway_failure == 0)
     return fieldError(path, "consecutive5xx and consecutiveGatewayFailure are both 0, nothing "
                             "would ever be ejected (remove outlierDetection to turn it off)");
@@ -254,10 +252,9 @@ Status parseOutlier(const json& j, const std::string& path, proxy::OutlierDetect
   return intField(j, path, "maxEjectionPercent", out.max_ejection_percent, 0, 100);
 }
 
-Status parseCircuitBreakers(const json& j, const std::string& path,
-                            proxy::CircuitBreakers& out) {
-  TRELLIS_RETURN_IF_ERROR(checkKeys(
-      j, path, {"maxConnections", "maxPendingRequests", "maxRequests", "maxRetries"}));
+Status parseCircuitBreakers(const json& j, const std::string& path, proxy::CircuitBreakers& out) {
+  TRELLIS_RETURN_IF_ERROR(
+      checkKeys(j, path, {"maxConnections", "maxPendingRequests", "maxRequests", "maxRetries"}));
   TRELLIS_RETURN_IF_ERROR(intField(j, path, "maxConnections", out.max_connections, 1, 1000000));
   TRELLIS_RETURN_IF_ERROR(
       intField(j, path, "maxPendingRequests", out.max_pending_requests, 1, 1000000));
@@ -266,9 +263,9 @@ Status parseCircuitBreakers(const json& j, const std::string& path,
 }
 
 Status parseHealthCheck(const json& j, const std::string& path, proxy::HealthCheck& out) {
-  TRELLIS_RETURN_IF_ERROR(checkKeys(j, path,
-                                    {"path", "tcp", "host", "interval", "timeout",
-                                     "healthyThreshold", "unhealthyThreshold"}));
+  TRELLIS_RETURN_IF_ERROR(checkKeys(
+      j, path,
+      {"path", "tcp", "host", "interval", "timeout", "healthyThreshold", "unhealthyThreshold"}));
   bool tcp = false;
   TRELLIS_RETURN_IF_ERROR(boolField(j, path, "tcp", tcp));
   const json* hpath = find(j, "path");

@@ -124,9 +124,9 @@ private:
     const std::string& s = node.Scalar();
     bytes_ += s.size();
     if (bytes_ > kMaxExpandedBytesPerFile)
-      return error(node, path,
-                   fmt::format("more than {} bytes of values (aliases expanded)",
-                               kMaxExpandedBytesPerFile));
+      return error(
+          node, path,
+          fmt::format("more than {} bytes of values (aliases expanded)", kMaxExpandedBytesPerFile));
     const std::string& tag = node.Tag();
     // "!" marks a quoted or block scalar: always a string.
     if (tag == "!" || tag == "tag:yaml.org,2002:str")

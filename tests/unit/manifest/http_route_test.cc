@@ -2,9 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include "manifest/helpers.h"
 #include "manifest/kinds.h"
 #include "manifest/manifest.h"
-#include "manifest/helpers.h"
 
 namespace trellis::manifest {
 namespace {
@@ -118,7 +118,7 @@ TEST(HttpRoute, ParsesEveryField) {
   ASSERT_TRUE(re.regex);
   EXPECT_TRUE(std::regex_match("/users/42", *re.regex));
   EXPECT_FALSE(std::regex_match("/users/42/orders", *re.regex)); // whole path
-  EXPECT_EQ(route.rules[1].backend_refs[0].weight, 1u);         // default weight
+  EXPECT_EQ(route.rules[1].backend_refs[0].weight, 1u);          // default weight
   EXPECT_FALSE(route.rules[1].timeouts.request);
 
   const auto& redirect = std::get<RequestRedirect>(route.rules[2].filters[0]);
@@ -326,8 +326,8 @@ TEST(HttpRoute, RejectsInvalidSpecs) {
   };
   for (const ErrorCase& c : cases) {
     const std::string msg = loadError(routeWith(c.yaml));
-    EXPECT_NE(msg.find(c.expected), std::string::npos) << "got:      " << msg << "\nexpected: "
-                                                       << c.expected;
+    EXPECT_NE(msg.find(c.expected), std::string::npos)
+        << "got:      " << msg << "\nexpected: " << c.expected;
     EXPECT_EQ(msg.rfind("test.yaml: document 1 (HTTPRoute \"r\"): spec", 0), 0u) << msg;
   }
 }
@@ -347,11 +347,9 @@ spec:
       {"[{kind: Service, name: api}]",
        "spec.parentRefs[0]: unsupported parent Service (group \"gateway.networking.k8s.io\")"},
       {"[{kind: Mesh, group: \"\", name: api}]", "spec.parentRefs[0]: unsupported parent Mesh"},
-      {"[{name: edge, sectionName: http}]",
-       "spec.parentRefs[0].sectionName: not supported"},
+      {"[{name: edge, sectionName: http}]", "spec.parentRefs[0].sectionName: not supported"},
       {"[{name: edge, port: 0}]", "spec.parentRefs[0].port: must be 1..65535, got 0"},
-      {"[{name: edge}, {name: edge}]",
-       "spec.parentRefs[1]: the same parent as parentRefs[0]"},
+      {"[{name: edge}, {name: edge}]", "spec.parentRefs[1]: the same parent as parentRefs[0]"},
       {"[{kind: Service, group: \"\", name: 9api}]",
        "spec.parentRefs[0].name: invalid Service name \"9api\""},
       {"[{namespace: Infra, name: edge}]", "spec.parentRefs[0].namespace: invalid namespace"},
@@ -359,14 +357,15 @@ spec:
   };
   for (const ErrorCase& c : cases) {
     const std::string msg = loadError(route(c.yaml));
-    EXPECT_NE(msg.find(c.expected), std::string::npos) << "got:      " << msg << "\nexpected: "
-                                                       << c.expected;
+    EXPECT_NE(msg.find(c.expected), std::string::npos)
+        << "got:      " << msg << "\nexpected: " << c.expected;
   }
   EXPECT_NE(loadError(R"(apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: r}
 spec: {}
-)").find("spec.parentRefs: required"),
+)")
+                .find("spec.parentRefs: required"),
             std::string::npos);
   // The same parent on two ports is two attachments, which is allowed.
   loadOne(route("[{name: edge, port: 80}, {name: edge, port: 443}]"));
@@ -381,8 +380,8 @@ TEST(HttpRoute, EnforcesGatewayApiLimits) {
   };
   // Exactly at each limit loads; one past fails.
   loadOne(routeWith(fmt::format("  rules: {}\n", repeat("{{backendRefs: [{{name: a, port: "
-                                                       "{}}}]}}",
-                                                       kMaxRules))));
+                                                        "{}}}]}}",
+                                                        kMaxRules))));
   EXPECT_NE(loadError(routeWith(fmt::format("  rules: {}\n", repeat("{{}}", kMaxRules + 1))))
                 .find("spec.rules: has 17 entries, at most 16 allowed"),
             std::string::npos);
@@ -397,19 +396,18 @@ TEST(HttpRoute, EnforcesGatewayApiLimits) {
                 .find("spec.rules: 192 matches in all, at most 128 allowed per route"),
             std::string::npos);
   EXPECT_NE(loadError(routeWith(fmt::format("  rules: [{{backendRefs: {}}}]\n",
-                                            repeat("{{name: a, port: {}}}",
-                                                   kMaxBackendRefs + 1))))
+                                            repeat("{{name: a, port: {}}}", kMaxBackendRefs + 1))))
                 .find("backendRefs: has 17 entries, at most 16 allowed"),
             std::string::npos);
   EXPECT_NE(loadError(routeWith(fmt::format("  hostnames: {}\n",
                                             repeat("h{}.example.com", kMaxHostnames + 1))))
                 .find("spec.hostnames: has 17 entries, at most 16 allowed"),
             std::string::npos);
-  EXPECT_NE(loadError(routeWith(fmt::format("  rules: [{{matches: [{{headers: {}}}]}}]\n",
-                                            repeat("{{name: h{}, value: v}}",
-                                                   kMaxHeaderMatches + 1))))
-                .find("headers: has 17 entries, at most 16 allowed"),
-            std::string::npos);
+  EXPECT_NE(
+      loadError(routeWith(fmt::format("  rules: [{{matches: [{{headers: {}}}]}}]\n",
+                                      repeat("{{name: h{}, value: v}}", kMaxHeaderMatches + 1))))
+          .find("headers: has 17 entries, at most 16 allowed"),
+      std::string::npos);
   const std::string long_path = "/" + std::string(kMaxPathLength, 'a');
   EXPECT_NE(loadError(routeWith(fmt::format("  rules: [{{matches: [{{path: {{value: {}}}}}]}}]\n",
                                             long_path)))
@@ -426,8 +424,8 @@ TEST(HttpRoute, GatewayDurations) {
   EXPECT_EQ(*parseGatewayDuration("1h1m1s1ms"), Duration(1h + 1min + 1s + 1ms));
   EXPECT_EQ(*parseGatewayDuration("0s"), Duration(0));
   EXPECT_EQ(*parseGatewayDuration("99999ms"), Duration(99999ms));
-  for (const char* bad : {"", "0", "10", "1.5s", "1d", "100000s", "1h1m1s1ms1s", "s", "-1s",
-                          "1us", "10 s"}) {
+  for (const char* bad :
+       {"", "0", "10", "1.5s", "1d", "100000s", "1h1m1s1ms1s", "s", "-1s", "1us", "10 s"}) {
     EXPECT_FALSE(parseGatewayDuration(bad).ok()) << bad;
   }
   EXPECT_EQ(formatGatewayDuration(0s), "0s");

@@ -4,8 +4,8 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "manifest/manifest.h"
 #include "manifest/helpers.h"
+#include "manifest/manifest.h"
 
 namespace trellis::manifest {
 namespace {
@@ -67,9 +67,9 @@ spec: {targetRef: {kind: Service, name: api}, retries: {attempts: 1}}
 }
 
 TEST(Load, DocumentIndexCountsEveryDocument) {
-  const std::string msg =
-      loadError(std::string(kService) + "---\n---\n" + "apiVersion: v1\nkind: Service\n"
-                                                       "metadata: {name: broken}\nspec: {}\n");
+  const std::string msg = loadError(std::string(kService) + "---\n---\n" +
+                                    "apiVersion: v1\nkind: Service\n"
+                                    "metadata: {name: broken}\nspec: {}\n");
   EXPECT_EQ(msg, "test.yaml: document 3 (Service \"broken\"): spec.ports: required field is "
                  "missing");
 }
@@ -143,8 +143,8 @@ TEST(Load, Metadata) {
   };
   for (const Case& c : cases) {
     const std::string msg = loadError(withMeta(c.meta));
-    EXPECT_NE(msg.find(c.expected), std::string::npos) << "got:      " << msg << "\nexpected: "
-                                                       << c.expected;
+    EXPECT_NE(msg.find(c.expected), std::string::npos)
+        << "got:      " << msg << "\nexpected: " << c.expected;
   }
   EXPECT_NE(loadError("apiVersion: v1\nkind: Service\nmetadata: {name: api.v2}\n"
                       "spec: {ports: [{port: 80}]}\n")
@@ -226,19 +226,18 @@ TEST(Load, Limits) {
   EXPECT_NE(loadError(deep + "\n").find("nested more than 32 levels deep"), std::string::npos);
 
   // Nesting far past the limit fails cleanly in the YAML parser itself (no stack overflow).
-  EXPECT_NE(loadError(std::string(100000, '[')).find("test.yaml: invalid YAML"),
-            std::string::npos);
+  EXPECT_NE(loadError(std::string(100000, '[')).find("test.yaml: invalid YAML"), std::string::npos);
   EXPECT_NE(loadError("a: *missing\n").find("test.yaml: invalid YAML"), std::string::npos);
 
   // Aliases that multiply ("billion laughs") stop at the node budget, not at memory.
   std::string bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n";
   for (char c = 'b'; c <= 'j'; ++c)
-    bomb += fmt::format("{}: &{} [*{}, *{}, *{}, *{}, *{}, *{}, *{}, *{}, *{}, *{}]\n", c, c,
-                        static_cast<char>(c - 1), static_cast<char>(c - 1),
-                        static_cast<char>(c - 1), static_cast<char>(c - 1),
-                        static_cast<char>(c - 1), static_cast<char>(c - 1),
-                        static_cast<char>(c - 1), static_cast<char>(c - 1),
-                        static_cast<char>(c - 1), static_cast<char>(c - 1));
+    bomb +=
+        fmt::format("{}: &{} [*{}, *{}, *{}, *{}, *{}, *{}, *{}, *{}, *{}, *{}]\n", c, c,
+                    static_cast<char>(c - 1), static_cast<char>(c - 1), static_cast<char>(c - 1),
+                    static_cast<char>(c - 1), static_cast<char>(c - 1), static_cast<char>(c - 1),
+                    static_cast<char>(c - 1), static_cast<char>(c - 1), static_cast<char>(c - 1),
+                    static_cast<char>(c - 1));
   EXPECT_NE(loadError(bomb).find("more than 500000 values (aliases expanded)"), std::string::npos);
 
   // Documents per file.
@@ -311,7 +310,8 @@ TEST_F(LoadPath, DuplicateAcrossFiles) {
   const std::string b = write("b.yaml", serviceNamed("other") + "---\n" + serviceNamed("api"));
   auto r = loadPath(dir_.string());
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().message(), b + ": document 2 (Service \"api\"): Service default/api is "
+  EXPECT_EQ(r.error().message(), b +
+                                     ": document 2 (Service \"api\"): Service default/api is "
                                      "also defined by " +
                                      a + " document 1");
 }

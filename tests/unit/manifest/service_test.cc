@@ -1,7 +1,7 @@
 #include <gtest/gtest.h>
 
-#include "manifest/manifest.h"
 #include "manifest/helpers.h"
+#include "manifest/manifest.h"
 
 namespace trellis::manifest {
 namespace {
@@ -140,8 +140,8 @@ metadata: {{name: s}}
 spec: {}
 )",
                                                   c.spec));
-    EXPECT_NE(msg.find(c.expected), std::string::npos) << "got:      " << msg << "\nexpected: "
-                                                       << c.expected;
+    EXPECT_NE(msg.find(c.expected), std::string::npos)
+        << "got:      " << msg << "\nexpected: " << c.expected;
     EXPECT_EQ(msg.rfind("test.yaml: document 1 (Service \"s\"): spec", 0), 0u) << msg;
   }
 }

@@ -1,7 +1,7 @@
 #include <gtest/gtest.h>
 
-#include "manifest/manifest.h"
 #include "manifest/helpers.h"
+#include "manifest/manifest.h"
 
 namespace trellis::manifest {
 namespace {
@@ -236,8 +236,8 @@ TEST(TrafficPolicy, RejectsInvalidKnobs) {
   };
   for (const Case& c : cases) {
     const std::string msg = loadError(policyWith(c.yaml));
-    EXPECT_NE(msg.find(c.expected), std::string::npos) << "got:      " << msg << "\nexpected: "
-                                                       << c.expected;
+    EXPECT_NE(msg.find(c.expected), std::string::npos)
+        << "got:      " << msg << "\nexpected: " << c.expected;
     EXPECT_EQ(msg.rfind("test.yaml: document 1 (TrafficPolicy \"p\"): spec.", 0), 0u) << msg;
   }
 }

@@ -177,12 +177,20 @@ retries: {attempts: 2, per_try_timeout: 200ms, on: [gateway-error]}
     # A third of requests spend 200 ms on the slow origin first: ~35 in flight at 500/s.
     gen = LoadGen(p.port(), rate=LOAD_RATE, threads=96).run(LOAD_SECONDS)
     s = gen.summary()
-    assert s["failed"] == 0, describe(gen)
     assert_full_load(gen)
     assert s["p99"] < 1.0, describe(gen)
     per_try = metric(p, "trellis_proxy_timeouts_total", kind="per_try")
     # round robin sends about a third of first tries to the slow origin
     assert per_try >= 0.2 * s["total"], (per_try, s["total"])
+    # ~170 retries/s each holding a retry slot for its backoff (up to 25 ms) meet the default
+    # circuit_breakers.max_retries (3) and budget floor now and then: such a request gets the
+    # per-try 504. Every failure must be one of those counted refusals, nothing else.
+    denied = (metric(p, "trellis_proxy_retries_budget_exhausted_total", cluster=CLUSTER)
+              + metric(p, "trellis_proxy_upstream_overflow_total", cluster=CLUSTER,
+                       limit="retries"))
+    assert set(s["statuses"]) <= {200, 504} and not s["errors"], describe(gen)
+    assert s["failed"] <= denied, (s["failed"], denied, describe(gen))
+    assert s["failed"] <= 0.005 * s["total"], describe(gen)
     # and no answer came from it (each of its tries was cut at 200 ms)
     assert served_by(gen.samples).get(slow.instance) is None
 
@@ -371,12 +379,19 @@ def test_retry_budget_caps_retries_when_everything_fails(procs, echo):
     exhausted = metric(p, "trellis_proxy_retries_budget_exhausted_total", cluster=CLUSTER)
     assert exhausted > 0
     # Without a budget every request would be retried 3 times (3 x requests). The budget
-    # allows 20% of active requests as concurrent retries; besides, budget_min_concurrency
-    # (3) retries are always allowed, and each holds its place for at least one try (100 ms),
-    # so the floor can add at most 3 x LOAD_SECONDS / 0.1 s retries over the run.
-    slack = 3 * LOAD_SECONDS / delay
-    assert retries <= 0.20 * s["total"] + slack, (retries, s["total"], slack)
-    assert retries > 0
+    # keeps decided retries (in backoff or trying) within 20% of the cluster's active
+    # requests, and a request waiting on its retry is itself active: R <= 0.2 (F + R), so
+    # R <= 0.25 F where F is the requests on their first try (~50 here). Each retry holds its
+    # place at least as long as a first try (its backoff plus the same 100 ms), so retries/s
+    # <= 0.25 x requests/s; with the average backoff and the "+1" of the integer check the
+    # expected figure is ~20%. Besides, budget_min_concurrency (3) retries are always allowed
+    # and each holds its place at least one 100 ms try: at most 3 x LOAD_SECONDS / 0.1 s more.
+    floor = 3 * LOAD_SECONDS / delay
+    ratio = retries / s["total"]
+    assert retries <= 0.25 * s["total"] + floor, (retries, ratio, s["total"], exhausted)
+    # and the budget is a percentage, not just the floor: the floor alone would allow about
+    # 3 / (backoff + 100 ms) = ~27 retries/s, 5% of requests
+    assert retries >= 0.10 * s["total"], (retries, ratio, s["total"], exhausted)
 
 
 # --- short checks, no load ------------------------------------------------------------------

@@ -57,6 +57,29 @@ const char* valueMatchTypeName(ValueMatchType t) {
   return t == ValueMatchType::kRegularExpression ? "RegularExpression" : "Exact";
 }
 
+std::optional<Kind> parseKind(std::string_view text) {
+  static constexpr std::pair<std::string_view, Kind> kNames[] = {
+      {"httproute", Kind::kHttpRoute},
+      {"httproutes", Kind::kHttpRoute},
+      {"route", Kind::kHttpRoute},
+      {"routes", Kind::kHttpRoute},
+      {"trafficpolicy", Kind::kTrafficPolicy},
+      {"trafficpolicies", Kind::kTrafficPolicy},
+      {"policy", Kind::kTrafficPolicy},
+      {"policies", Kind::kTrafficPolicy},
+      {"tp", Kind::kTrafficPolicy},
+      {"service", Kind::kService},
+      {"services", Kind::kService},
+      {"svc", Kind::kService},
+  };
+  const std::string lower = detail::toLower(text);
+  for (const auto& [name, kind] : kNames) {
+    if (lower == name)
+      return kind;
+  }
+  return std::nullopt;
+}
+
 std::string ResourceId::toString() const {
   return fmt::format("{} {}/{}", kindName(kind), namespace_name, name);
 }

@@ -7,6 +7,7 @@
 #include <optional>
 #include <regex>
 #include <string>
+#include <string_view>
 #include <variant>
 #include <vector>
 
@@ -24,6 +25,10 @@ namespace trellis::manifest {
 enum class Kind { kHttpRoute, kTrafficPolicy, kService };
 const char* kindName(Kind k);   // "HTTPRoute", "TrafficPolicy", "Service"
 const char* apiVersion(Kind k); // "gateway.networking.k8s.io/v1", "trellis.dev/v1alpha1", "v1"
+// A kind as a person types it on the command line (`trellis get routes`), as kubectl accepts
+// it: the kind name in any case, its plural, or a short name (httproute, httproutes, route,
+// routes; trafficpolicy, trafficpolicies, policy, policies, tp; service, services, svc).
+std::optional<Kind> parseKind(std::string_view text);
 
 struct ObjectMeta {
   std::string name;

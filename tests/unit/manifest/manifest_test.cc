@@ -346,6 +346,20 @@ TEST_F(LoadPath, ResourcesPerDirectoryLimit) {
       << r.error().message();
 }
 
+TEST(Kinds, ParseAsKubectlDoes) {
+  EXPECT_EQ(parseKind("HTTPRoute"), Kind::kHttpRoute);
+  EXPECT_EQ(parseKind("httproutes"), Kind::kHttpRoute);
+  EXPECT_EQ(parseKind("routes"), Kind::kHttpRoute);
+  EXPECT_EQ(parseKind("TrafficPolicy"), Kind::kTrafficPolicy);
+  EXPECT_EQ(parseKind("tp"), Kind::kTrafficPolicy);
+  EXPECT_EQ(parseKind("svc"), Kind::kService);
+  EXPECT_EQ(parseKind("Services"), Kind::kService);
+  EXPECT_FALSE(parseKind("deployment"));
+  EXPECT_FALSE(parseKind(""));
+  for (Kind k : {Kind::kHttpRoute, Kind::kTrafficPolicy, Kind::kService})
+    EXPECT_EQ(parseKind(kindName(k)), k);
+}
+
 TEST(Json, CanonicalForm) {
   const Resource r = loadOne("apiVersion: v1\nkind: Service\nmetadata: {name: api}\n"
                              "spec: {selector: {app: api}, ports: [{name: http, port: 80}]}\n");

@@ -240,8 +240,8 @@ void HttpSession::processDown() {
     // gets header_read_timeout from its first byte (the first request's is timed from the
     // connection's start by the idle timer). Heads that arrive whole never arm this.
     header_timer_ = true;
-    Duration left = lrt_->cfg->header_read_timeout - (worker_.dispatcher().now() - req_start_);
-    req_timer_->enable(std::max(left, Duration(1)));
+    header_deadline_ = req_start_ + lrt_->cfg->header_read_timeout;
+    armRequestTimer(header_deadline_);
   }
   if (dbeg_ == dend_)
     dbeg_ = dend_ = 0;
@@ -294,10 +294,7 @@ http::Action HttpSession::onHeader(std::string_view name, std::string_view value
 http::Action HttpSession::onHeadersComplete(const http::MessageHead& head) {
   req_head_ = head;
   ++requests_on_conn_;
-  if (header_timer_) {
-    header_timer_ = false;
-    req_timer_->disable();
-  }
+  header_timer_ = false; // (a timer armed for it finds nothing due and stays quiet)
   // The idle timer stays armed as it is; when it fires it measures idleness from
   // last_activity_ and re-arms for the rest. Re-arming on every request would cost a
   // timer-set insert.
@@ -417,7 +414,9 @@ bool HttpSession::routeRequest() {
   if (fault.delay && chance(fault.delay->percent)) {
     lrt_->route_policy[route_index_].fault_delay.inc();
     wait_ = Wait::kFaultDelay;
-    req_timer_->enable(fault.delay->duration);
+    wait_until_ = worker_.dispatcher().now() + fault.delay->duration;
+    wait_hold_ = shared_from_this(); // no I/O is pending while it waits
+    armRequestTimer(wait_until_);
     return true;
   }
   if (fault_abort_) {
@@ -502,14 +501,30 @@ void HttpSession::armTryTimer() {
   MonotonicTime next = has_req_deadline_ ? req_deadline_ : try_deadline_;
   if (has_try_deadline_ && try_deadline_ < next)
     next = try_deadline_;
-  req_timer_->enable(std::max(next - now, Duration(0)));
+  armRequestTimer(next);
+}
+
+void HttpSession::armRequestTimer(MonotonicTime at) {
+  // Lazy: a timer already due no later than `at` stays as it is; when it fires, the handler
+  // finds what is actually due and re-arms for the rest. With the same route timeout on
+  // every request of a connection, deadlines only move later, so most requests cost no
+  // timer operation at all.
+  if (req_timer_at_ <= at && req_timer_->enabled())
+    return;
+  req_timer_at_ = at;
+  req_timer_->enable(std::max(at - worker_.dispatcher().now(), Duration(0)));
 }
 
 void HttpSession::onRequestTimer() {
+  req_timer_at_ = MonotonicTime::max();
   if (closed_)
     return;
   const MonotonicTime now = worker_.dispatcher().now();
   if (header_timer_) {
+    if (now < header_deadline_) {
+      armRequestTimer(header_deadline_);
+      return;
+    }
     header_timer_ = false;
     if (phase_ == Phase::kIdle && !dparser_.idle()) {
       lrt_->timeouts[static_cast<size_t>(TimeoutKind::kHeaderRead)].inc();
@@ -517,7 +532,17 @@ void HttpSession::onRequestTimer() {
     }
     return;
   }
-  if (wait_ == Wait::kFaultDelay) {
+  if (wait_ != Wait::kNone) {
+    if (now < wait_until_) {
+      armRequestTimer(wait_until_);
+      return;
+    }
+    // The wait is over: the session lives on through the I/O it starts now.
+    auto hold = std::move(wait_hold_);
+    if (wait_ == Wait::kBackoff) {
+      startRetry();
+      return;
+    }
     wait_ = Wait::kNone;
     if (fault_abort_) {
       lrt_->route_policy[route_index_].fault_abort.inc();
@@ -527,12 +552,8 @@ void HttpSession::onRequestTimer() {
     resumeAfterWait(beginUpstream());
     return;
   }
-  if (wait_ == Wait::kBackoff) {
-    startRetry();
-    return;
-  }
   if (phase_ != Phase::kConnecting && phase_ != Phase::kProxying)
-    return;
+    return; // between requests, or a reply under way: nothing is timed
   if (has_req_deadline_ && now >= req_deadline_) {
     has_req_deadline_ = has_try_deadline_ = false;
     lrt_->timeouts[static_cast<size_t>(TimeoutKind::kRequest)].inc();
@@ -557,8 +578,10 @@ void HttpSession::onRequestTimer() {
       return;
     }
   }
-  if (has_req_deadline_)
-    req_timer_->enable(std::max(req_deadline_ - now, Duration(0)));
+  if (has_try_deadline_ && (!has_req_deadline_ || try_deadline_ < req_deadline_))
+    armRequestTimer(try_deadline_);
+  else if (has_req_deadline_)
+    armRequestTimer(req_deadline_);
 }
 
 void HttpSession::abandonConnect() {
@@ -589,24 +612,29 @@ bool HttpSession::acquireRetry(TryFailure failure, uint16_t status) {
   ClusterState& state = *cluster_->state;
   SharedLimit& retries = state.limit(LimitKind::kRetries);
   if (holds_retry_slot_) {
-    holds_retry_slot_ = false; // the retry that just failed is over
+    holds_retry_slot_ = false; // the retry try that just failed is over
     retries.release();
   }
-  if (!retryBudgetAllows(p, state.limit(LimitKind::kRequests).used(), retries.used())) {
+  // A retry try counts under max_retries while it is in flight (from its start after the
+  // backoff to the end of the request or of that try): that is the load it adds to the
+  // upstreams. The budget also counts retries waiting out their backoff.
+  if (!retryBudgetAllows(p, state.limit(LimitKind::kRequests).used(), retries.used(),
+                         state.retriesWaiting().load(std::memory_order_relaxed))) {
     cluster_->stats().retries_budget_exhausted.inc();
     return false;
   }
-  if (!retries.tryAcquire()) {
+  if (retries.remaining() == 0) {
     cluster_->stats().overflow[static_cast<size_t>(LimitKind::kRetries)].inc();
     return false;
   }
-  holds_retry_slot_ = true;
   return true;
 }
 
 void HttpSession::scheduleRetry() {
   ++retries_done_;
   cluster_->stats().retries.inc();
+  cluster_->state->retriesWaiting().fetch_add(1, std::memory_order_relaxed);
+  holds_waiting_retry_ = true;
   if (ep_ != kNoEndpoint)
     tried_[tried_n_++] = ep_;
   abandonConnect();
@@ -622,17 +650,22 @@ void HttpSession::scheduleRetry() {
     down_pause_ = DownPause::kConnecting;
   phase_ = Phase::kConnecting;
   wait_ = Wait::kBackoff;
-  Duration backoff = retryBackoff(route_->retries, retries_done_, worker_.random().random());
-  if (has_req_deadline_) {
-    const Duration left = req_deadline_ - worker_.dispatcher().now();
-    if (backoff > left)
-      backoff = std::max(left, Duration(0)); // the deadline fires first, answering 504
-  }
-  req_timer_->enable(backoff);
+  const MonotonicTime now = worker_.dispatcher().now();
+  wait_until_ = now + retryBackoff(route_->retries, retries_done_, worker_.random().random());
+  if (has_req_deadline_ && wait_until_ > req_deadline_)
+    wait_until_ = req_deadline_; // startRetry() then answers 504
+  wait_hold_ = shared_from_this(); // no I/O is pending while it waits
+  // A backoff may end before a deadline the timer is armed for: enable it exactly.
+  req_timer_at_ = wait_until_;
+  req_timer_->enable(wait_until_ - now);
 }
 
 void HttpSession::startRetry() {
   wait_ = Wait::kNone;
+  if (holds_waiting_retry_) {
+    holds_waiting_retry_ = false;
+    cluster_->state->retriesWaiting().fetch_sub(1, std::memory_order_relaxed);
+  }
   if (has_req_deadline_ && worker_.dispatcher().now() >= req_deadline_) {
     lrt_->timeouts[static_cast<size_t>(TimeoutKind::kRequest)].inc();
     localReply(504, "UT", "upstream request timeout\n", !req_parsed_);
@@ -640,6 +673,8 @@ void HttpSession::startRetry() {
   }
   if (!pickEndpoint())
     return;
+  cluster_->state->limit(LimitKind::kRetries).acquire();
+  holds_retry_slot_ = true;
   // The same head with the next attempt number, then the body kept so far.
   const std::string n = std::to_string(retries_done_ + 1);
   up_head_.replace(attempt_at_, attempt_len_, n);
@@ -1201,7 +1236,6 @@ void HttpSession::localReply(uint16_t status, const char* flag, std::string_view
   phase_ = Phase::kReplying;
   wait_ = Wait::kNone;
   has_req_deadline_ = has_try_deadline_ = false;
-  req_timer_->disable();
   down_pause_ = DownPause::kReply;
   flushDown();
 }
@@ -1216,6 +1250,9 @@ void HttpSession::releaseSlots() {
     state.limit(LimitKind::kRetries).release();
   if (holds_pending_slot_)
     state.limit(LimitKind::kPendingRequests).release();
+  if (holds_waiting_retry_)
+    state.retriesWaiting().fetch_sub(1, std::memory_order_relaxed);
+  holds_waiting_retry_ = false;
   holds_request_slot_ = holds_retry_slot_ = holds_pending_slot_ = false;
 }
 
@@ -1287,8 +1324,6 @@ void HttpSession::finishRequest() {
   releaseUpstream(up_clean);
   releaseSlots();
   // Reset per-request state.
-  if (req_timer_->enabled() && !header_timer_)
-    req_timer_->disable();
   wait_ = Wait::kNone;
   fault_abort_ = has_req_deadline_ = has_try_deadline_ = retry_status_ = false;
   retries_done_ = 0;
@@ -1341,6 +1376,8 @@ void HttpSession::closeDown() {
     timer_->disable();
   if (req_timer_)
     req_timer_->disable();
+  if (wait_hold_) // released on the next turn: callers of closeDown() still use the session
+    worker_.dispatcher().post([hold = std::move(wait_hold_)] {});
   std::error_code ec;
   down_.shutdown(asio::ip::tcp::socket::shutdown_send, ec);
   down_.close(ec);

@@ -92,6 +92,7 @@ private:
   void startRetry();
   void reportOutcome(Outcome o);
   void armTryTimer();
+  void armRequestTimer(MonotonicTime at);
   void onRequestTimer();
   void abandonConnect();
   void releaseSlots();
@@ -180,15 +181,18 @@ private:
   enum class Wait : uint8_t { kNone, kFaultDelay, kBackoff };
   std::unique_ptr<Timer> req_timer_; // deadlines, per-try timeout, backoff, injected delay
   Wait wait_ = Wait::kNone;
+  std::shared_ptr<HttpSession> wait_hold_; // keeps the session alive through a wait
   bool header_timer_ = false;       // req_timer_ is timing a slow request head
   bool fault_abort_ = false;        // abort after the injected delay
   bool has_req_deadline_ = false, has_try_deadline_ = false;
-  MonotonicTime req_deadline_{}, try_deadline_{};
+  MonotonicTime req_deadline_{}, try_deadline_{}, header_deadline_{}, wait_until_{};
+  MonotonicTime req_timer_at_ = MonotonicTime::max(); // when req_timer_ fires, if enabled
   uint32_t retries_done_ = 0;
   static constexpr size_t kMaxTries = 11; // attempts (<= 10 retries) + the first try
   std::array<size_t, kMaxTries> tried_{};
   size_t tried_n_ = 0;
   bool holds_request_slot_ = false, holds_retry_slot_ = false, holds_pending_slot_ = false;
+  bool holds_waiting_retry_ = false; // counted in the cluster's retriesWaiting()
   bool recording_ = false;   // the route retries: keep the body sent for a replay
   bool replayable_ = true;   // replay_ holds the whole body sent so far
   bool retry_status_ = false; // the response head just parsed is to be retried

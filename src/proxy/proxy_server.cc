@@ -44,12 +44,23 @@ net::SocketAddress ProxyServer::adminAddress() const {
   return admin_ ? admin_->boundAddress() : net::SocketAddress{};
 }
 
+std::optional<net::SocketAddress> ProxyServer::listenerAddress(std::string_view name) const {
+  auto it = bound_.find(std::string(name));
+  if (it == bound_.end())
+    return std::nullopt;
+  return it->second.group.bound;
+}
+
 Status ProxyServer::start() {
   auto snap = loadConfigFile(options_.config_path);
   if (!snap.ok())
     return snap.error();
+  return start(std::move(snap).value());
+}
+
+Status ProxyServer::start(std::shared_ptr<const Snapshot> initial) {
   if (concurrency_ == 0)
-    concurrency_ = (*snap)->concurrency ? (*snap)->concurrency : defaultConcurrency();
+    concurrency_ = initial->concurrency ? initial->concurrency : defaultConcurrency();
   if (concurrency_ + 1 > registry_.shardCount())
     concurrency_ = registry_.shardCount() - 1;
   auto stats = ProxyStats::create(registry_);
@@ -60,9 +71,9 @@ Status ProxyServer::start() {
   reload_failed_ = stats_.reloads->handle(0, {"failure"});
   generation_gauge_ = stats_.config_info->handle(0);
 
-  if ((*snap)->access_log) {
+  if (initial->access_log) {
     telemetry::AccessLogOptions o;
-    o.path = (*snap)->access_log->path;
+    o.path = initial->access_log->path;
     auto log = telemetry::AccessLog::open(o, concurrency_);
     if (!log.ok())
       return log.error().withContext("access_log");
@@ -79,7 +90,7 @@ Status ProxyServer::start() {
     for (size_t i = 0; i < concurrency_; ++i)
       runOn(pool_->dispatcher(i), [this, i] { access_log_->worker(i).startTimer(pool_->dispatcher(i)); });
 
-  auto st = apply(*snap);
+  auto st = apply(initial);
   if (!st.ok())
     return st;
 
@@ -153,6 +164,9 @@ Status ProxyServer::apply(std::shared_ptr<const Snapshot> snap) {
 }
 
 Status ProxyServer::reload() {
+  if (options_.config_path.empty())
+    return makeError(ErrorCode::kFailedPrecondition,
+                     "no configuration file to reload: the control plane configures this proxy");
   auto snap = loadConfigFile(options_.config_path);
   if (!snap.ok()) {
     reload_failed_.inc();

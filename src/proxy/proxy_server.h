@@ -2,6 +2,8 @@
 
 #include <map>
 #include <memory>
+#include <optional>
+#include <string_view>
 #include <string>
 #include <vector>
 
@@ -19,7 +21,7 @@
 namespace trellis::proxy {
 
 struct ProxyOptions {
-  std::string config_path;
+  std::string config_path; // empty: configured by apply() (the control plane), no reload
   size_t concurrency = 0; // 0: the configuration's, else one per CPU
 };
 
@@ -34,10 +36,13 @@ public:
   // Loads the configuration, binds every listener and the admin address, starts the workers.
   // Errors: kInvalidArgument for a bad configuration (exit 2), others for runtime failures.
   Status start();
+  // As start(), from a snapshot built elsewhere (the mesh client's first configuration).
+  Status start(std::shared_ptr<const Snapshot> initial);
   // Re-reads the configuration file and switches to it; a bad file leaves the running
   // configuration in place and returns the error. Call on the main dispatcher's thread.
   Status reload();
-  // Applies a snapshot built elsewhere (the control plane, later). Main thread.
+  // Applies a snapshot built elsewhere (the control plane). Main thread. A failure (a listener
+  // that cannot bind) leaves the running configuration in place.
   Status apply(std::shared_ptr<const Snapshot> snapshot);
   // Stops accepting, lets the workers finish, stops them. Idempotent.
   void stop();
@@ -45,6 +50,8 @@ public:
   std::shared_ptr<const Snapshot> snapshot() const { return snapshot_; }
   telemetry::Registry& metrics() { return registry_; }
   net::SocketAddress adminAddress() const;
+  // Where listener `name` is bound (its real port when configured with port 0). Main thread.
+  std::optional<net::SocketAddress> listenerAddress(std::string_view name) const;
 
 private:
   struct BoundListener {

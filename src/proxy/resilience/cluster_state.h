@@ -31,6 +31,9 @@ public:
     } while (!used_.compare_exchange_weak(cur, cur + 1, std::memory_order_relaxed));
     return true;
   }
+  // Takes one unit whatever the limit (the caller checked it earlier and may overshoot by
+  // the few that decided at the same time).
+  void acquire() { used_.fetch_add(1, std::memory_order_relaxed); }
   void release() { used_.fetch_sub(1, std::memory_order_relaxed); }
   uint32_t used() const { return used_.load(std::memory_order_relaxed); }
   uint32_t max() const { return max_; }
@@ -60,6 +63,9 @@ public:
 
   const Cluster& config() const { return cfg_; }
   SharedLimit& limit(LimitKind k) { return limits_[static_cast<size_t>(k)]; }
+  // Retries decided and waiting out their backoff (not yet counted under kRetries, which
+  // counts retry tries in flight); the retry budget counts both.
+  std::atomic<uint32_t>& retriesWaiting() { return retries_waiting_; }
   const SharedLimit& limit(LimitKind k) const { return limits_[static_cast<size_t>(k)]; }
 
   // ---- endpoint state ----
@@ -103,6 +109,7 @@ private:
   // take the lock to reset the run. Keeps success after success lock-free.
   std::unique_ptr<std::atomic<bool>[]> counting_;
   std::atomic<uint64_t> generation_{0};
+  std::atomic<uint32_t> retries_waiting_{0};
 
   mutable std::mutex mu_;
   std::optional<OutlierDetector> outlier_; // guarded by mu_

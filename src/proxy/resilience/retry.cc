@@ -49,11 +49,12 @@ Duration retryBackoff(const RetryPolicy& p, uint32_t retry, uint64_t random) {
       scaleRandom(random, static_cast<uint64_t>(ceiling.count()) + 1)));
 }
 
-bool retryBudgetAllows(const RetryPolicy& p, uint64_t active_requests, uint64_t active_retries) {
-  if (active_retries < p.budget_min_concurrency)
+bool retryBudgetAllows(const RetryPolicy& p, uint64_t active_requests, uint64_t retries_trying,
+                       uint64_t retries_waiting) {
+  if (retries_trying < p.budget_min_concurrency)
     return true;
-  // (retries + 1) / requests <= percent / 100, in integers.
-  return (active_retries + 1) * 100 <= active_requests * p.budget_percent;
+  // (decided retries + 1) / requests <= percent / 100, in integers.
+  return (retries_trying + retries_waiting + 1) * 100 <= active_requests * p.budget_percent;
 }
 
 } // namespace trellis::proxy

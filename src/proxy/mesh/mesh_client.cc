@@ -1,0 +1,305 @@
+#include "proxy/mesh/mesh_client.h"
+
+#include <cctype>
+
+#include <nlohmann/json.hpp>
+
+#include "base/log.h"
+
+namespace trellis::proxy::mesh {
+
+// ---- MeshSession -----------------------------------------------------------------------------
+
+Ack MeshSession::reject(const Message& m, const Error& e) {
+  rejected_++;
+  TLOG_ERROR("mesh: rejected version {}, keeping version {}: {}", m.version, applied_version_,
+             e.message());
+  return Ack{state_.stream(), m.version, false, e.message()};
+}
+
+MeshSession::Outcome MeshSession::handleLine(std::string_view line) {
+  Outcome out;
+  auto parsed = parseMessage(line);
+  if (!parsed.ok()) {
+    out.stream = parsed.error();
+    return out;
+  }
+  const Message& m = *parsed;
+  if (m.type == MessageType::kHeartbeat)
+    return out;
+  if (awaiting_snapshot_ && m.type != MessageType::kSnapshot) {
+    out.stream = makeError(ErrorCode::kInvalidArgument,
+                           "the stream began with a delta (version {}), not a snapshot",
+                           m.version);
+    return out;
+  }
+  Status st = m.type == MessageType::kSnapshot ? state_.applySnapshot(m) : state_.applyDelta(m);
+  if (!st.ok()) {
+    // The received state no longer follows the server's: resynchronise from a snapshot.
+    out.ack = reject(m, st.error());
+    if (m.type == MessageType::kSnapshot)
+      out.ack->stream = m.stream;
+    out.stream = st.error();
+    return out;
+  }
+  awaiting_snapshot_ = false;
+  auto snap = builder_.build(state_);
+  if (!snap.ok()) {
+    out.ack = reject(m, snap.error());
+    return out;
+  }
+  if (auto applied = applier_.apply(*snap); !applied.ok()) {
+    out.ack = reject(m, applied.error());
+    return out;
+  }
+  accepted_++;
+  applied_version_ = m.version;
+  out.ack = Ack{state_.stream(), m.version, true, {}};
+  return out;
+}
+
+// ---- ReconnectBackoff ------------------------------------------------------------------------
+
+Duration ReconnectBackoff::cap() const {
+  Duration cap = base_;
+  for (uint32_t i = 0; i < attempt_ && cap < max_; ++i)
+    cap *= 2;
+  return std::min(cap, max_);
+}
+
+Duration ReconnectBackoff::next() {
+  const Duration c = cap();
+  attempt_++;
+  const uint64_t span = static_cast<uint64_t>(c.count()) + 1;
+  return Duration(static_cast<Duration::rep>(random_.next() % span));
+}
+
+// ---- MeshClient ------------------------------------------------------------------------------
+
+namespace {
+
+std::string percentEncode(std::string_view s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~')
+      out.push_back(static_cast<char>(c));
+    else
+      out += fmt::format("%{:02X}", c);
+  }
+  return out;
+}
+
+} // namespace
+
+MeshClient::MeshClient(Dispatcher& dispatcher, MeshClientOptions options, ConfigBuilder& builder,
+                       ConfigApplier& applier, uint64_t seed)
+    : dispatcher_(dispatcher), options_(std::move(options)), session_(builder, applier),
+      backoff_(options_.backoff_base, options_.backoff_max, seed), http_(dispatcher) {
+  server_ = options_.servers.empty() ? 0 : seed % options_.servers.size();
+  reconnect_timer_ = dispatcher_.createTimer([this] { connect(); });
+  watchdog_timer_ = dispatcher_.createTimer([this] {
+    retry(fmt::format("no byte for {} ({} heartbeats)",
+                      formatDuration(options_.heartbeat * options_.missed_heartbeats),
+                      options_.missed_heartbeats));
+  });
+  restart_timer_ = dispatcher_.createTimer([this] { retry(failure_); });
+}
+
+MeshClient::~MeshClient() { stop(); }
+
+Status MeshClient::registerMetrics(telemetry::Registry& registry) {
+  auto updates = registry.counter("trellis_proxy_mesh_updates_total",
+                                  "Snapshots and deltas from the control plane, by result "
+                                  "(accepted, rejected: the last good configuration was kept)",
+                                  {"result"});
+  if (!updates.ok())
+    return updates.error();
+  auto connected = registry.gauge("trellis_proxy_mesh_connected",
+                                  "1 while a configuration stream to a server is up", {});
+  if (!connected.ok())
+    return connected.error();
+  auto version = registry.gauge("trellis_proxy_mesh_version",
+                                "Mesh version of the configuration running now", {});
+  if (!version.ok())
+    return version.error();
+  accepted_metric_ = (*updates)->handle(0, {"accepted"});
+  rejected_metric_ = (*updates)->handle(0, {"rejected"});
+  connected_metric_ = (*connected)->handle(0);
+  version_metric_ = (*version)->handle(0);
+  metrics_ = true;
+  return okStatus();
+}
+
+void MeshClient::start() {
+  if (running_ || options_.servers.empty())
+    return;
+  running_ = true;
+  connect();
+}
+
+void MeshClient::stop() {
+  running_ = false;
+  stream_.cancel();
+  reconnect_timer_->disable();
+  watchdog_timer_->disable();
+  restart_timer_->disable();
+  setConnected(false);
+}
+
+void MeshClient::setConnected(bool c) {
+  connected_ = c;
+  if (metrics_)
+    connected_metric_.set(c ? 1.0 : 0.0);
+}
+
+std::string MeshClient::streamTarget() const {
+  std::string t = "/v1/mesh/stream?node=" + percentEncode(options_.node) +
+                  "&kind=" + percentEncode(options_.kind);
+  if (!options_.service.empty())
+    t += "&service=" + percentEncode(options_.service);
+  if (!options_.gateway.empty())
+    t += "&gateway=" + percentEncode(options_.gateway);
+  return t;
+}
+
+void MeshClient::connect() {
+  if (!running_)
+    return;
+  attempts_++;
+  buffer_.clear();
+  session_.beginStream();
+  http::ClientRequest req;
+  req.target = streamTarget();
+  req.headers.add("accept", "application/x-ndjson");
+  if (!options_.token.empty())
+    req.headers.add("x-consul-token", options_.token);
+  http::RequestOptions ro;
+  ro.connect_timeout = options_.connect_timeout;
+  ro.timeout = Duration::zero();
+  http::Client::StreamCallbacks cbs;
+  cbs.on_head = [this](const http::ClientResponseHead& h) { onHead(h); };
+  cbs.on_body = [this](std::string_view piece) { onBody(piece); };
+  cbs.on_done = [this](Status st) { onDone(st); };
+  TLOG_DEBUG("mesh: connecting to {}", currentServer().toString());
+  stream_ = http_.stream(currentServer(), std::move(req), ro, std::move(cbs));
+  // The watchdog also bounds a server that accepts the connection and never answers.
+  watchdog_timer_->enable(options_.heartbeat * options_.missed_heartbeats);
+}
+
+void MeshClient::onHead(const http::ClientResponseHead& head) {
+  if (head.status != 200) {
+    failure_ = fmt::format("stream answered {} {}", head.status, head.reason);
+    restart_timer_->enable(Duration::zero());
+    return;
+  }
+  watchdog_timer_->enable(options_.heartbeat * options_.missed_heartbeats);
+  setConnected(true);
+  TLOG_INFO("mesh: stream to {} is up", currentServer().toString());
+}
+
+void MeshClient::onBody(std::string_view piece) {
+  if (restart_timer_->enabled())
+    return; // already failing; the restart drops the stream
+  watchdog_timer_->enable(options_.heartbeat * options_.missed_heartbeats);
+  size_t start = 0;
+  while (start < piece.size()) {
+    const size_t nl = piece.find('\n', start);
+    const std::string_view part =
+        piece.substr(start, nl == std::string_view::npos ? std::string_view::npos : nl - start);
+    if (buffer_.size() + part.size() > options_.max_message_bytes) {
+      failure_ = fmt::format("a message exceeds max_message_bytes ({} bytes)",
+                             options_.max_message_bytes);
+      restart_timer_->enable(Duration::zero());
+      return;
+    }
+    if (nl == std::string_view::npos) {
+      buffer_.append(part);
+      return;
+    }
+    start = nl + 1;
+    std::string_view line = part;
+    if (!buffer_.empty()) {
+      buffer_.append(part);
+      line = buffer_;
+    }
+    if (!line.empty() && line.back() == '\r')
+      line.remove_suffix(1);
+    if (!line.empty()) {
+      auto out = session_.handleLine(line);
+      if (out.ack) {
+        if (metrics_) {
+          (out.ack->accepted ? accepted_metric_ : rejected_metric_).inc();
+          version_metric_.set(static_cast<double>(session_.appliedVersion()));
+        }
+        if (out.ack->accepted)
+          TLOG_DEBUG("mesh: applied version {}", out.ack->version);
+        sendAck(*out.ack);
+        // A stream that delivered a good snapshot is healthy: the next failure starts the
+        // backoff from the beginning.
+        if (out.stream.ok())
+          backoff_.reset();
+      }
+      if (!out.stream.ok()) {
+        failure_ = "protocol error: " + out.stream.error().message();
+        buffer_.clear();
+        restart_timer_->enable(Duration::zero());
+        return;
+      }
+    }
+    buffer_.clear();
+  }
+}
+
+void MeshClient::onDone(const Status& st) {
+  if (!running_)
+    return;
+  retry(st.ok() ? std::string("the server ended the stream") : st.error().message());
+}
+
+void MeshClient::retry(const std::string& why) {
+  stream_.cancel();
+  watchdog_timer_->disable();
+  restart_timer_->disable();
+  buffer_.clear();
+  const bool was = connected_;
+  setConnected(false);
+  if (!running_)
+    return;
+  const Duration wait = backoff_.next();
+  const net::SocketAddress from = currentServer();
+  server_ = (server_ + 1) % options_.servers.size();
+  if (was)
+    TLOG_WARN("mesh: stream to {} lost ({}); keeping version {}; next try {} in {}",
+              from.toString(), why, session_.appliedVersion(), currentServer().toString(),
+              formatDuration(wait));
+  else
+    TLOG_INFO("mesh: no stream from {} ({}); next try {} in {}", from.toString(), why,
+              currentServer().toString(), formatDuration(wait));
+  reconnect_timer_->enable(wait);
+}
+
+void MeshClient::sendAck(const Ack& ack) {
+  nlohmann::json body{{"node", options_.node},
+                      {"stream", ack.stream},
+                      {"version", ack.version},
+                      {"accepted", ack.accepted}};
+  if (!ack.accepted)
+    body["error"] = ack.error;
+  http::HeaderMap h;
+  h.add("content-type", "application/json");
+  if (!options_.token.empty())
+    h.add("x-consul-token", options_.token);
+  const net::SocketAddress to = currentServer();
+  http_.request(to, "POST", "/v1/mesh/ack", std::move(h),
+                body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+                options_.ack_timeout, [to, v = ack.version](Result<http::ClientResponse> r) {
+                  if (!r.ok())
+                    TLOG_WARN("mesh: ack of version {} to {} failed: {}", v, to.toString(),
+                              r.error().message());
+                  else if (r->status != 200 && r->status != 404)
+                    TLOG_WARN("mesh: ack of version {} to {} answered {}", v, to.toString(),
+                              r->status);
+                });
+}
+
+} // namespace trellis::proxy::mesh

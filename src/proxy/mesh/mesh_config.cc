@@ -1,0 +1,376 @@
+#include "proxy/mesh/mesh_config.h"
+
+#include <cctype>
+#include <set>
+
+#include <fmt/format.h>
+
+namespace trellis::proxy::mesh {
+
+namespace {
+
+using json = nlohmann::json;
+
+// Configuration names (docs/proxy.md "Values"): what a service must be called to be a cluster.
+bool isConfigName(std::string_view s) {
+  if (s.empty() || s.size() > 128)
+    return false;
+  for (char c : s)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.'))
+      return false;
+  return true;
+}
+
+// Validation of routes and cluster keys reuses the configuration loader: the pieces are put in
+// a small configuration document whose parse errors are then renamed into mesh terms. Routes
+// name other services, which get placeholder clusters here (their real entries are checked on
+// their own); the placeholder endpoint never reaches a Snapshot.
+constexpr const char* kPlaceholderEndpoint = "127.0.0.1:1";
+
+void collectRouteClusters(const json& routes, std::set<std::string>& out) {
+  if (!routes.is_array())
+    return;
+  for (const auto& r : routes) {
+    if (!r.is_object())
+      continue;
+    if (auto c = r.find("cluster"); c != r.end() && c->is_string())
+      out.insert(c->get<std::string>());
+    if (auto w = r.find("weighted_clusters"); w != r.end() && w->is_array())
+      for (const auto& wc : *w)
+        if (wc.is_object())
+          if (auto c = wc.find("cluster"); c != wc.end() && c->is_string())
+            out.insert(c->get<std::string>());
+  }
+}
+
+// "mesh:1: clusters[0].lb: unknown policy" -> "<cluster_path>.lb: unknown policy", and
+// "listeners[0].routes[2]..." -> "<routes_path>[2]...".
+Error renameError(const Error& e, const std::string& cluster_path, const std::string& routes_path,
+                  const std::string& fallback) {
+  std::string_view m = e.message();
+  if (m.starts_with("mesh")) {
+    m.remove_prefix(4);
+    if (!m.empty() && m.front() == ':') {
+      size_t i = 1;
+      while (i < m.size() && std::isdigit(static_cast<unsigned char>(m[i])))
+        ++i;
+      m.remove_prefix(i);
+    }
+    if (m.starts_with(": "))
+      m.remove_prefix(2);
+  }
+  auto rename = [&](std::string_view from, const std::string& to) -> std::optional<std::string> {
+    if (to.empty() || !m.starts_with(from))
+      return std::nullopt;
+    return to + std::string(m.substr(from.size()));
+  };
+  if (auto s = rename("clusters[0]", cluster_path))
+    return makeError(ErrorCode::kInvalidArgument, "{}", *s);
+  if (auto s = rename("listeners[0].routes", routes_path))
+    return makeError(ErrorCode::kInvalidArgument, "{}", *s);
+  return makeError(ErrorCode::kInvalidArgument, "{}: {}", fallback, m);
+}
+
+Result<std::shared_ptr<const Snapshot>> loadPieces(const json& cluster, const std::string& name,
+                                                   const json& routes) {
+  std::set<std::string> refs;
+  collectRouteClusters(routes, refs);
+  json clusters = json::array();
+  json c = cluster.is_null() ? json::object() : cluster;
+  c["name"] = name;
+  c["endpoints"] = json::array({kPlaceholderEndpoint});
+  clusters.push_back(std::move(c));
+  for (const auto& r : refs)
+    if (r != name && isConfigName(r))
+      clusters.push_back(json{{"name", r}, {"endpoints", json::array({kPlaceholderEndpoint})}});
+  json listener{{"name", "routes"}, {"address", "127.0.0.1:0"}};
+  if (routes.is_array() && !routes.empty()) {
+    listener["routes"] = routes;
+  } else if (!routes.is_null() && !routes.is_array()) {
+    listener["routes"] = routes; // the loader names the type error
+  } else {
+    listener["protocol"] = "tcp";
+    listener["cluster"] = name;
+  }
+  json doc{{"listeners", json::array({std::move(listener)})}, {"clusters", std::move(clusters)}};
+  return loadConfigString(doc.dump(-1, ' ', false, json::error_handler_t::replace), "mesh");
+}
+
+Route defaultRoute(const std::string& service) {
+  Route r;
+  r.match.kind = PathMatchKind::kPrefix;
+  r.match.path = "/";
+  r.clusters.push_back(WeightedCluster{service, 1, 0});
+  r.total_weight = 1;
+  // The mesh default without any policy: one retry, on connect failure only.
+  r.retries.attempts = 1;
+  r.retries.on = RetryOn{.connect_failure = true,
+                         .refused_stream = false,
+                         .reset = false,
+                         .status_5xx = false,
+                         .gateway_error = false,
+                         .retriable_status_codes = false};
+  return r;
+}
+
+Cluster defaultCluster(const std::string& name) {
+  Cluster c;
+  c.name = name;
+  c.connect_timeout = std::chrono::seconds(1);
+  return c;
+}
+
+} // namespace
+
+Result<std::vector<Endpoint>> parseEndpoints(const json& eps, const std::string& path) {
+  std::vector<Endpoint> out;
+  if (eps.is_null())
+    return out;
+  if (!eps.is_array())
+    return makeError(ErrorCode::kInvalidArgument, "{}: must be a list, got {}", path,
+                     eps.type_name());
+  out.reserve(eps.size());
+  std::set<std::pair<std::string, uint16_t>> seen;
+  for (size_t i = 0; i < eps.size(); ++i) {
+    const json& e = eps[i];
+    const std::string ep = fmt::format("{}[{}]", path, i);
+    const json* addr = &e;
+    Endpoint out_ep;
+    if (e.is_object()) {
+      auto a = e.find("address");
+      if (a == e.end())
+        return makeError(ErrorCode::kInvalidArgument, "{}: missing \"address\"", ep);
+      addr = &*a;
+      if (auto w = e.find("weight"); w != e.end()) {
+        if (!w->is_number_unsigned() || w->get<uint64_t>() < 1 || w->get<uint64_t>() > 1000000)
+          return makeError(ErrorCode::kInvalidArgument,
+                           "{}.weight: must be an integer 1..1000000, got {}", ep,
+                           w->dump(-1, ' ', false, json::error_handler_t::replace));
+        out_ep.weight = static_cast<uint32_t>(w->get<uint64_t>());
+      }
+    } else if (!e.is_string()) {
+      return makeError(ErrorCode::kInvalidArgument,
+                       "{}: must be an address string or {{address, weight}}, got {}", ep,
+                       e.type_name());
+    }
+    const std::string apath = e.is_object() ? ep + ".address" : ep;
+    if (!addr->is_string())
+      return makeError(ErrorCode::kInvalidArgument, "{}: must be a string, got {}", apath,
+                       addr->type_name());
+    auto sa = net::parseSocketAddress(addr->get_ref<const std::string&>());
+    if (!sa.ok())
+      return makeError(ErrorCode::kInvalidArgument, "{}: {}", apath, sa.error().message());
+    if (sa->port == 0)
+      return makeError(ErrorCode::kInvalidArgument, "{}: port 0 is not allowed for an endpoint",
+                       apath);
+    if (!seen.emplace(sa->ip.to_string(), sa->port).second)
+      return makeError(ErrorCode::kInvalidArgument, "{}: {} is listed twice", apath,
+                       sa->toString());
+    out_ep.address = *sa;
+    out.push_back(out_ep);
+  }
+  return out;
+}
+
+Result<std::shared_ptr<const Snapshot>> ConfigBuilder::build(const MeshState& state) {
+  const bool sidecar = spec_.kind == ProxySpec::Kind::kSidecar;
+  // Refresh what changed.
+  for (const auto& [name, entry] : state.services()) {
+    const std::string path = "services." + name;
+    if (!isConfigName(name))
+      return makeError(ErrorCode::kInvalidArgument,
+                       "services: \"{}\" is not a valid name (1..128 of letters, digits, "
+                       "'-', '_', '.')",
+                       name);
+    if (sidecar && name == kLocalAppCluster)
+      return makeError(ErrorCode::kInvalidArgument,
+                       "{}: the name is reserved for the sidecar's local app cluster", path);
+    ParsedDefinition& def = definitions_[name];
+    if (def.rev != entry.definition_rev) {
+      def = ParsedDefinition{};
+      def.rev = entry.definition_rev;
+      auto fail = [&](Error e) { def.error = std::move(e); };
+      if (entry.protocol.is_null() || entry.protocol == "http") {
+        def.protocol = Protocol::kHttp;
+      } else if (entry.protocol == "tcp") {
+        def.protocol = Protocol::kTcp;
+      } else {
+        fail(makeError(ErrorCode::kInvalidArgument, "{}.protocol: must be \"http\" or \"tcp\"",
+                       path));
+      }
+      if (!def.error && !entry.cluster.is_null() && !entry.cluster.is_object())
+        fail(makeError(ErrorCode::kInvalidArgument, "{}.cluster: must be an object, got {}",
+                       path, entry.cluster.type_name()));
+      for (const char* k : {"name", "endpoints"})
+        if (!def.error && entry.cluster.is_object() && entry.cluster.contains(k))
+          fail(makeError(ErrorCode::kInvalidArgument,
+                         "{}.cluster.{}: not allowed here (the service gives it)", path, k));
+      if (!def.error) {
+        auto snap = loadPieces(entry.cluster, name, entry.routes);
+        if (!snap.ok()) {
+          fail(renameError(snap.error(), path + ".cluster", path + ".routes", path));
+        } else {
+          def.cluster = (*snap)->clusters[0];
+          def.cluster.endpoints.clear();
+          const Listener& l = (*snap)->listeners[0];
+          if (l.protocol == Protocol::kHttp)
+            def.routes = l.routes;
+          else if (def.protocol == Protocol::kHttp)
+            def.routes.push_back(defaultRoute(name));
+        }
+      }
+    }
+    if (def.error)
+      return *def.error;
+    ParsedEndpoints& eps = endpoints_[name];
+    if (eps.rev != entry.endpoints_rev) {
+      eps = ParsedEndpoints{};
+      eps.rev = entry.endpoints_rev;
+      auto parsed = parseEndpoints(entry.endpoints, path + ".endpoints");
+      if (parsed.ok())
+        eps.endpoints = std::move(parsed).value();
+      else
+        eps.error = parsed.error();
+    }
+    if (eps.error)
+      return *eps.error;
+  }
+  std::erase_if(definitions_, [&](const auto& kv) { return !state.services().count(kv.first); });
+  std::erase_if(endpoints_, [&](const auto& kv) { return !state.services().count(kv.first); });
+
+  const std::vector<Route>* gateway_routes = nullptr;
+  if (!sidecar) {
+    std::erase_if(gateways_, [&](const auto& kv) { return kv.first != spec_.gateway; });
+    if (auto g = state.gateways().find(spec_.gateway); g != state.gateways().end()) {
+      ParsedGateway& pg = gateways_[spec_.gateway];
+      const std::string path = "gateways." + spec_.gateway;
+      if (pg.rev != g->second.rev) {
+        pg = ParsedGateway{};
+        pg.rev = g->second.rev;
+        if (!g->second.routes.is_null() &&
+            !(g->second.routes.is_array() && g->second.routes.empty())) {
+          auto snap = loadPieces(json::object(), "_gateway", g->second.routes);
+          if (!snap.ok())
+            pg.error = renameError(snap.error(), "", path + ".routes", path);
+          else
+            pg.routes = (*snap)->listeners[0].routes;
+        }
+      }
+      if (pg.error)
+        return *pg.error;
+      gateway_routes = &pg.routes;
+    } else {
+      gateways_.clear();
+    }
+  }
+
+  auto snap = std::make_shared<Snapshot>();
+  snap->source = state.hasSnapshot() ? fmt::format("mesh version {}", state.version())
+                                     : std::string("mesh (no state received yet)");
+  snap->admin = spec_.admin;
+  snap->concurrency = spec_.concurrency;
+  snap->access_log = spec_.access_log;
+
+  std::map<std::string, size_t, std::less<>> index;
+  auto addCluster = [&](Cluster c) {
+    index.emplace(c.name, snap->clusters.size());
+    snap->clusters.push_back(std::move(c));
+  };
+  for (const auto& [name, entry] : state.services()) {
+    Cluster c = definitions_[name].cluster;
+    c.name = name;
+    c.endpoints = endpoints_[name].endpoints;
+    if (c.lb.policy == LbPolicy::kMaglev && c.endpoints.size() >= c.lb.maglev_table_size)
+      return makeError(ErrorCode::kInvalidArgument,
+                       "services.{}.cluster.maglev.table_size: {} is not above the {} endpoints",
+                       name, c.lb.maglev_table_size, c.endpoints.size());
+    addCluster(std::move(c));
+  }
+  // Routes of a known service, or the default route when the server has not described it.
+  auto routesOf = [&](const std::string& svc) -> std::vector<Route> {
+    auto d = definitions_.find(svc);
+    if (d == definitions_.end())
+      return {defaultRoute(svc)};
+    return d->second.routes;
+  };
+  auto protocolOf = [&](const std::string& svc) {
+    auto d = definitions_.find(svc);
+    return d == definitions_.end() ? Protocol::kHttp : d->second.protocol;
+  };
+
+  if (sidecar) {
+    Cluster app = defaultCluster(kLocalAppCluster);
+    app.endpoints.push_back(Endpoint{spec_.app, 1});
+    addCluster(std::move(app));
+    Listener in;
+    in.name = kInboundListener;
+    in.address = spec_.inbound;
+    in.protocol = protocolOf(spec_.service);
+    if (in.protocol == Protocol::kTcp) {
+      in.cluster = kLocalAppCluster;
+    } else {
+      Route r;
+      r.match.path = "/";
+      r.clusters.push_back(WeightedCluster{kLocalAppCluster, 1, 0});
+      r.total_weight = 1;
+      // The calling side's route bounds the request; a second clock here would only add a
+      // way to fail that the caller did not ask for.
+      r.timeout = Duration::zero();
+      in.routes.push_back(std::move(r));
+    }
+    snap->listeners.push_back(std::move(in));
+    for (const auto& up : spec_.upstreams) {
+      Listener l;
+      l.name = "upstream-" + up.service;
+      l.address = up.address;
+      l.protocol = protocolOf(up.service);
+      if (l.protocol == Protocol::kTcp)
+        l.cluster = up.service;
+      else
+        l.routes = routesOf(up.service);
+      snap->listeners.push_back(std::move(l));
+    }
+    if (spec_.http_proxy) {
+      Listener l;
+      l.name = kHttpProxyListener;
+      l.address = *spec_.http_proxy;
+      for (const auto& [name, def] : definitions_) {
+        if (def.protocol != Protocol::kHttp)
+          continue;
+        for (Route r : def.routes) {
+          // An app using HTTP_PROXY sends `GET http://orders/x`: the Host names the service.
+          r.match.headers.push_back(HeaderMatcher{"host", name});
+          l.routes.push_back(std::move(r));
+        }
+      }
+      snap->listeners.push_back(std::move(l));
+    }
+  } else {
+    Listener l;
+    l.name = kGatewayListener;
+    l.address = spec_.listen;
+    if (gateway_routes)
+      l.routes = *gateway_routes;
+    snap->listeners.push_back(std::move(l));
+  }
+
+  // Services named by a route or an upstream but absent from the state get a cluster without
+  // endpoints (503 until instances arrive), so one missing service never rejects the rest.
+  for (auto& l : snap->listeners) {
+    auto resolve = [&](const std::string& name) {
+      auto it = index.find(name);
+      if (it != index.end())
+        return it->second;
+      addCluster(defaultCluster(name));
+      return snap->clusters.size() - 1;
+    };
+    if (l.protocol == Protocol::kTcp)
+      l.cluster_index = resolve(l.cluster);
+    for (auto& r : l.routes)
+      for (auto& wc : r.clusters)
+        wc.cluster_index = resolve(wc.cluster);
+  }
+  return std::shared_ptr<const Snapshot>(std::move(snap));
+}
+
+} // namespace trellis::proxy::mesh

@@ -1,0 +1,92 @@
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "base/result.h"
+#include "net/address.h"
+#include "proxy/config.h"
+#include "proxy/mesh/mesh_state.h"
+
+// Turns the received mesh state into a proxy configuration (a Snapshot, docs/proxy.md):
+// one cluster per service named after it, and this proxy's own listeners from its flags.
+namespace trellis::proxy::mesh {
+
+// Name of the sidecar's cluster of its local app. Underscores are not allowed in service
+// names (they are DNS labels), so no service can take it; a state that has one is rejected.
+inline constexpr const char* kLocalAppCluster = "local_app";
+inline constexpr const char* kInboundListener = "inbound";
+inline constexpr const char* kHttpProxyListener = "http-proxy";
+inline constexpr const char* kGatewayListener = "gateway";
+
+struct Upstream {
+  std::string service;
+  net::SocketAddress address; // the local listener, "upstream-<service>"
+};
+
+// What this proxy is, from its command line.
+struct ProxySpec {
+  enum class Kind { kSidecar, kGateway };
+  Kind kind = Kind::kSidecar;
+  // sidecar
+  std::string service;
+  net::SocketAddress app;
+  net::SocketAddress inbound{asio::ip::address_v4::loopback(), 0};
+  std::vector<Upstream> upstreams;
+  std::optional<net::SocketAddress> http_proxy;
+  // gateway
+  std::string gateway;
+  net::SocketAddress listen;
+  // both
+  AdminConfig admin;
+  uint32_t concurrency = 0;
+  std::optional<AccessLogConfig> access_log;
+};
+
+// Keeps what it parsed per service (by revision), so a delta that only moves endpoints costs
+// their validation and the copy into a new Snapshot, not a re-parse of every route.
+class ConfigBuilder {
+public:
+  explicit ConfigBuilder(ProxySpec spec) : spec_(std::move(spec)) {}
+
+  // The configuration for `state` (which may be empty: before the server ever answered, the
+  // sidecar still has its listeners, routing to clusters without endpoints). Errors name the
+  // service or gateway and the field: `services.orders.cluster.lb: unknown policy "x" (...)`.
+  Result<std::shared_ptr<const Snapshot>> build(const MeshState& state);
+
+  const ProxySpec& spec() const { return spec_; }
+
+private:
+  struct ParsedDefinition {
+    uint64_t rev = 0;
+    Protocol protocol = Protocol::kHttp;
+    Cluster cluster; // no endpoints; route cluster indices are resolved at assembly
+    std::vector<Route> routes;
+    std::optional<Error> error;
+  };
+  struct ParsedEndpoints {
+    uint64_t rev = 0;
+    std::vector<Endpoint> endpoints;
+    std::optional<Error> error;
+  };
+  struct ParsedGateway {
+    uint64_t rev = 0;
+    std::vector<Route> routes;
+    std::optional<Error> error;
+  };
+
+  ProxySpec spec_;
+  std::map<std::string, ParsedDefinition, std::less<>> definitions_;
+  std::map<std::string, ParsedEndpoints, std::less<>> endpoints_;
+  std::map<std::string, ParsedGateway, std::less<>> gateways_;
+};
+
+// Validates a service's endpoints list (`[{"address": "ip:port", "weight": 1}, ...]` or
+// address strings). `path` prefixes errors.
+Result<std::vector<Endpoint>> parseEndpoints(const nlohmann::json& eps, const std::string& path);
+
+} // namespace trellis::proxy::mesh

@@ -1,0 +1,196 @@
+#include "proxy/mesh/mesh_state.h"
+
+namespace trellis::proxy::mesh {
+
+namespace {
+
+using json = nlohmann::json;
+
+constexpr const char* kServiceFields[] = {"protocol", "cluster", "endpoints", "routes"};
+
+Status checkObjectOfObjects(const json& body, const char* key) {
+  auto it = body.find(key);
+  if (it == body.end())
+    return okStatus();
+  if (!it->is_object())
+    return makeError(ErrorCode::kInvalidArgument, "{}: must be an object, got {}", key,
+                     it->type_name());
+  for (const auto& [name, entry] : it->items()) {
+    if (name.empty())
+      return makeError(ErrorCode::kInvalidArgument, "{}: empty name", key);
+    if (!entry.is_object())
+      return makeError(ErrorCode::kInvalidArgument, "{}.{}: must be an object, got {}", key,
+                       name, entry.type_name());
+  }
+  return okStatus();
+}
+
+Status checkNameList(const json& body, const char* key) {
+  auto it = body.find(key);
+  if (it == body.end())
+    return okStatus();
+  if (!it->is_array())
+    return makeError(ErrorCode::kInvalidArgument, "{}: must be a list of names, got {}", key,
+                     it->type_name());
+  for (size_t i = 0; i < it->size(); ++i)
+    if (!(*it)[i].is_string())
+      return makeError(ErrorCode::kInvalidArgument, "{}[{}]: must be a string, got {}", key, i,
+                       (*it)[i].type_name());
+  return okStatus();
+}
+
+Status checkStructure(const json& body) {
+  TRELLIS_RETURN_IF_ERROR(checkObjectOfObjects(body, "services"));
+  TRELLIS_RETURN_IF_ERROR(checkObjectOfObjects(body, "gateways"));
+  TRELLIS_RETURN_IF_ERROR(checkNameList(body, "removed"));
+  TRELLIS_RETURN_IF_ERROR(checkNameList(body, "removed_gateways"));
+  return okStatus();
+}
+
+json fieldOrNull(const json& entry, const char* key) {
+  auto it = entry.find(key);
+  return it == entry.end() ? json() : *it;
+}
+
+} // namespace
+
+Result<Message> parseMessage(std::string_view line) {
+  json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded())
+    return makeError(ErrorCode::kInvalidArgument, "message is not valid JSON");
+  if (!j.is_object())
+    return makeError(ErrorCode::kInvalidArgument, "message must be a JSON object, got {}",
+                     j.type_name());
+  Message m;
+  auto type = j.find("type");
+  if (type == j.end() || !type->is_string())
+    return makeError(ErrorCode::kInvalidArgument, "message: missing string \"type\"");
+  const auto& t = type->get_ref<const std::string&>();
+  if (t == "snapshot")
+    m.type = MessageType::kSnapshot;
+  else if (t == "delta")
+    m.type = MessageType::kDelta;
+  else if (t == "heartbeat")
+    m.type = MessageType::kHeartbeat;
+  else
+    return makeError(ErrorCode::kInvalidArgument,
+                     "message: unknown type \"{}\" (expected snapshot, delta or heartbeat)", t);
+  auto version = j.find("version");
+  if (version == j.end() || !version->is_number_unsigned())
+    return makeError(ErrorCode::kInvalidArgument,
+                     "{}: \"version\" must be an unsigned integer", t);
+  m.version = version->get<uint64_t>();
+  if (m.type == MessageType::kSnapshot) {
+    auto stream = j.find("stream");
+    if (stream == j.end() || !stream->is_string())
+      return makeError(ErrorCode::kInvalidArgument, "snapshot: missing string \"stream\"");
+    m.stream = stream->get<std::string>();
+  }
+  if (m.type != MessageType::kHeartbeat)
+    m.body = std::move(j);
+  return m;
+}
+
+bool MeshState::setField(json& field, const json& value, uint64_t& rev) {
+  if (rev != 0 && field == value)
+    return false;
+  field = value;
+  rev = next_rev_++;
+  return true;
+}
+
+void MeshState::clear() {
+  has_snapshot_ = false;
+  version_ = 0;
+  stream_.clear();
+  services_.clear();
+  gateways_.clear();
+}
+
+Status MeshState::applySnapshot(const Message& msg) {
+  if (msg.type != MessageType::kSnapshot)
+    return makeError(ErrorCode::kInvalidArgument, "expected a snapshot");
+  TRELLIS_RETURN_IF_ERROR(checkStructure(msg.body));
+  std::map<std::string, ServiceEntry, std::less<>> services;
+  if (auto it = msg.body.find("services"); it != msg.body.end()) {
+    for (const auto& [name, entry] : it->items()) {
+      ServiceEntry e;
+      if (auto old = services_.find(name); old != services_.end())
+        e = std::move(old->second);
+      bool def = false;
+      uint64_t d = e.definition_rev;
+      def |= setField(e.protocol, fieldOrNull(entry, "protocol"), d);
+      def |= setField(e.cluster, fieldOrNull(entry, "cluster"), d);
+      def |= setField(e.routes, fieldOrNull(entry, "routes"), d);
+      if (def)
+        e.definition_rev = next_rev_++;
+      setField(e.endpoints, fieldOrNull(entry, "endpoints"), e.endpoints_rev);
+      services.emplace(name, std::move(e));
+    }
+  }
+  std::map<std::string, GatewayEntry, std::less<>> gateways;
+  if (auto it = msg.body.find("gateways"); it != msg.body.end()) {
+    for (const auto& [name, entry] : it->items()) {
+      GatewayEntry g;
+      if (auto old = gateways_.find(name); old != gateways_.end())
+        g = std::move(old->second);
+      setField(g.routes, fieldOrNull(entry, "routes"), g.rev);
+      gateways.emplace(name, std::move(g));
+    }
+  }
+  services_ = std::move(services);
+  gateways_ = std::move(gateways);
+  has_snapshot_ = true;
+  version_ = msg.version;
+  stream_ = msg.stream;
+  return okStatus();
+}
+
+Status MeshState::applyDelta(const Message& msg) {
+  if (msg.type != MessageType::kDelta)
+    return makeError(ErrorCode::kInvalidArgument, "expected a delta");
+  if (!has_snapshot_)
+    return makeError(ErrorCode::kFailedPrecondition, "delta {} before any snapshot", msg.version);
+  if (msg.version <= version_)
+    return makeError(ErrorCode::kInvalidArgument,
+                     "delta version {} is not above the current version {}", msg.version,
+                     version_);
+  TRELLIS_RETURN_IF_ERROR(checkStructure(msg.body));
+  // Removals first, so that a name removed and defined again in one delta ends up defined.
+  if (auto it = msg.body.find("removed"); it != msg.body.end())
+    for (const auto& n : *it)
+      services_.erase(n.get_ref<const std::string&>());
+  if (auto it = msg.body.find("removed_gateways"); it != msg.body.end())
+    for (const auto& n : *it)
+      gateways_.erase(n.get_ref<const std::string&>());
+  if (auto it = msg.body.find("services"); it != msg.body.end()) {
+    for (const auto& [name, entry] : it->items()) {
+      ServiceEntry& e = services_[name]; // a new service: its entry is complete
+      bool def = false;
+      uint64_t d = e.definition_rev;
+      for (const char* key : kServiceFields) {
+        auto f = entry.find(key);
+        if (f == entry.end())
+          continue;
+        if (std::string_view(key) == "endpoints")
+          setField(e.endpoints, *f, e.endpoints_rev);
+        else
+          def |= setField(std::string_view(key) == "protocol" ? e.protocol
+                          : std::string_view(key) == "cluster" ? e.cluster
+                                                               : e.routes,
+                          *f, d);
+      }
+      if (def || e.definition_rev == 0)
+        e.definition_rev = next_rev_++;
+      if (e.endpoints_rev == 0)
+        e.endpoints_rev = next_rev_++;
+    }
+  }
+  if (auto it = msg.body.find("gateways"); it != msg.body.end())
+    for (const auto& [name, entry] : it->items())
+      setField(gateways_[name].routes, fieldOrNull(entry, "routes"), gateways_[name].rev);
+  version_ = msg.version;
+  return okStatus();
+}
+
+} // namespace trellis::proxy::mesh

@@ -1,0 +1,77 @@
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "base/result.h"
+
+// The mesh state a proxy has received from the server (docs/protocol.md): services and
+// gateways exactly as sent, kept apart from the configuration built from them so that a
+// rejected update still moves the received state forward (the next delta applies to it).
+namespace trellis::proxy::mesh {
+
+enum class MessageType { kSnapshot, kDelta, kHeartbeat };
+
+// One parsed stream line. `body` holds the whole object for snapshots and deltas.
+struct Message {
+  MessageType type = MessageType::kHeartbeat;
+  uint64_t version = 0;
+  std::string stream; // snapshots only
+  nlohmann::json body;
+};
+
+// Parses one NDJSON line: a JSON object with a known `type` and an unsigned `version`.
+// Anything else is an error that names what is wrong (the stream is then resynchronised).
+Result<Message> parseMessage(std::string_view line);
+
+// A service as received. Fields are kept as JSON (validated when the configuration is built)
+// with revisions that change only when the field's content changes, so the builder re-parses
+// only what a delta touched.
+struct ServiceEntry {
+  nlohmann::json protocol;  // null when the server never sent it
+  nlohmann::json cluster;
+  nlohmann::json endpoints;
+  nlohmann::json routes;
+  uint64_t definition_rev = 0; // protocol, cluster or routes changed
+  uint64_t endpoints_rev = 0;  // endpoints changed
+};
+
+struct GatewayEntry {
+  nlohmann::json routes;
+  uint64_t rev = 0;
+};
+
+class MeshState {
+public:
+  // Replaces the whole state. Entries whose content is unchanged keep their revisions.
+  // Structural errors (services not an object, ...) leave the state as it was.
+  Status applySnapshot(const Message& msg);
+  // Applies a delta to the current state. Requires a snapshot first and a version above the
+  // current one. Structural errors leave the state as it was.
+  Status applyDelta(const Message& msg);
+  // Forgets everything (a new stream starts from its snapshot).
+  void clear();
+
+  bool hasSnapshot() const { return has_snapshot_; }
+  uint64_t version() const { return version_; }
+  const std::string& stream() const { return stream_; }
+  const std::map<std::string, ServiceEntry, std::less<>>& services() const { return services_; }
+  const std::map<std::string, GatewayEntry, std::less<>>& gateways() const { return gateways_; }
+
+private:
+  // Sets `field` to `value`, bumping `rev` when the content differs. Returns whether it did.
+  bool setField(nlohmann::json& field, const nlohmann::json& value, uint64_t& rev);
+
+  bool has_snapshot_ = false;
+  uint64_t version_ = 0;
+  uint64_t next_rev_ = 1;
+  std::string stream_;
+  std::map<std::string, ServiceEntry, std::less<>> services_;
+  std::map<std::string, GatewayEntry, std::less<>> gateways_;
+};
+
+} // namespace trellis::proxy::mesh

@@ -3,7 +3,8 @@
 // says so.
 
 #include <algorithm>
-#include <set>
+#include <cctype>
+#include <cstring>
 
 #include "manifest/kinds.h"
 #include "manifest/reader.h"
@@ -48,7 +49,8 @@ std::string pathValueError(std::string_view v) {
     return fmt::format("must be an absolute path starting with '/', got \"{}\"", v);
   for (size_t i = 0; i < v.size(); ++i) {
     if (!isPathChar(v[i]))
-      return fmt::format("invalid character '{}' in path \"{}\"", v[i], v);
+      return fmt::format("invalid character '{}' in path \"{}\"", printable(v.substr(i, 1)),
+                         printable(v, kMaxPathLength));
     if (v[i] == '%' && (i + 2 >= v.size() || !std::isxdigit(static_cast<unsigned char>(v[i + 1])) ||
                         !std::isxdigit(static_cast<unsigned char>(v[i + 2]))))
       return fmt::format("'%' must start a percent-encoded byte in path \"{}\"", v);

@@ -159,7 +159,7 @@ Status parseMetadata(const json& j, Kind kind, ObjectMeta& out) {
         return fieldError(p, fmt::format("invalid label value \"{}\" (at most 63 letters, "
                                          "digits, '-', '_' or '.', starting and ending with a "
                                          "letter or digit)",
-                                         v));
+                                         printable(v)));
     }
     out.labels = std::move(*m);
   }

@@ -36,8 +36,23 @@ Error fieldError(const std::string& path, std::string_view message) {
   return makeError(ErrorCode::kInvalidArgument, "{}: {}", path, message);
 }
 
+std::string printable(std::string_view text, size_t max) {
+  std::string out;
+  for (size_t i = 0; i < text.size() && i < max; ++i) {
+    const auto u = static_cast<unsigned char>(text[i]);
+    if (u < 0x20 || u == 0x7f)
+      out += fmt::format("\\x{:02x}", u);
+    else
+      out.push_back(text[i]);
+  }
+  if (text.size() > max)
+    out += "...";
+  return out;
+}
+
 std::string joinPath(const std::string& path, std::string_view key) {
-  return path.empty() ? std::string(key) : fmt::format("{}.{}", path, key);
+  const std::string k = printable(key);
+  return path.empty() ? k : fmt::format("{}.{}", path, k);
 }
 
 std::string indexPath(const std::string& path, size_t i) {
@@ -172,7 +187,7 @@ Result<int64_t> readInt(const json& j, const std::string& path, int64_t min, int
     return fieldError(path, fmt::format("expected an integer, got {}", j.dump()));
   } else if (j.is_string()) {
     return fieldError(path, fmt::format("expected an integer, got a string \"{}\"",
-                                        j.get_ref<const std::string&>()));
+                                        printable(j.get_ref<const std::string&>())));
   } else {
     return fieldError(path, fmt::format("expected an integer, got {}", typeName(j)));
   }
@@ -294,12 +309,12 @@ std::string qualifiedNameError(std::string_view s) {
     if (!isDnsSubdomain(prefix))
       return fmt::format("invalid key \"{}\": the prefix before '/' must be a DNS subdomain "
                          "(lowercase letters, digits, '-' and '.', at most 253 characters)",
-                         s);
+                         printable(s));
   }
   if (!isQualifiedNamePart(name))
     return fmt::format("invalid key \"{}\": the name must be 1 to 63 letters, digits, '-', '_' "
                        "or '.', starting and ending with a letter or digit",
-                       s);
+                       printable(s));
   return "";
 }
 

@@ -25,6 +25,10 @@ using nlohmann::json;
 const char* typeName(const json& j);
 
 Error fieldError(const std::string& path, std::string_view message);
+// `text` made safe to quote in a message: control bytes as \xNN, at most `max` bytes kept
+// ("..." marks the cut), so hostile input cannot flood a terminal or a log.
+std::string printable(std::string_view text, size_t max = 64);
+// path.key, the key shown as printable() (so a 1 MiB key does not make a 1 MiB message).
 std::string joinPath(const std::string& path, std::string_view key);
 std::string indexPath(const std::string& path, size_t i);
 

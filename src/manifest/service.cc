@@ -177,7 +177,7 @@ Result<Service> parseService(const json& spec, const ObjectMeta& /*meta*/) {
         return fieldError(p, fmt::format("invalid label value \"{}\" (at most 63 letters, "
                                          "digits, '-', '_' or '.', starting and ending with a "
                                          "letter or digit)",
-                                         v));
+                                         printable(v)));
     }
     out.selector = std::move(*m);
   }

@@ -59,26 +59,30 @@ bool isFloat(std::string_view s) {
 class Converter {
 public:
   // Documents are converted in order with one Converter, so the budgets cover the file.
-  void startDocument(size_t document) { document_ = document; }
+  void startDocument(size_t document) {
+    document_ = document;
+    path_.clear();
+  }
 
-  Result<nlohmann::json> convert(const YAML::Node& node, const std::string& path, size_t depth) {
+  Result<nlohmann::json> convert(const YAML::Node& node, size_t depth) {
     if (++nodes_ > kMaxNodesPerFile)
-      return error(node, path,
-                   fmt::format("more than {} values (aliases expanded)", kMaxNodesPerFile));
+      return error(node, fmt::format("more than {} values (aliases expanded)", kMaxNodesPerFile));
     if (depth > kMaxNestingDepth)
-      return error(node, path, fmt::format("nested more than {} levels deep", kMaxNestingDepth));
+      return error(node, fmt::format("nested more than {} levels deep", kMaxNestingDepth));
     switch (node.Type()) {
     case YAML::NodeType::Undefined:
     case YAML::NodeType::Null:
       return nlohmann::json();
     case YAML::NodeType::Scalar:
-      return scalar(node, path);
+      return scalar(node);
     case YAML::NodeType::Sequence: {
       nlohmann::json out = nlohmann::json::array();
       size_t i = 0;
       for (auto it = node.begin(); it != node.end(); ++it) {
         const YAML::Node item = *it;
-        auto v = convert(item, indexPath(path, i++), depth + 1);
+        path_.push_back({true, i++, {}});
+        auto v = convert(item, depth + 1);
+        path_.pop_back();
         if (!v.ok())
           return v;
         out.push_back(std::move(*v));
@@ -92,13 +96,14 @@ public:
         const YAML::Node key = it->first;
         const YAML::Node value = it->second;
         if (!key.IsScalar())
-          return error(key, path, "mapping keys must be strings");
+          return error(key, "mapping keys must be strings");
         const std::string& k = key.Scalar();
-        const std::string kpath = joinPath(path, k);
         bytes_ += k.size();
+        path_.push_back({false, 0, k});
         if (out.contains(k))
-          return error(key, kpath, "duplicate key");
-        auto v = convert(value, kpath, depth + 1);
+          return error(key, "duplicate key");
+        auto v = convert(value, depth + 1);
+        path_.pop_back();
         if (!v.ok())
           return v;
         out.emplace(k, std::move(*v));
@@ -110,29 +115,39 @@ public:
   }
 
 private:
-  Error error(const YAML::Node& node, const std::string& path, std::string_view msg) const {
+  // One step of the path to the node being converted; the path string is only built for an
+  // error, so long keys cost nothing on the way.
+  struct Step {
+    bool is_index;
+    size_t index;
+    std::string_view key; // points into the YAML node, alive while it is converted
+  };
+
+  Error error(const YAML::Node& node, std::string_view msg) const {
     const YAML::Mark mark = node.Mark();
     std::string where = mark.line >= 0
                             ? fmt::format("document {}, line {}", document_, mark.line + 1)
                             : fmt::format("document {}", document_);
+    std::string path;
+    for (const Step& s : path_)
+      path = s.is_index ? indexPath(path, s.index) : joinPath(path, s.key);
     if (path.empty())
       return makeError(ErrorCode::kInvalidArgument, "{}: {}", where, msg);
     return makeError(ErrorCode::kInvalidArgument, "{}: {}: {}", where, path, msg);
   }
 
-  Result<nlohmann::json> scalar(const YAML::Node& node, const std::string& path) {
+  Result<nlohmann::json> scalar(const YAML::Node& node) {
     const std::string& s = node.Scalar();
     bytes_ += s.size();
     if (bytes_ > kMaxExpandedBytesPerFile)
-      return error(
-          node, path,
-          fmt::format("more than {} bytes of values (aliases expanded)", kMaxExpandedBytesPerFile));
+      return error(node, fmt::format("more than {} bytes of values (aliases expanded)",
+                                     kMaxExpandedBytesPerFile));
     const std::string& tag = node.Tag();
     // "!" marks a quoted or block scalar: always a string.
     if (tag == "!" || tag == "tag:yaml.org,2002:str")
       return nlohmann::json(s);
     if (tag != "?")
-      return error(node, path, fmt::format("unsupported YAML tag \"{}\"", tag));
+      return error(node, fmt::format("unsupported YAML tag \"{}\"", tag));
     if (s.empty() || s == "~" || s == "null" || s == "Null" || s == "NULL")
       return nlohmann::json();
     if (s == "true" || s == "True" || s == "TRUE")
@@ -149,7 +164,7 @@ private:
       auto [uptr, uec] = std::from_chars(begin, s.data() + s.size(), u);
       if (uec == std::errc() && uptr == s.data() + s.size())
         return nlohmann::json(u);
-      return error(node, path, fmt::format("integer {} is out of range", s));
+      return error(node, fmt::format("integer {} is out of range", s));
     }
     if (s.size() > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'o')) {
       const int base = s[1] == 'x' ? 16 : 8;
@@ -158,24 +173,25 @@ private:
       if (ec == std::errc() && ptr == s.data() + s.size())
         return nlohmann::json(u);
       if (ec == std::errc::result_out_of_range)
-        return error(node, path, fmt::format("integer {} is out of range", s));
+        return error(node, fmt::format("integer {} is out of range", s));
     }
     if (isFloat(s)) {
       double d = 0;
       auto [ptr, ec] = std::from_chars(s.data() + (s[0] == '+' ? 1 : 0), s.data() + s.size(), d);
       if (ec == std::errc() && ptr == s.data() + s.size() && std::isfinite(d))
         return nlohmann::json(d);
-      return error(node, path, fmt::format("number {} is out of range", s));
+      return error(node, fmt::format("number {} is out of range", s));
     }
     for (std::string_view special : {".inf", ".Inf", ".INF", "-.inf", "-.Inf", "-.INF", "+.inf",
                                      "+.Inf", "+.INF", ".nan", ".NaN", ".NAN"}) {
       if (s == special)
-        return error(node, path, fmt::format("{} is not supported (numbers must be finite)", s));
+        return error(node, fmt::format("{} is not supported (numbers must be finite)", s));
     }
     return nlohmann::json(s);
   }
 
   size_t document_ = 1;
+  std::vector<Step> path_;
   // Budgets across the whole file, so aliases cannot multiply memory ("billion laughs").
   size_t nodes_ = 0;
   size_t bytes_ = 0;
@@ -204,7 +220,7 @@ Result<std::vector<nlohmann::json>> yamlDocuments(std::string_view text) {
   for (size_t i = 0; i < docs.size(); ++i) {
     c.startDocument(i + 1);
     try {
-      auto v = c.convert(docs[i], "", 0);
+      auto v = c.convert(docs[i], 0);
       if (!v.ok())
         return v.error();
       out.push_back(std::move(*v));

@@ -240,6 +240,18 @@ TEST(Load, Limits) {
                     static_cast<char>(c - 1));
   EXPECT_NE(loadError(bomb).find("more than 500000 values (aliases expanded)"), std::string::npos);
 
+  // Hostile keys and values are cut and escaped in messages.
+  const std::string long_key = loadError(std::string(kService) + std::string(1000, 'k') + ": 1\n");
+  EXPECT_LT(long_key.size(), 400u);
+  EXPECT_NE(long_key.find(std::string(64, 'k') + "...: unknown field"), std::string::npos)
+      << long_key;
+  EXPECT_NE(loadError(std::string(kService) + "\"a\\x01b\": 1\n").find("a\\x01b: unknown field"),
+            std::string::npos);
+  EXPECT_LT(loadError("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: " +
+                      std::string(1000000, 'x') + "}]}\n")
+                .size(),
+            400u);
+
   // Documents per file.
   std::string many;
   for (size_t i = 0; i <= kMaxDocumentsPerFile; ++i)

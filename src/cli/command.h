@@ -28,6 +28,7 @@ void addProxyCommand(CLI::App& app, const GlobalOptions& global, Action& action)
 void addUpCommand(CLI::App& app, const GlobalOptions& global, Action& action);
 void addApplyCommand(CLI::App& app, const GlobalOptions& global, Action& action);
 void addGetCommand(CLI::App& app, const GlobalOptions& global, Action& action);
+void addDeleteCommand(CLI::App& app, const GlobalOptions& global, Action& action);
 
 // For verbs whose implementation has not landed: says so and exits 2.
 int notImplemented(const std::string& verb);

@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   addUpCommand(app, global, action);
   addApplyCommand(app, global, action);
   addGetCommand(app, global, action);
+  addDeleteCommand(app, global, action);
 
   try {
     app.parse(argc, argv);

@@ -10,16 +10,4 @@ void addUpCommand(CLI::App& app, const GlobalOptions&, Action& action) {
   cmd->callback([&action] { action = [] { return notImplemented("up"); }; });
 }
 
-void addApplyCommand(CLI::App& app, const GlobalOptions&, Action& action) {
-  auto* cmd = app.add_subcommand("apply", "Validate and store resources from YAML manifests");
-  cmd->allow_extras();
-  cmd->callback([&action] { action = [] { return notImplemented("apply"); }; });
-}
-
-void addGetCommand(CLI::App& app, const GlobalOptions&, Action& action) {
-  auto* cmd = app.add_subcommand("get", "Show stored resources of a kind");
-  cmd->allow_extras();
-  cmd->callback([&action] { action = [] { return notImplemented("get"); }; });
-}
-
 } // namespace trellis::cli

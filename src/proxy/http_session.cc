@@ -609,6 +609,12 @@ bool HttpSession::acquireRetry(TryFailure failure, uint16_t status) {
   if (retries_done_ >= p.attempts || tried_n_ + 1 >= kMaxTries || !replayable_ ||
       !retryOnCovers(p, failure, status) || !methodAllowsRetry(p, method_, failure))
     return false;
+  // Nothing left to retry on: every endpoint failed its checks or is ejected (the balancer
+  // may still be using them all, in panic). Failing now beats waiting out backoffs for
+  // tries that are all but certain to fail too.
+  cluster_->syncHealth();
+  if (cluster_->endpoints.availableCount() == 0)
+    return false;
   ClusterState& state = *cluster_->state;
   SharedLimit& retries = state.limit(LimitKind::kRetries);
   if (holds_retry_slot_) {

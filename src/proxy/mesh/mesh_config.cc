@@ -142,11 +142,11 @@ Result<std::vector<Endpoint>> parseEndpoints(const json& eps, const std::string&
         return makeError(ErrorCode::kInvalidArgument, "{}: missing \"address\"", ep);
       addr = &*a;
       if (auto w = e.find("weight"); w != e.end()) {
-        if (!w->is_number_unsigned() || w->get<uint64_t>() < 1 || w->get<uint64_t>() > 1000000)
+        if (!w->is_number_integer() || w->get<int64_t>() < 1 || w->get<int64_t>() > 1000000)
           return makeError(ErrorCode::kInvalidArgument,
                            "{}.weight: must be an integer 1..1000000, got {}", ep,
                            w->dump(-1, ' ', false, json::error_handler_t::replace));
-        out_ep.weight = static_cast<uint32_t>(w->get<uint64_t>());
+        out_ep.weight = static_cast<uint32_t>(w->get<int64_t>());
       }
     } else if (!e.is_string()) {
       return makeError(ErrorCode::kInvalidArgument,

@@ -1,0 +1,591 @@
+#include <cctype>
+#include <chrono>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <asio/ip/tcp.hpp>
+#include <asio/write.hpp>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "base/dispatcher.h"
+#include "base/time.h"
+#include "proxy/mesh/mesh_client.h"
+#include "proxy/mesh/mesh_config.h"
+#include "proxy/mesh/mesh_state.h"
+#include "proxy/mesh/registration.h"
+
+namespace trellis::proxy::mesh {
+namespace {
+
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+
+net::SocketAddress addr(const std::string& s) { return net::parseSocketAddress(s).value(); }
+
+json service(std::vector<std::string> eps, std::string protocol = "http") {
+  json e = json::array();
+  for (auto& a : eps)
+    e.push_back({{"address", a}, {"weight", 1}});
+  return {{"protocol", protocol},
+          {"cluster", {{"lb", "least_request"}, {"connect_timeout", "1s"}}},
+          {"endpoints", e},
+          {"routes", json::array({{{"match", {{"prefix", "/"}}},
+                                   {"cluster", "SELF"},
+                                   {"timeout", "15s"},
+                                   {"retries", {{"attempts", 1}, {"on", {"connect-failure"}}}}}})}};
+}
+
+// `service()` with its route pointing at `name`.
+json named(const std::string& name, json s) {
+  if (s["routes"].is_array())
+    for (auto& r : s["routes"])
+      if (r.value("cluster", "") == "SELF")
+        r["cluster"] = name;
+  return s;
+}
+
+std::string snapshotLine(uint64_t version, json services, json gateways = json::object()) {
+  return json{{"type", "snapshot"},
+              {"version", version},
+              {"stream", "s1"},
+              {"services", services},
+              {"gateways", gateways}}
+      .dump();
+}
+
+std::string deltaLine(uint64_t version, json services, json removed = json::array()) {
+  return json{{"type", "delta"}, {"version", version}, {"services", services}, {"removed", removed}}
+      .dump();
+}
+
+class FakeApplier : public ConfigApplier {
+public:
+  Status apply(std::shared_ptr<const Snapshot> s) override {
+    calls++;
+    if (fail)
+      return makeError(ErrorCode::kUnavailable, "listener upstream-orders: address in use");
+    current = std::move(s);
+    return okStatus();
+  }
+  std::shared_ptr<const Snapshot> current;
+  int calls = 0;
+  bool fail = false;
+};
+
+ProxySpec sidecarSpec() {
+  ProxySpec s;
+  s.kind = ProxySpec::Kind::kSidecar;
+  s.service = "web";
+  s.app = addr("127.0.0.1:7000");
+  s.upstreams.push_back(Upstream{"orders", addr("127.0.0.1:9191")});
+  s.http_proxy = addr("127.0.0.1:9300");
+  return s;
+}
+
+std::vector<std::string> endpointsOf(const Snapshot& s, const std::string& cluster) {
+  std::vector<std::string> out;
+  const Cluster* c = s.findCluster(cluster);
+  if (!c)
+    return {"<no cluster>"};
+  for (const auto& e : c->endpoints)
+    out.push_back(e.address.toString());
+  return out;
+}
+
+// ---- messages and state ------------------------------------------------------------------------
+
+TEST(MeshMessage, RejectsMalformedLinesWithAReason) {
+  EXPECT_FALSE(parseMessage("{").ok());
+  EXPECT_FALSE(parseMessage("[1]").ok());
+  auto e = parseMessage(R"({"type":"patch","version":1})");
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(e.error().message().find("unknown type \"patch\""), std::string::npos);
+  e = parseMessage(R"({"type":"delta","version":-3})");
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(e.error().message().find("version"), std::string::npos);
+  e = parseMessage(R"({"type":"snapshot","version":3})");
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(e.error().message().find("stream"), std::string::npos);
+  auto hb = parseMessage(R"({"type":"heartbeat","version":7})");
+  ASSERT_TRUE(hb.ok());
+  EXPECT_EQ(hb->type, MessageType::kHeartbeat);
+  EXPECT_EQ(hb->version, 7u);
+}
+
+TEST(MeshState, DeltaChangesOnlyWhatItCarriesAndKeepsRevisions) {
+  MeshState st;
+  ASSERT_TRUE(st.applySnapshot(parseMessage(snapshotLine(
+                                   10, {{"orders", named("orders", service({"127.0.0.1:1001"}))},
+                                        {"users", named("users", service({"127.0.0.1:2001"}))}}))
+                                   .value())
+                  .ok());
+  const uint64_t def_rev = st.services().at("orders").definition_rev;
+  const uint64_t users_ep = st.services().at("users").endpoints_rev;
+  ASSERT_TRUE(
+      st.applyDelta(parseMessage(deltaLine(11, {{"orders", {{"endpoints", {"127.0.0.1:1002"}}}}}))
+                        .value())
+          .ok());
+  EXPECT_EQ(st.version(), 11u);
+  EXPECT_EQ(st.services().at("orders").definition_rev, def_rev);
+  EXPECT_EQ(st.services().at("orders").endpoints, json({"127.0.0.1:1002"}));
+  EXPECT_EQ(st.services().at("users").endpoints_rev, users_ep);
+  // Removal, and an old or equal version is refused without touching the state.
+  ASSERT_TRUE(st.applyDelta(parseMessage(deltaLine(12, json::object(), {"users"})).value()).ok());
+  EXPECT_EQ(st.services().count("users"), 0u);
+  EXPECT_FALSE(st.applyDelta(parseMessage(deltaLine(12, json::object(), {"orders"})).value()).ok());
+  EXPECT_EQ(st.services().count("orders"), 1u);
+  // Structural errors leave the state as it was.
+  auto bad = parseMessage(R"({"type":"delta","version":13,"services":{"orders":[1]}})").value();
+  EXPECT_FALSE(st.applyDelta(bad).ok());
+  EXPECT_EQ(st.version(), 12u);
+  // A snapshot with identical content keeps revisions (nothing is re-parsed on resync).
+  const uint64_t ep_rev = st.services().at("orders").endpoints_rev;
+  json again{{"orders", st.services().at("orders").cluster.is_null() ? json() : json()}};
+  json full = named("orders", service({"127.0.0.1:1001"}));
+  full["endpoints"] = st.services().at("orders").endpoints;
+  ASSERT_TRUE(st.applySnapshot(parseMessage(snapshotLine(20, {{"orders", full}})).value()).ok());
+  EXPECT_EQ(st.services().at("orders").definition_rev, def_rev);
+  EXPECT_EQ(st.services().at("orders").endpoints_rev, ep_rev);
+}
+
+// ---- session: snapshot, delta, removal, rejection ---------------------------------------------
+
+class SessionTest : public ::testing::Test {
+protected:
+  SessionTest() : builder(sidecarSpec()), session(builder, applier) {}
+  ConfigBuilder builder;
+  FakeApplier applier;
+  MeshSession session;
+};
+
+TEST_F(SessionTest, SnapshotThenDeltasBuildTheConfiguration) {
+  auto out = session.handleLine(snapshotLine(
+      5, {{"orders", named("orders", service({"127.0.0.1:1001", "127.0.0.1:1002"}))}}));
+  ASSERT_TRUE(out.stream.ok());
+  ASSERT_TRUE(out.ack);
+  EXPECT_TRUE(out.ack->accepted);
+  EXPECT_EQ(out.ack->version, 5u);
+  EXPECT_EQ(out.ack->stream, "s1");
+  ASSERT_TRUE(applier.current);
+  EXPECT_EQ(endpointsOf(*applier.current, "orders"),
+            (std::vector<std::string>{"127.0.0.1:1001", "127.0.0.1:1002"}));
+  EXPECT_EQ(applier.current->findCluster("orders")->lb.policy, LbPolicy::kLeastRequest);
+  EXPECT_EQ(applier.current->findCluster("orders")->connect_timeout, 1s);
+
+  out = session.handleLine(deltaLine(6, {{"orders", {{"endpoints", {"127.0.0.1:1003"}}}}}));
+  ASSERT_TRUE(out.ack && out.ack->accepted);
+  EXPECT_EQ(endpointsOf(*applier.current, "orders"), (std::vector<std::string>{"127.0.0.1:1003"}));
+  EXPECT_EQ(session.appliedVersion(), 6u);
+
+  // Heartbeats produce no ack and change nothing.
+  const int calls = applier.calls;
+  out = session.handleLine(R"({"type":"heartbeat","version":6})");
+  EXPECT_FALSE(out.ack);
+  EXPECT_EQ(applier.calls, calls);
+
+  // The removed service's upstream listener still has its cluster: empty, so 503 not 404.
+  out = session.handleLine(deltaLine(7, json::object(), {"orders"}));
+  ASSERT_TRUE(out.ack && out.ack->accepted);
+  EXPECT_TRUE(endpointsOf(*applier.current, "orders").empty());
+}
+
+TEST_F(SessionTest, RejectedUpdateKeepsLastGoodAndALaterDeltaFixesIt) {
+  ASSERT_TRUE(session.handleLine(snapshotLine(5, {{"orders", named("orders", service({"127.0.0.1:1001"}))}}))
+                  .ack->accepted);
+  auto good = applier.current;
+  // A bad policy: rejected with the service and field named, nothing applied.
+  auto out = session.handleLine(deltaLine(
+      6, {{"orders", {{"cluster", {{"lb", "round-robbin"}}}, {"endpoints", {"127.0.0.1:1004"}}}}}));
+  ASSERT_TRUE(out.stream.ok()) << "a content error must not drop the stream";
+  ASSERT_TRUE(out.ack);
+  EXPECT_FALSE(out.ack->accepted);
+  EXPECT_EQ(out.ack->version, 6u);
+  EXPECT_TRUE(out.ack->error.starts_with("services.orders.cluster.lb: unknown policy"))
+      << out.ack->error;
+  EXPECT_EQ(applier.current, good);
+  EXPECT_EQ(session.appliedVersion(), 5u);
+  EXPECT_EQ(session.rejected(), 1u);
+  // The received state moved on: a delta fixing only the policy gives the new endpoints too.
+  out = session.handleLine(deltaLine(7, {{"orders", {{"cluster", {{"lb", "random"}}}}}}));
+  ASSERT_TRUE(out.ack && out.ack->accepted) << (out.ack ? out.ack->error : "");
+  EXPECT_EQ(endpointsOf(*applier.current, "orders"), (std::vector<std::string>{"127.0.0.1:1004"}));
+  EXPECT_EQ(applier.current->findCluster("orders")->lb.policy, LbPolicy::kRandom);
+
+  // Bad endpoints, a bad route and an applier failure are rejected the same way.
+  out = session.handleLine(deltaLine(8, {{"orders", {{"endpoints", {"127.0.0.1:0"}}}}}));
+  EXPECT_FALSE(out.ack->accepted);
+  EXPECT_EQ(out.ack->error, "services.orders.endpoints[0]: port 0 is not allowed for an endpoint");
+  out = session.handleLine(deltaLine(
+      9, {{"orders",
+           {{"endpoints", {"127.0.0.1:1005", "127.0.0.1:1005"}},
+            {"routes", json::array({{{"match", {{"prefix", "/"}}}, {"cluster", "orders"}}})}}}}));
+  EXPECT_FALSE(out.ack->accepted);
+  EXPECT_NE(out.ack->error.find("services.orders.endpoints[1]: 127.0.0.1:1005 is listed twice"),
+            std::string::npos)
+      << out.ack->error;
+  out = session.handleLine(deltaLine(
+      10, {{"orders",
+            {{"endpoints", {"127.0.0.1:1005"}},
+             {"routes", json::array({{{"match", {{"prefx", "/"}}}, {"cluster", "orders"}}})}}}}));
+  EXPECT_FALSE(out.ack->accepted);
+  EXPECT_TRUE(out.ack->error.starts_with("services.orders.routes[0].match")) << out.ack->error;
+  applier.fail = true;
+  out = session.handleLine(deltaLine(
+      11, {{"orders",
+            {{"routes", json::array({{{"match", {{"prefix", "/"}}}, {"cluster", "orders"}}})}}}}));
+  EXPECT_FALSE(out.ack->accepted);
+  EXPECT_NE(out.ack->error.find("address in use"), std::string::npos);
+  EXPECT_EQ(endpointsOf(*applier.current, "orders"), (std::vector<std::string>{"127.0.0.1:1004"}));
+  applier.fail = false;
+  out = session.handleLine(R"({"type":"heartbeat","version":11})");
+  out = session.handleLine(deltaLine(12, {{"users", named("users", service({"127.0.0.1:2001"}))}}));
+  ASSERT_TRUE(out.ack->accepted) << out.ack->error;
+  EXPECT_EQ(endpointsOf(*applier.current, "orders"), (std::vector<std::string>{"127.0.0.1:1005"}));
+}
+
+TEST_F(SessionTest, OutOfSyncStreamsAskForAResync) {
+  // A stream must begin with a snapshot.
+  auto out = session.handleLine(deltaLine(3, json::object()));
+  EXPECT_FALSE(out.stream.ok());
+  ASSERT_TRUE(session.handleLine(snapshotLine(5, json::object())).ack->accepted);
+  // A delta going backwards: rejected and the stream reopened.
+  out = session.handleLine(deltaLine(4, json::object()));
+  EXPECT_FALSE(out.stream.ok());
+  ASSERT_TRUE(out.ack);
+  EXPECT_FALSE(out.ack->accepted);
+  // Not JSON at all.
+  out = session.handleLine("<html>");
+  EXPECT_FALSE(out.stream.ok());
+  // After reconnecting, the next stream's snapshot replaces everything.
+  session.beginStream();
+  EXPECT_FALSE(session.handleLine(deltaLine(9, json::object())).stream.ok());
+  out = session.handleLine(snapshotLine(9, {{"orders", named("orders", service({"127.0.0.1:1009"}))}}));
+  ASSERT_TRUE(out.ack && out.ack->accepted);
+  EXPECT_EQ(endpointsOf(*applier.current, "orders"), (std::vector<std::string>{"127.0.0.1:1009"}));
+}
+
+// ---- translation -------------------------------------------------------------------------------
+
+TEST(MeshConfig, SidecarListenersAndClusters) {
+  ConfigBuilder b(sidecarSpec());
+  // Before any state: every listener is there, routing to clusters without endpoints.
+  auto empty = b.build(MeshState{});
+  ASSERT_TRUE(empty.ok()) << empty.error().message();
+  const Snapshot& e = **empty;
+  ASSERT_TRUE(e.findListener("inbound"));
+  ASSERT_TRUE(e.findListener("upstream-orders"));
+  ASSERT_TRUE(e.findListener("http-proxy"));
+  EXPECT_TRUE(e.findListener("http-proxy")->routes.empty());
+  EXPECT_TRUE(endpointsOf(e, "orders").empty());
+  EXPECT_EQ(endpointsOf(e, kLocalAppCluster), (std::vector<std::string>{"127.0.0.1:7000"}));
+  const Route& def = e.findListener("upstream-orders")->routes.at(0);
+  EXPECT_EQ(def.retries.attempts, 1u);
+  EXPECT_TRUE(def.retries.on.connect_failure);
+  EXPECT_FALSE(def.retries.on.gateway_error);
+  EXPECT_EQ(e.clusters[def.clusters[0].cluster_index].name, "orders");
+
+  // orders is http with a 90/10 canary split onto orders-v2; db is tcp; users has no route
+  // of its own (the default one).
+  json orders = named("orders", service({"127.0.0.1:1001"}));
+  orders["routes"] = json::array(
+      {{{"match", {{"prefix", "/"}}},
+        {"weighted_clusters",
+         json::array({{{"cluster", "orders"}, {"weight", 90}}, {{"cluster", "orders-v2"}, {"weight", 10}}})}}});
+  json users = service({"127.0.0.1:3001"});
+  users["routes"] = json::array();
+  MeshState st;
+  ASSERT_TRUE(st.applySnapshot(parseMessage(snapshotLine(
+                                                3, {{"orders", orders},
+                                                    {"orders-v2", named("orders-v2", service({"127.0.0.1:1101"}))},
+                                                    {"db", named("db", service({"127.0.0.1:5432"}, "tcp"))},
+                                                    {"users", users}}))
+                                   .value())
+                  .ok());
+  ProxySpec spec = sidecarSpec();
+  spec.upstreams.push_back(Upstream{"db", addr("127.0.0.1:15432")});
+  ConfigBuilder b2(spec);
+  auto built = b2.build(st);
+  ASSERT_TRUE(built.ok()) << built.error().message();
+  const Snapshot& s = **built;
+  EXPECT_EQ(s.source, "mesh version 3");
+  const Listener* up = s.findListener("upstream-orders");
+  ASSERT_TRUE(up);
+  ASSERT_EQ(up->routes.size(), 1u);
+  ASSERT_EQ(up->routes[0].clusters.size(), 2u);
+  EXPECT_EQ(s.clusters[up->routes[0].clusters[0].cluster_index].name, "orders");
+  EXPECT_EQ(s.clusters[up->routes[0].clusters[1].cluster_index].name, "orders-v2");
+  EXPECT_EQ(up->routes[0].total_weight, 100u);
+  const Listener* db = s.findListener("upstream-db");
+  ASSERT_TRUE(db);
+  EXPECT_EQ(db->protocol, Protocol::kTcp);
+  EXPECT_EQ(s.clusters[db->cluster_index].name, "db");
+  // The HTTP proxy routes every http service by Host, and leaves the tcp one out.
+  const Listener* hp = s.findListener("http-proxy");
+  ASSERT_TRUE(hp);
+  std::vector<std::string> hosts;
+  for (const auto& r : hp->routes) {
+    ASSERT_FALSE(r.match.headers.empty());
+    EXPECT_EQ(r.match.headers.back().name, "host");
+    hosts.push_back(r.match.headers.back().value);
+  }
+  EXPECT_EQ(hosts, (std::vector<std::string>{"orders", "orders-v2", "users"}));
+  const Route& users_route = hp->routes.back();
+  EXPECT_EQ(s.clusters[users_route.clusters[0].cluster_index].name, "users");
+  EXPECT_EQ(endpointsOf(s, "users"), (std::vector<std::string>{"127.0.0.1:3001"}));
+  // Inbound forwards to the app with no timeout of its own.
+  const Listener* in = s.findListener("inbound");
+  ASSERT_TRUE(in);
+  EXPECT_EQ(in->routes.at(0).timeout, Duration::zero());
+  EXPECT_EQ(s.clusters[in->routes[0].clusters[0].cluster_index].name, kLocalAppCluster);
+  // What is built loads as a configuration file and gives the same snapshot.
+  auto again = loadConfigString(toJson(s).dump(), "roundtrip");
+  ASSERT_TRUE(again.ok()) << again.error().message();
+}
+
+TEST(MeshConfig, GatewayRoutesAndReservedNames) {
+  ProxySpec spec;
+  spec.kind = ProxySpec::Kind::kGateway;
+  spec.gateway = "edge";
+  spec.listen = addr("127.0.0.1:0");
+  ConfigBuilder b(spec);
+  MeshState st;
+  json gw{{"edge",
+           {{"routes", json::array({{{"match", {{"prefix", "/api"}, {"headers", {{"host", "shop.example"}}}}},
+                                     {"cluster", "orders"}}})}}},
+          {"other", {{"routes", json::array({{{"match", {{"prefix", "/"}}}, {"cluster", "users"}}})}}}};
+  ASSERT_TRUE(st.applySnapshot(
+                    parseMessage(snapshotLine(4, {{"orders", named("orders", service({"127.0.0.1:1001"}))}}, gw))
+                        .value())
+                  .ok());
+  auto built = b.build(st);
+  ASSERT_TRUE(built.ok()) << built.error().message();
+  const Listener* l = (*built)->findListener("gateway");
+  ASSERT_TRUE(l);
+  ASSERT_EQ(l->routes.size(), 1u);
+  EXPECT_EQ(l->routes[0].match.path, "/api");
+  EXPECT_EQ((*built)->clusters[l->routes[0].clusters[0].cluster_index].name, "orders");
+  EXPECT_FALSE((*built)->findCluster(kLocalAppCluster));
+
+  // A sidecar refuses a service that would take its local app cluster's name.
+  ConfigBuilder sc(sidecarSpec());
+  MeshState bad;
+  ASSERT_TRUE(bad.applySnapshot(parseMessage(snapshotLine(1, {{"local_app", service({"127.0.0.1:1"})}}))
+                                    .value())
+                  .ok());
+  auto r = sc.build(bad);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message().find("reserved"), std::string::npos);
+}
+
+TEST(MeshConfig, EndpointValidation) {
+  auto ok = parseEndpoints(json::array({"127.0.0.1:1", {{"address", "[::1]:2"}, {"weight", 5}}}), "e");
+  ASSERT_TRUE(ok.ok()) << ok.error().message();
+  EXPECT_EQ(ok->at(1).weight, 5u);
+  auto r = parseEndpoints(json::array({{{"address", "127.0.0.1:1"}, {"weight", 0}}}), "e");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().message(), "e[0].weight: must be an integer 1..1000000, got 0");
+  r = parseEndpoints(json::array({{{"weight", 1}}}), "e");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().message(), "e[0]: missing \"address\"");
+  r = parseEndpoints(json::array({"orders.local:80"}), "e");
+  ASSERT_FALSE(r.ok());
+  r = parseEndpoints(json{{"a", 1}}, "e");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().message(), "e: must be a list, got object");
+}
+
+TEST(MeshConfig, RegistrationBody) {
+  InstanceRegistration reg;
+  reg.id = "web-1";
+  reg.service = "web";
+  reg.address = addr("127.0.0.1:21000");
+  reg.app = addr("127.0.0.1:7000");
+  reg.tags = {"v1"};
+  reg.meta = {{"zone", "a"}};
+  json b = json::parse(registrationBody(reg));
+  EXPECT_EQ(b["ID"], "web-1");
+  EXPECT_EQ(b["Address"], "127.0.0.1");
+  EXPECT_EQ(b["Port"], 21000);
+  EXPECT_EQ(b["Check"]["HTTP"], "http://127.0.0.1:7000/healthz");
+  EXPECT_EQ(b["Check"]["Interval"], "1s");
+  EXPECT_EQ(b["Check"]["DeregisterCriticalServiceAfter"], "1m");
+  EXPECT_EQ(b["Meta"]["zone"], "a");
+  reg.health_tcp = true;
+  b = json::parse(registrationBody(reg));
+  EXPECT_EQ(b["Check"]["TCP"], "127.0.0.1:7000");
+  EXPECT_FALSE(b["Check"].contains("HTTP"));
+}
+
+// ---- reconnection on the simulated clock -------------------------------------------------------
+
+TEST(MeshBackoff, FullJitterWithinDoublingBounds) {
+  ReconnectBackoff b(100ms, 10s, 42);
+  const std::vector<Duration> caps = {100ms, 200ms, 400ms, 800ms, 1600ms, 3200ms, 6400ms, 10s, 10s};
+  for (Duration cap : caps) {
+    EXPECT_EQ(b.cap(), cap);
+    Duration d = b.next();
+    EXPECT_GE(d, Duration::zero());
+    EXPECT_LE(d, cap);
+  }
+  // Full jitter: draws at the cap spread over the whole range.
+  Duration lo = 10s, hi = Duration::zero();
+  for (int i = 0; i < 1000; ++i) {
+    Duration d = b.next();
+    lo = std::min(lo, d);
+    hi = std::max(hi, d);
+  }
+  EXPECT_LT(lo, 1s);
+  EXPECT_GT(hi, 9s);
+  b.reset();
+  EXPECT_EQ(b.cap(), 100ms);
+}
+
+bool pumpUntil(Dispatcher& d, const std::function<bool()>& pred) {
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline)
+      return false;
+    if (d.runReady() == 0)
+      d.io().run_one_for(5ms);
+  }
+  return true;
+}
+
+// Accepts connections and answers each stream request with the given NDJSON lines (chunked),
+// keeping the connection open; counts acks.
+class FakeMeshServer {
+public:
+  explicit FakeMeshServer(Dispatcher& d) : d_(d), acceptor_(d.io()) {
+    asio::ip::tcp::endpoint ep(asio::ip::make_address("127.0.0.1"), 0);
+    acceptor_.open(ep.protocol());
+    acceptor_.bind(ep);
+    acceptor_.listen();
+    accept();
+  }
+  net::SocketAddress address() const { return net::fromEndpoint(acceptor_.local_endpoint()); }
+  std::vector<std::string> lines;
+  int streams = 0, acks = 0;
+  std::string last_ack;
+  void closeAll() {
+    for (auto& c : conns_) {
+      asio::error_code ec;
+      c->sock.close(ec);
+    }
+  }
+
+private:
+  struct Conn {
+    explicit Conn(asio::io_context& io) : sock(io) {}
+    asio::ip::tcp::socket sock;
+    std::string in;
+    char buf[4096];
+  };
+  void accept() {
+    auto c = std::make_shared<Conn>(d_.io());
+    acceptor_.async_accept(c->sock, [this, c](const asio::error_code& ec) {
+      if (ec)
+        return;
+      conns_.push_back(c);
+      read(c);
+      accept();
+    });
+  }
+  void read(std::shared_ptr<Conn> c) {
+    c->sock.async_read_some(asio::buffer(c->buf), [this, c](const asio::error_code& ec, size_t n) {
+      if (ec)
+        return;
+      c->in.append(c->buf, n);
+      const size_t end = c->in.find("\r\n\r\n");
+      if (end != std::string::npos) {
+        if (c->in.starts_with("GET /v1/mesh/stream")) {
+          streams++;
+          std::string rsp = "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n"
+                            "transfer-encoding: chunked\r\n\r\n";
+          for (const auto& l : lines)
+            rsp += fmt::format("{:x}\r\n{}\n\r\n", l.size() + 1, l);
+          asio::write(c->sock, asio::buffer(rsp));
+          c->in.clear();
+        } else if (c->in.starts_with("POST /v1/mesh/ack")) {
+          std::string lower = c->in;
+          for (char& ch : lower)
+            ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+          const size_t len_at = lower.find("content-length: ");
+          if (len_at == std::string::npos)
+            return read(c);
+          const size_t len = std::stoul(c->in.substr(len_at + 16));
+          if (c->in.size() < end + 4 + len)
+            return read(c);
+          acks++;
+          last_ack = c->in.substr(end + 4, len);
+          std::string rsp = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+          asio::write(c->sock, asio::buffer(rsp));
+          return;
+        }
+      }
+      read(c);
+    });
+  }
+  Dispatcher& d_;
+  asio::ip::tcp::acceptor acceptor_;
+  std::vector<std::shared_ptr<Conn>> conns_;
+};
+
+TEST(MeshClient, AppliesAcksAndReconnectsOnSilenceWithBackoff) {
+  SimulatedTimeSource time;
+  Dispatcher d("test", time);
+  FakeMeshServer server(d);
+  server.lines = {snapshotLine(5, {{"orders", named("orders", service({"127.0.0.1:1001"}))}})};
+  ConfigBuilder builder(sidecarSpec());
+  FakeApplier applier;
+  MeshClientOptions o;
+  o.servers = {server.address()};
+  o.node = "web-1";
+  o.service = "web";
+  MeshClient client(d, o, builder, applier, 7);
+  client.start();
+  ASSERT_TRUE(pumpUntil(d, [&] { return server.acks == 1 && client.connected(); }));
+  EXPECT_EQ(client.appliedVersion(), 5u);
+  json ack = json::parse(server.last_ack);
+  EXPECT_EQ(ack["node"], "web-1");
+  EXPECT_EQ(ack["stream"], "s1");
+  EXPECT_EQ(ack["version"], 5);
+  EXPECT_EQ(ack["accepted"], true);
+  EXPECT_EQ(client.attempts(), 1u);
+
+  // Silence for just under 3 heartbeats keeps the stream; reaching them drops it.
+  time.advance(29s);
+  d.runReady();
+  EXPECT_TRUE(client.connected());
+  time.advance(1s);
+  ASSERT_TRUE(pumpUntil(d, [&] { return !client.connected(); }));
+  // The configuration stays while disconnected (static stability).
+  EXPECT_EQ(endpointsOf(*applier.current, "orders"), (std::vector<std::string>{"127.0.0.1:1001"}));
+  // The first retry waits at most the base backoff (the snapshot reset the backoff).
+  EXPECT_EQ(client.attempts(), 1u);
+  time.advance(100ms);
+  ASSERT_TRUE(pumpUntil(d, [&] { return client.attempts() == 2 && client.connected(); }));
+  EXPECT_EQ(server.streams, 2);
+
+  // A server that goes away: attempts keep coming, each within its doubling bound, and the
+  // configuration stays.
+  server.lines.clear(); // answers a head and then nothing: no snapshot, no backoff reset
+  server.closeAll();
+  ASSERT_TRUE(pumpUntil(d, [&] { return !client.connected(); }));
+  Duration cap = 100ms; // the backoff restarted with the last snapshot
+  for (int i = 0; i < 5; ++i) {
+    const uint64_t before = client.attempts();
+    time.advance(cap);
+    ASSERT_TRUE(pumpUntil(d, [&] { return client.attempts() == before + 1; })) << i;
+    ASSERT_TRUE(pumpUntil(d, [&] { return client.connected(); }));
+    server.closeAll();
+    ASSERT_TRUE(pumpUntil(d, [&] { return !client.connected(); }));
+    cap *= 2;
+  }
+  EXPECT_EQ(endpointsOf(*applier.current, "orders"), (std::vector<std::string>{"127.0.0.1:1001"}));
+  client.stop();
+}
+
+} // namespace
+} // namespace trellis::proxy::mesh

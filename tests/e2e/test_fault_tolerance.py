@@ -245,8 +245,9 @@ class MetricSampler:
 
 def test_all_origins_dead_fail_fast_without_pile_up(procs, echo):
     origins = three(echo)
-    # panic_threshold 0: with every endpoint out, answer 503 at once rather than "panic" and
-    # try the dead endpoints anyway (which the default 50 would do, paying backoff each time).
+    # panic_threshold 0: with every endpoint out, answer 503 (UH) without touching them. The
+    # default 50 would be in panic and try the dead endpoints anyway; that is fast here only
+    # because a refused loopback connect is instant (a dead remote host costs connect_timeout).
     cluster = KILL_CLUSTER + indent("panic_threshold: 0", 4)
     p = start_proxy(procs, config(origins, route=KILL_ROUTE, cluster=cluster))
     watcher = ClusterWatcher(p.admin_port, interval=0.01).start()

@@ -290,6 +290,8 @@ def test_all_origins_dead_fail_fast_without_pile_up(procs, echo):
     ss = gen.summary(since=t_steady)
     assert ss["total"] >= LOAD_RATE, describe(gen)  # at least a second of it
     assert ss["statuses"] == {503: ss["total"]}, ss
+    # answered as "no usable endpoint", not after trying a dead one
+    assert metric(p, "trellis_proxy_local_replies_total", flag="UH") >= len(steady)
     # "Under 50 ms" is measured by the proxy's own clock (its request-duration histogram has
     # a 50 ms bucket): at least 99% of what it answered since then, plus the requests that
     # began before t_steady and were still in flight, took under 50 ms. The Python client's

@@ -335,3 +335,37 @@ def test_flag_errors_exit_2(tmp_path):
         r = subprocess.run([TRELLIS, "proxy", *args], capture_output=True, text=True, timeout=10)
         assert r.returncode == 2, (args, r.stderr)
         assert msg in r.stderr, (args, r.stderr)
+
+
+def test_gateway_routes_bound_to_it(procs, echo):
+    stand_in = NdjsonServer()
+    a, b = echo("orders-a"), echo("users-a")
+    listen = free_port()
+    gw = procs([TRELLIS, "proxy", "--concurrency", "1", "--server", f"127.0.0.1:{stand_in.port}",
+                "--gateway", "edge", "--listen", f"127.0.0.1:{listen}"])
+    gw.wait_for_line(r"listener gateway listening on 127\.0\.0\.1:%d" % listen)
+    assert get(listen)[0] == 404  # no routes before the server says so
+
+    def svc(name, ep):
+        return {"protocol": "http", "cluster": {}, "endpoints": [ep],
+                "routes": [{"match": {"prefix": "/"}, "cluster": name}]}
+    stand_in.send({"type": "snapshot", "version": 3, "stream": "g1",
+                   "services": {"orders": svc("orders", a.address),
+                                "users": svc("users", b.address)},
+                   "gateways": {
+                       "edge": {"routes": [
+                           {"match": {"prefix": "/orders", "headers": {"host": "shop.example"}},
+                            "cluster": "orders"},
+                           {"match": {"prefix": "/users"}, "cluster": "users"}]},
+                       "other": {"routes": [{"match": {"prefix": "/"}, "cluster": "orders"}]}}})
+    acks = stand_in.wait_acks(1)
+    assert acks[0]["accepted"] is True, acks[0]
+    assert who(get(listen, "/orders/1", host="shop.example")) == "orders-a"
+    assert get(listen, "/orders/1", host="other.example")[0] == 404
+    assert who(get(listen, "/users/1")) == "users-a"
+    assert get(listen, "/")[0] == 404  # the "other" gateway's routes are not ours
+    # Its routes removed: back to 404.
+    stand_in.send({"type": "delta", "version": 4, "removed_gateways": ["edge"]})
+    stand_in.wait_acks(2)
+    wait_until(lambda: get(listen, "/users/1")[0] == 404, what="edge routes removed")
+    stand_in.closed = True

@@ -118,8 +118,10 @@ Result<MeshSetup> meshSetup(const ProxyFlags& f) {
   std::set<std::pair<std::string, uint16_t>> ports; // listeners must not share an address
   auto claim = [&](const char* flag, const net::SocketAddress& a) -> Status {
     if (a.port != 0 && !ports.emplace(a.ip.to_string(), a.port).second)
-      return makeError(ErrorCode::kInvalidArgument, "{} {}: the address is already used by "
-                       "another listener of this proxy", flag, a.toString());
+      return makeError(ErrorCode::kInvalidArgument,
+                       "{} {}: the address is already used by "
+                       "another listener of this proxy",
+                       flag, a.toString());
     return okStatus();
   };
   TRELLIS_RETURN_IF_ERROR(claim("--admin", m.spec.admin.address));
@@ -128,13 +130,12 @@ Result<MeshSetup> meshSetup(const ProxyFlags& f) {
     for (const char* bad : {"--app", "--inbound", "--upstream", "--http-proxy", "--instance-id",
                             "--tag", "--meta", "--health-path", "--health-tcp"}) {
       const std::string b(bad);
-      bool set = (b == "--app" && !f.app.empty()) || (b == "--upstream" && !f.upstreams.empty()) ||
-                 (b == "--http-proxy" && !f.http_proxy.empty()) ||
-                 (b == "--instance-id" && !f.instance_id.empty()) ||
-                 (b == "--tag" && !f.tags.empty()) || (b == "--meta" && !f.meta.empty()) ||
-                 (b == "--health-path" && !f.health_path.empty()) ||
-                 (b == "--health-tcp" && f.health_tcp) ||
-                 (b == "--inbound" && f.inbound != "127.0.0.1:0");
+      bool set =
+          (b == "--app" && !f.app.empty()) || (b == "--upstream" && !f.upstreams.empty()) ||
+          (b == "--http-proxy" && !f.http_proxy.empty()) ||
+          (b == "--instance-id" && !f.instance_id.empty()) || (b == "--tag" && !f.tags.empty()) ||
+          (b == "--meta" && !f.meta.empty()) || (b == "--health-path" && !f.health_path.empty()) ||
+          (b == "--health-tcp" && f.health_tcp) || (b == "--inbound" && f.inbound != "127.0.0.1:0");
       if (set)
         return makeError(ErrorCode::kInvalidArgument, "{} is for sidecars, not with --gateway",
                          bad);
@@ -153,8 +154,8 @@ Result<MeshSetup> meshSetup(const ProxyFlags& f) {
     m.spec.listen = *l;
     m.client.kind = "gateway";
     m.client.gateway = f.gateway;
-    m.client.node = nodeSafe("gateway-" + f.gateway + "-" + hostName() + "-" +
-                             std::to_string(::getpid()));
+    m.client.node =
+        nodeSafe("gateway-" + f.gateway + "-" + hostName() + "-" + std::to_string(::getpid()));
     return m;
   }
 
@@ -176,7 +177,8 @@ Result<MeshSetup> meshSetup(const ProxyFlags& f) {
   if (!inbound.ok())
     return inbound.error();
   TRELLIS_RETURN_IF_ERROR(claim("--inbound", *inbound));
-  if (!f.instance_id.empty() && (f.instance_id.size() > 128 || nodeSafe(f.instance_id) != f.instance_id))
+  if (!f.instance_id.empty() &&
+      (f.instance_id.size() > 128 || nodeSafe(f.instance_id) != f.instance_id))
     return makeError(ErrorCode::kInvalidArgument,
                      "--instance-id {}: 1..128 letters, digits, '.', '_', ':' or '-'",
                      f.instance_id);
@@ -198,8 +200,8 @@ Result<MeshSetup> meshSetup(const ProxyFlags& f) {
       return makeError(ErrorCode::kInvalidArgument,
                        "--upstream {}: the local port must be 1..65535", u);
     if (!upstream_names.insert(svc).second)
-      return makeError(ErrorCode::kInvalidArgument, "--upstream {}: service {} is given twice",
-                       u, svc);
+      return makeError(ErrorCode::kInvalidArgument, "--upstream {}: service {} is given twice", u,
+                       svc);
     TRELLIS_RETURN_IF_ERROR(claim("--upstream", *port));
     m.spec.upstreams.push_back(proxy::mesh::Upstream{svc, *port});
   }
@@ -325,8 +327,8 @@ void addProxyCommand(CLI::App& app, const GlobalOptions&, Action& action) {
       "proxy", "Run the data-plane proxy from a configuration file (docs/proxy.md), or as a "
                "sidecar or gateway configured by the control plane (docs/mesh-proxy.md)");
   auto f = std::make_shared<ProxyFlags>();
-  auto* config = cmd->add_option("--config,-c", f->options.config_path,
-                                 "The proxy's YAML configuration file");
+  auto* config =
+      cmd->add_option("--config,-c", f->options.config_path, "The proxy's YAML configuration file");
   cmd->add_option("--concurrency", f->options.concurrency,
                   "Worker threads (default: the file's `concurrency`, else one per CPU)")
       ->check(CLI::Range(1, 256));
@@ -369,8 +371,7 @@ void addProxyCommand(CLI::App& app, const GlobalOptions&, Action& action) {
       action = [f] { return runMesh(*f); };
     } else if (config->count() > 0) {
       const bool mesh_flags = !f->service.empty() || !f->gateway.empty() || !f->app.empty() ||
-                              !f->upstreams.empty() || !f->http_proxy.empty() ||
-                              !f->listen.empty();
+                              !f->upstreams.empty() || !f->http_proxy.empty() || !f->listen.empty();
       if (mesh_flags)
         action = [] {
           std::fprintf(stderr, "trellis proxy: --service, --gateway, --app, --upstream, "

@@ -29,8 +29,7 @@ MeshSession::Outcome MeshSession::handleLine(std::string_view line) {
     return out;
   if (awaiting_snapshot_ && m.type != MessageType::kSnapshot) {
     out.stream = makeError(ErrorCode::kInvalidArgument,
-                           "the stream began with a delta (version {}), not a snapshot",
-                           m.version);
+                           "the stream began with a delta (version {}), not a snapshot", m.version);
     return out;
   }
   Status st = m.type == MessageType::kSnapshot ? state_.applySnapshot(m) : state_.applyDelta(m);
@@ -105,7 +104,9 @@ MeshClient::MeshClient(Dispatcher& dispatcher, MeshClientOptions options, Config
   restart_timer_ = dispatcher_.createTimer([this] { retry(failure_); });
 }
 
-MeshClient::~MeshClient() { stop(); }
+MeshClient::~MeshClient() {
+  stop();
+}
 
 Status MeshClient::registerMetrics(telemetry::Registry& registry) {
   auto updates = registry.counter("trellis_proxy_mesh_updates_total",
@@ -207,8 +208,8 @@ void MeshClient::onBody(std::string_view piece) {
     const std::string_view part =
         piece.substr(start, nl == std::string_view::npos ? std::string_view::npos : nl - start);
     if (buffer_.size() + part.size() > options_.max_message_bytes) {
-      failure_ = fmt::format("a message exceeds max_message_bytes ({} bytes)",
-                             options_.max_message_bytes);
+      failure_ =
+          fmt::format("a message exceeds max_message_bytes ({} bytes)", options_.max_message_bytes);
       restart_timer_->enable(Duration::zero());
       return;
     }

@@ -44,7 +44,7 @@ public:
       : builder_(builder), applier_(applier) {}
 
   struct Outcome {
-    std::optional<Ack> ack;   // to post for a snapshot or delta; none for heartbeats
+    std::optional<Ack> ack;     // to post for a snapshot or delta; none for heartbeats
     Status stream = okStatus(); // an error: the stream is out of sync and must be reopened
   };
   // Handles one line of the stream (without its "\n").

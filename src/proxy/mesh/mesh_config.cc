@@ -199,8 +199,8 @@ Result<std::shared_ptr<const Snapshot>> ConfigBuilder::build(const MeshState& st
                        path));
       }
       if (!def.error && !entry.cluster.is_null() && !entry.cluster.is_object())
-        fail(makeError(ErrorCode::kInvalidArgument, "{}.cluster: must be an object, got {}",
-                       path, entry.cluster.type_name()));
+        fail(makeError(ErrorCode::kInvalidArgument, "{}.cluster: must be an object, got {}", path,
+                       entry.cluster.type_name()));
       for (const char* k : {"name", "endpoints"})
         if (!def.error && entry.cluster.is_object() && entry.cluster.contains(k))
           fail(makeError(ErrorCode::kInvalidArgument,

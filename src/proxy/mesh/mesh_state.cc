@@ -19,8 +19,8 @@ Status checkObjectOfObjects(const json& body, const char* key) {
     if (name.empty())
       return makeError(ErrorCode::kInvalidArgument, "{}: empty name", key);
     if (!entry.is_object())
-      return makeError(ErrorCode::kInvalidArgument, "{}.{}: must be an object, got {}", key,
-                       name, entry.type_name());
+      return makeError(ErrorCode::kInvalidArgument, "{}.{}: must be an object, got {}", key, name,
+                       entry.type_name());
   }
   return okStatus();
 }
@@ -77,8 +77,7 @@ Result<Message> parseMessage(std::string_view line) {
                      "message: unknown type \"{}\" (expected snapshot, delta or heartbeat)", t);
   auto version = j.find("version");
   if (version == j.end() || !version->is_number_unsigned())
-    return makeError(ErrorCode::kInvalidArgument,
-                     "{}: \"version\" must be an unsigned integer", t);
+    return makeError(ErrorCode::kInvalidArgument, "{}: \"version\" must be an unsigned integer", t);
   m.version = version->get<uint64_t>();
   if (m.type == MessageType::kSnapshot) {
     auto stream = j.find("stream");
@@ -153,8 +152,7 @@ Status MeshState::applyDelta(const Message& msg) {
     return makeError(ErrorCode::kFailedPrecondition, "delta {} before any snapshot", msg.version);
   if (msg.version <= version_)
     return makeError(ErrorCode::kInvalidArgument,
-                     "delta version {} is not above the current version {}", msg.version,
-                     version_);
+                     "delta version {} is not above the current version {}", msg.version, version_);
   TRELLIS_RETURN_IF_ERROR(checkStructure(msg.body));
   // Removals first, so that a name removed and defined again in one delta ends up defined.
   if (auto it = msg.body.find("removed"); it != msg.body.end())
@@ -175,7 +173,7 @@ Status MeshState::applyDelta(const Message& msg) {
         if (std::string_view(key) == "endpoints")
           setField(e.endpoints, *f, e.endpoints_rev);
         else
-          def |= setField(std::string_view(key) == "protocol" ? e.protocol
+          def |= setField(std::string_view(key) == "protocol"  ? e.protocol
                           : std::string_view(key) == "cluster" ? e.cluster
                                                                : e.routes,
                           *f, d);

@@ -32,7 +32,7 @@ Result<Message> parseMessage(std::string_view line);
 // with revisions that change only when the field's content changes, so the builder re-parses
 // only what a delta touched.
 struct ServiceEntry {
-  nlohmann::json protocol;  // null when the server never sent it
+  nlohmann::json protocol; // null when the server never sent it
   nlohmann::json cluster;
   nlohmann::json endpoints;
   nlohmann::json routes;

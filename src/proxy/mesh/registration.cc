@@ -7,11 +7,11 @@
 namespace trellis::proxy::mesh {
 
 std::string registrationBody(const InstanceRegistration& r) {
-  nlohmann::json check{{"Name", "app " + (r.health_tcp ? r.app.toString() : r.health_path)},
-                       {"Interval", formatDuration(r.check_interval)},
-                       {"Timeout", formatDuration(r.check_timeout)},
-                       {"DeregisterCriticalServiceAfter",
-                        formatDuration(r.deregister_critical_after)}};
+  nlohmann::json check{
+      {"Name", "app " + (r.health_tcp ? r.app.toString() : r.health_path)},
+      {"Interval", formatDuration(r.check_interval)},
+      {"Timeout", formatDuration(r.check_timeout)},
+      {"DeregisterCriticalServiceAfter", formatDuration(r.deregister_critical_after)}};
   if (r.health_tcp)
     check["TCP"] = r.app.toString();
   else
@@ -30,13 +30,14 @@ Registrar::Registrar(Dispatcher& dispatcher, std::vector<net::SocketAddress> ser
                      std::string token, InstanceRegistration reg, uint64_t seed)
     : dispatcher_(dispatcher), servers_(std::move(servers)), token_(std::move(token)),
       reg_(std::move(reg)),
-      backoff_(std::chrono::milliseconds(100), std::chrono::seconds(10), seed),
-      http_(dispatcher) {
+      backoff_(std::chrono::milliseconds(100), std::chrono::seconds(10), seed), http_(dispatcher) {
   server_ = servers_.empty() ? 0 : seed % servers_.size();
   retry_timer_ = dispatcher_.createTimer([this] { attempt(); });
 }
 
-Registrar::~Registrar() { pending_.cancel(); }
+Registrar::~Registrar() {
+  pending_.cancel();
+}
 
 std::map<std::string, std::string> Registrar::headers() const {
   std::map<std::string, std::string> h{{"content-type", "application/json"}};
@@ -66,8 +67,8 @@ void Registrar::attempt() {
                     reg_.address.toString(), to.toString());
           return;
         }
-        const std::string why = r.ok() ? fmt::format("answered {}: {}", r->status, r->body)
-                                       : r.error().message();
+        const std::string why =
+            r.ok() ? fmt::format("answered {}: {}", r->status, r->body) : r.error().message();
         const Duration wait = backoff_.next();
         server_ = (server_ + 1) % servers_.size();
         TLOG_WARN("registering instance {} with {} failed ({}); retrying in {}", reg_.id,

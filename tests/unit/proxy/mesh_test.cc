@@ -22,7 +22,9 @@ namespace {
 using json = nlohmann::json;
 using namespace std::chrono_literals;
 
-net::SocketAddress addr(const std::string& s) { return net::parseSocketAddress(s).value(); }
+net::SocketAddress addr(const std::string& s) {
+  return net::parseSocketAddress(s).value();
+}
 
 json service(std::vector<std::string> eps, std::string protocol = "http") {
   json e = json::array();
@@ -116,16 +118,17 @@ TEST(MeshMessage, RejectsMalformedLinesWithAReason) {
 
 TEST(MeshState, DeltaChangesOnlyWhatItCarriesAndKeepsRevisions) {
   MeshState st;
-  ASSERT_TRUE(st.applySnapshot(parseMessage(snapshotLine(
-                                   10, {{"orders", named("orders", service({"127.0.0.1:1001"}))},
-                                        {"users", named("users", service({"127.0.0.1:2001"}))}}))
-                                   .value())
-                  .ok());
+  ASSERT_TRUE(
+      st.applySnapshot(
+            parseMessage(snapshotLine(10, {{"orders", named("orders", service({"127.0.0.1:1001"}))},
+                                           {"users", named("users", service({"127.0.0.1:2001"}))}}))
+                .value())
+          .ok());
   const uint64_t def_rev = st.services().at("orders").definition_rev;
   const uint64_t users_ep = st.services().at("users").endpoints_rev;
   ASSERT_TRUE(
-      st.applyDelta(parseMessage(deltaLine(11, {{"orders", {{"endpoints", {"127.0.0.1:1002"}}}}}))
-                        .value())
+      st.applyDelta(
+            parseMessage(deltaLine(11, {{"orders", {{"endpoints", {"127.0.0.1:1002"}}}}})).value())
           .ok());
   EXPECT_EQ(st.version(), 11u);
   EXPECT_EQ(st.services().at("orders").definition_rev, def_rev);
@@ -192,8 +195,10 @@ TEST_F(SessionTest, SnapshotThenDeltasBuildTheConfiguration) {
 }
 
 TEST_F(SessionTest, RejectedUpdateKeepsLastGoodAndALaterDeltaFixesIt) {
-  ASSERT_TRUE(session.handleLine(snapshotLine(5, {{"orders", named("orders", service({"127.0.0.1:1001"}))}}))
-                  .ack->accepted);
+  ASSERT_TRUE(
+      session
+          .handleLine(snapshotLine(5, {{"orders", named("orders", service({"127.0.0.1:1001"}))}}))
+          .ack->accepted);
   auto good = applier.current;
   // A bad policy: rejected with the service and field named, nothing applied.
   auto out = session.handleLine(deltaLine(
@@ -261,7 +266,8 @@ TEST_F(SessionTest, OutOfSyncStreamsAskForAResync) {
   // After reconnecting, the next stream's snapshot replaces everything.
   session.beginStream();
   EXPECT_FALSE(session.handleLine(deltaLine(9, json::object())).stream.ok());
-  out = session.handleLine(snapshotLine(9, {{"orders", named("orders", service({"127.0.0.1:1009"}))}}));
+  out = session.handleLine(
+      snapshotLine(9, {{"orders", named("orders", service({"127.0.0.1:1009"}))}}));
   ASSERT_TRUE(out.ack && out.ack->accepted);
   EXPECT_EQ(endpointsOf(*applier.current, "orders"), (std::vector<std::string>{"127.0.0.1:1009"}));
 }
@@ -291,18 +297,20 @@ TEST(MeshConfig, SidecarListenersAndClusters) {
   json orders = named("orders", service({"127.0.0.1:1001"}));
   orders["routes"] = json::array(
       {{{"match", {{"prefix", "/"}}},
-        {"weighted_clusters",
-         json::array({{{"cluster", "orders"}, {"weight", 90}}, {{"cluster", "orders-v2"}, {"weight", 10}}})}}});
+        {"weighted_clusters", json::array({{{"cluster", "orders"}, {"weight", 90}},
+                                           {{"cluster", "orders-v2"}, {"weight", 10}}})}}});
   json users = service({"127.0.0.1:3001"});
   users["routes"] = json::array();
   MeshState st;
-  ASSERT_TRUE(st.applySnapshot(parseMessage(snapshotLine(
-                                                3, {{"orders", orders},
-                                                    {"orders-v2", named("orders-v2", service({"127.0.0.1:1101"}))},
-                                                    {"db", named("db", service({"127.0.0.1:5432"}, "tcp"))},
-                                                    {"users", users}}))
-                                   .value())
-                  .ok());
+  ASSERT_TRUE(
+      st.applySnapshot(
+            parseMessage(
+                snapshotLine(3, {{"orders", orders},
+                                 {"orders-v2", named("orders-v2", service({"127.0.0.1:1101"}))},
+                                 {"db", named("db", service({"127.0.0.1:5432"}, "tcp"))},
+                                 {"users", users}}))
+                .value())
+          .ok());
   ProxySpec spec = sidecarSpec();
   spec.upstreams.push_back(Upstream{"db", addr("127.0.0.1:15432")});
   ConfigBuilder b2(spec);
@@ -351,14 +359,18 @@ TEST(MeshConfig, GatewayRoutesAndReservedNames) {
   spec.listen = addr("127.0.0.1:0");
   ConfigBuilder b(spec);
   MeshState st;
-  json gw{{"edge",
-           {{"routes", json::array({{{"match", {{"prefix", "/api"}, {"headers", {{"host", "shop.example"}}}}},
-                                     {"cluster", "orders"}}})}}},
-          {"other", {{"routes", json::array({{{"match", {{"prefix", "/"}}}, {"cluster", "users"}}})}}}};
-  ASSERT_TRUE(st.applySnapshot(
-                    parseMessage(snapshotLine(4, {{"orders", named("orders", service({"127.0.0.1:1001"}))}}, gw))
-                        .value())
-                  .ok());
+  json gw{
+      {"edge",
+       {{"routes",
+         json::array({{{"match", {{"prefix", "/api"}, {"headers", {{"host", "shop.example"}}}}},
+                       {"cluster", "orders"}}})}}},
+      {"other", {{"routes", json::array({{{"match", {{"prefix", "/"}}}, {"cluster", "users"}}})}}}};
+  ASSERT_TRUE(
+      st.applySnapshot(
+            parseMessage(
+                snapshotLine(4, {{"orders", named("orders", service({"127.0.0.1:1001"}))}}, gw))
+                .value())
+          .ok());
   auto built = b.build(st);
   ASSERT_TRUE(built.ok()) << built.error().message();
   const Listener* l = (*built)->findListener("gateway");
@@ -371,16 +383,18 @@ TEST(MeshConfig, GatewayRoutesAndReservedNames) {
   // A sidecar refuses a service that would take its local app cluster's name.
   ConfigBuilder sc(sidecarSpec());
   MeshState bad;
-  ASSERT_TRUE(bad.applySnapshot(parseMessage(snapshotLine(1, {{"local_app", service({"127.0.0.1:1"})}}))
-                                    .value())
-                  .ok());
+  ASSERT_TRUE(
+      bad.applySnapshot(
+             parseMessage(snapshotLine(1, {{"local_app", service({"127.0.0.1:1"})}})).value())
+          .ok());
   auto r = sc.build(bad);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.error().message().find("reserved"), std::string::npos);
 }
 
 TEST(MeshConfig, EndpointValidation) {
-  auto ok = parseEndpoints(json::array({"127.0.0.1:1", {{"address", "[::1]:2"}, {"weight", 5}}}), "e");
+  auto ok =
+      parseEndpoints(json::array({"127.0.0.1:1", {{"address", "[::1]:2"}, {"weight", 5}}}), "e");
   ASSERT_TRUE(ok.ok()) << ok.error().message();
   EXPECT_EQ(ok->at(1).weight, 5u);
   auto r = parseEndpoints(json::array({{{"address", "127.0.0.1:1"}, {"weight", 0}}}), "e");

@@ -51,7 +51,7 @@ Duration retryBackoff(const RetryPolicy& p, uint32_t retry, uint64_t random) {
 
 bool retryBudgetAllows(const RetryPolicy& p, uint64_t active_requests, uint64_t retries_trying,
                        uint64_t retries_waiting) {
-  if (retries_trying < p.budget_min_concurrency)
+  if (retries_trying + retries_waiting < p.budget_min_concurrency)
     return true;
   // (decided retries + 1) / requests <= percent / 100, in integers.
   return (retries_trying + retries_waiting + 1) * 100 <= active_requests * p.budget_percent;

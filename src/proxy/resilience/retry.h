@@ -33,11 +33,11 @@ Duration retryBackoff(const RetryPolicy& policy, uint32_t retry, uint64_t random
 
 // The retry budget: whether one more retry may be decided when `active_requests` requests
 // (to the cluster, this one included) are in flight, `retries_trying` of them on a retry try
-// and `retries_waiting` in a retry's backoff. Always allowed while fewer than
-// budget_min_concurrency retry tries are in flight (so sporadic failures are retried at any
-// load); otherwise only while the decided retries (trying + waiting + this one) stay within
-// budget_percent of the active requests. Counting the waiting ones keeps requests that
-// decide during each other's backoff from overshooting the percentage.
+// and `retries_waiting` in a retry's backoff. A retry is concurrent from the moment it is
+// decided: allowed while fewer than budget_min_concurrency are, or while they (this one
+// included) stay within budget_percent of the active requests. Counting the waiting ones
+// matters when failures are instant: retries then spend their life in backoff, and counting
+// only tries would let almost every request retry.
 bool retryBudgetAllows(const RetryPolicy& policy, uint64_t active_requests,
                        uint64_t retries_trying, uint64_t retries_waiting = 0);
 

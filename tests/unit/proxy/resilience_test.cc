@@ -183,8 +183,10 @@ TEST(Retry, BudgetAllowsMinimumConcurrencyThenAPercentOfActiveRequests) {
   // 50 active: 10.
   EXPECT_TRUE(retryBudgetAllows(p, 50, 9));
   EXPECT_FALSE(retryBudgetAllows(p, 50, 10));
-  // Retries waiting out a backoff count towards the percentage, not the floor.
-  EXPECT_TRUE(retryBudgetAllows(p, 100, 2, 50));
+  // Retries waiting out a backoff count like those trying, for the floor too.
+  EXPECT_TRUE(retryBudgetAllows(p, 1, 1, 1));
+  EXPECT_FALSE(retryBudgetAllows(p, 1, 1, 2));
+  EXPECT_FALSE(retryBudgetAllows(p, 100, 2, 50));
   EXPECT_TRUE(retryBudgetAllows(p, 100, 10, 9));
   EXPECT_FALSE(retryBudgetAllows(p, 100, 10, 10));
   p.budget_percent = 0;

@@ -3,6 +3,7 @@
 #include "base/dispatcher.h"
 #include "base/log.h"
 #include "base/signals.h"
+#include "base/units.h"
 #include "cli/command.h"
 #include "control/control_plane.h"
 
@@ -17,6 +18,8 @@ struct ServerFlags {
   std::string dns_domain = "trellis";
   std::vector<std::string> recursors;
   std::string node_name;
+  std::string mesh_heartbeat = "10s";
+  std::string mesh_coalesce = "2ms";
 };
 
 int usage(const std::string& msg) {
@@ -43,6 +46,18 @@ int runServer(const ServerFlags& f) {
     o.recursors.push_back(*a);
   }
   o.node_name = f.node_name;
+  auto heartbeat = parseDuration(f.mesh_heartbeat);
+  if (!heartbeat)
+    return usage("--mesh-heartbeat: " + heartbeat.error().message());
+  if (*heartbeat < std::chrono::milliseconds(100) || *heartbeat > std::chrono::hours(1))
+    return usage("--mesh-heartbeat: must be 100ms..1h, got " + f.mesh_heartbeat);
+  o.mesh_heartbeat = *heartbeat;
+  auto coalesce = parseDuration(f.mesh_coalesce);
+  if (!coalesce)
+    return usage("--mesh-coalesce: " + coalesce.error().message());
+  if (*coalesce > std::chrono::seconds(1))
+    return usage("--mesh-coalesce: must be 0..1s, got " + f.mesh_coalesce);
+  o.mesh_coalesce = *coalesce;
 
   Dispatcher main("main", realTimeSource());
   int rc = kExitOk;
@@ -93,6 +108,12 @@ void addServerCommand(CLI::App& app, const GlobalOptions&, Action& action) {
   cmd->add_option("--recursor", f->recursors,
                   "Upstream resolver IP[:PORT] for names outside the domain (repeatable)");
   cmd->add_option("--node-name", f->node_name, "This server's node name (default: host name)");
+  cmd->add_option("--mesh-heartbeat", f->mesh_heartbeat,
+                  "Mesh streams get a heartbeat after this long without a message (100ms..1h)")
+      ->capture_default_str();
+  cmd->add_option("--mesh-coalesce", f->mesh_coalesce,
+                  "Wait this long after a change for more before pushing one delta (0..1s)")
+      ->capture_default_str();
   cmd->footer("SIGINT/SIGTERM stop gracefully.");
   cmd->callback([&action, f] { action = [f] { return runServer(*f); }; });
 }

@@ -8,6 +8,7 @@
 #include "base/log.h"
 #include "control/api.h"
 #include "control/directory.h"
+#include "control/mesh/server.h"
 #include "control/prober.h"
 #include "dns/server.h"
 #include "http/server.h"
@@ -38,6 +39,7 @@ struct ControlPlane::Impl {
   std::unique_ptr<CheckProberImpl> prober;
   std::unique_ptr<registry::HealthScheduler> health;
   std::unique_ptr<Api> api;
+  std::unique_ptr<mesh::MeshServer> mesh;
   std::unique_ptr<http::Server> http;
   std::unique_ptr<CatalogDirectory> directory;
   dns::RandomSourceImpl dns_random;
@@ -55,6 +57,7 @@ ControlPlane::~ControlPlane() {
   impl_->callbacks.clear();
   impl_->dns.reset();
   impl_->http.reset();
+  impl_->mesh.reset();
   impl_->api.reset();
   impl_->health.reset();
   impl_->prober.reset();
@@ -63,6 +66,8 @@ ControlPlane::~ControlPlane() {
 }
 
 void ControlPlane::stop() {
+  if (impl_->mesh)
+    impl_->mesh->stop();
   if (impl_->http)
     impl_->http->stop();
   impl_->dns.reset();
@@ -113,9 +118,19 @@ Status ControlPlane::start(std::function<void(Status)> ready) {
   hs.max_request_body_bytes = 1024 * 1024;
   hs.idle_timeout = std::chrono::minutes(15); // longer than the longest blocking query
   hs.max_connections = 16384;
+  mesh::MeshSettings ms;
+  ms.heartbeat = o.mesh_heartbeat;
+  ms.coalesce = o.mesh_coalesce;
+  m.mesh = std::make_unique<mesh::MeshServer>(m.loop, *m.reg, m.metrics, ms);
+  m.mesh->start();
   Api* api = m.api.get();
+  mesh::MeshServer* mesh = m.mesh.get();
   m.http = std::make_unique<http::Server>(
-      m.loop, hs, [api](http::ServerRequest& req, std::shared_ptr<http::ResponseWriter> w) {
+      m.loop, hs, [api, mesh](http::ServerRequest& req, std::shared_ptr<http::ResponseWriter> w) {
+        static constexpr std::string_view kMesh = "/v1/mesh/";
+        const std::string_view path = req.path;
+        if (path.substr(0, kMesh.size()) == kMesh)
+          return mesh->handle(req, std::move(w), path.substr(kMesh.size()));
         api->handle(req, std::move(w));
       });
   if (auto st = m.http->listen(o.http_addr); !st.ok())

@@ -20,6 +20,8 @@ struct ControlPlaneOptions {
   std::string dns_domain = "trellis";
   std::vector<net::SocketAddress> recursors;
   std::string node_name; // empty: the host name
+  Duration mesh_heartbeat = std::chrono::seconds(10);    // docs/protocol.md
+  Duration mesh_coalesce = std::chrono::milliseconds(2); // docs/protocol.md
 };
 
 // $XDG_STATE_HOME/trellis, else $HOME/.local/state/trellis, else ./trellis-data.

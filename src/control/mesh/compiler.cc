@@ -1,0 +1,571 @@
+#include "control/mesh/compiler.h"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "base/log.h"
+#include "net/address.h"
+
+namespace trellis::control::mesh {
+
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+std::string fold(std::string_view s) { return registry::foldName(s); }
+
+// The proxy's own serialisation (proxy::toJson) is the schema the proxy parses back, so the
+// cluster and route objects are produced by it rather than by a second copy of that code.
+json clusterJson(const proxy::Cluster& c) {
+  proxy::Snapshot s;
+  s.clusters.push_back(c);
+  json j = proxy::toJson(s)["clusters"][0];
+  j.erase("name");
+  j.erase("endpoints");
+  return j;
+}
+
+json routesJson(const std::vector<proxy::Route>& routes) {
+  proxy::Snapshot s;
+  proxy::Listener l;
+  l.name = "routes";
+  l.routes = routes;
+  s.listeners.push_back(std::move(l));
+  return proxy::toJson(s)["listeners"][0]["routes"];
+}
+
+void applyPolicy(const manifest::TrafficPolicy* p, proxy::Cluster& c) {
+  if (p == nullptr)
+    return;
+  if (p->load_balancer) {
+    const uint32_t panic = c.lb.panic_threshold;
+    c.lb = p->load_balancer->config;
+    c.lb.panic_threshold = panic;
+    c.hash_on = p->load_balancer->hash_on;
+  }
+  if (p->panic_threshold)
+    c.lb.panic_threshold = *p->panic_threshold;
+  if (p->connect_timeout)
+    c.connect_timeout = *p->connect_timeout;
+  if (p->outlier_detection)
+    c.outlier_detection = *p->outlier_detection;
+  if (p->circuit_breakers)
+    c.circuit_breakers = *p->circuit_breakers;
+  if (p->health_check)
+    c.health_check = *p->health_check;
+}
+
+void applyPolicy(const manifest::TrafficPolicy* p, proxy::Route& r) {
+  if (p == nullptr)
+    return;
+  if (p->timeout)
+    r.timeout = *p->timeout;
+  if (p->retries)
+    r.retries = *p->retries;
+  if (p->fault)
+    r.fault = *p->fault;
+  if (p->rate_limit)
+    r.rate_limit = *p->rate_limit;
+}
+
+// The Gateway API's precedence among matches (most specific first): exact path, then the
+// longest prefix, then regular expressions; then a method; then more header matches. Equal
+// ones keep their order (routes by namespace/name, rules and matches as written).
+struct Ranked {
+  proxy::Route route;
+  int kind_rank;
+  size_t path_length;
+  bool has_method;
+  size_t headers;
+};
+
+bool morePrecise(const Ranked& a, const Ranked& b) {
+  if (a.kind_rank != b.kind_rank)
+    return a.kind_rank < b.kind_rank;
+  if (a.kind_rank == 1 && a.path_length != b.path_length)
+    return a.path_length > b.path_length;
+  if (a.has_method != b.has_method)
+    return a.has_method;
+  return a.headers > b.headers;
+}
+
+// Routes from HTTPRoutes. `parent_service`: the Service the routes attach to (backendRefs
+// default to it), empty for a gateway (then `hostnames` become Host matchers).
+std::vector<proxy::Route> compileHttpRoutes(const MeshResources& res,
+                                            const std::vector<const manifest::Resource*>& routes,
+                                            const std::string& parent_service) {
+  std::vector<Ranked> out;
+  for (const manifest::Resource* r : routes) {
+    const auto& hr = std::get<manifest::HttpRoute>(r->spec);
+    for (size_t ri = 0; ri < hr.rules.size(); ++ri) {
+      const auto& rule = hr.rules[ri];
+      // Backends: weights of repeated names add up (the proxy wants each cluster once).
+      std::vector<proxy::WeightedCluster> clusters;
+      for (const auto& b : rule.backend_refs) {
+        const std::string name = fold(b.name);
+        auto it = std::find_if(clusters.begin(), clusters.end(),
+                               [&](const auto& w) { return w.cluster == name; });
+        if (it != clusters.end())
+          it->weight += b.weight;
+        else
+          clusters.push_back({name, b.weight, 0});
+      }
+      if (clusters.empty() && !parent_service.empty())
+        clusters.push_back({parent_service, 1, 0});
+      uint64_t total = 0;
+      for (const auto& w : clusters)
+        total += w.weight;
+      if (clusters.empty() || total == 0) {
+        TLOG_WARN("mesh: {} rule {}: no backend with a weight above 0; rule skipped",
+                  r->id().toString(), ri);
+        continue;
+      }
+      const std::string& destination = clusters.front().cluster;
+      const manifest::TrafficPolicy* policy = res.policyFor(destination);
+
+      proxy::Route base;
+      base.clusters = clusters;
+      base.weighted = clusters.size() > 1;
+      base.total_weight = total;
+      base.timeout = 15s;
+      base.retries = proxy::RetryPolicy{};
+      base.retries.attempts = 1;
+      base.retries.on = proxy::RetryOn{true, false, false, false, false, false};
+      applyPolicy(policy, base);
+      bool unsupported = false;
+      for (const auto& f : rule.filters) {
+        if (const auto* m = std::get_if<manifest::RequestHeaderModifier>(&f)) {
+          if (!m->remove.empty())
+            unsupported = true;
+          for (const auto& h : m->set)
+            base.request_headers_to_add.push_back(h);
+          for (const auto& h : m->add)
+            base.request_headers_to_add.push_back(h);
+        } else {
+          unsupported = true; // RequestRedirect: the proxy has no redirect action yet
+        }
+      }
+      if (unsupported) {
+        TLOG_WARN("mesh: {} rule {}: RequestRedirect and header removal are not supported by "
+                  "the proxy yet; rule skipped",
+                  r->id().toString(), ri);
+        continue;
+      }
+      if (rule.timeouts.request)
+        base.timeout = *rule.timeouts.request;
+      if (rule.timeouts.backend_request)
+        base.retries.per_try_timeout = *rule.timeouts.backend_request;
+
+      std::vector<std::string> hosts;
+      if (parent_service.empty()) {
+        for (const auto& h : hr.hostnames)
+          if (h.find('*') == std::string::npos)
+            hosts.push_back(h);
+        if (!hr.hostnames.empty() && hosts.empty()) {
+          TLOG_WARN("mesh: {}: wildcard hostnames are not supported yet; route skipped",
+                    r->id().toString());
+          break;
+        }
+        if (hosts.empty())
+          hosts.push_back(""); // any host
+      } else {
+        hosts.push_back("");
+      }
+
+      for (const auto& m : rule.matches) {
+        bool regex_header = std::any_of(m.headers.begin(), m.headers.end(), [](const auto& h) {
+          return h.type == manifest::ValueMatchType::kRegularExpression;
+        });
+        if (regex_header || !m.query_params.empty()) {
+          TLOG_WARN("mesh: {} rule {}: header regex and query parameter matches are not "
+                    "supported by the proxy yet; match skipped",
+                    r->id().toString(), ri);
+          continue;
+        }
+        // Gateway API prefixes match whole path elements: /api matches /api and /api/x but
+        // not /apis; the proxy's prefix is a plain string prefix, so /api becomes two matches.
+        std::vector<std::pair<proxy::PathMatchKind, std::string>> paths;
+        switch (m.path.type) {
+        case manifest::PathMatchType::kExact:
+          paths.emplace_back(proxy::PathMatchKind::kExact, m.path.value);
+          break;
+        case manifest::PathMatchType::kRegularExpression:
+          paths.emplace_back(proxy::PathMatchKind::kRegex, m.path.value);
+          break;
+        case manifest::PathMatchType::kPathPrefix: {
+          std::string p = m.path.value;
+          while (p.size() > 1 && p.back() == '/')
+            p.pop_back();
+          if (p == "/") {
+            paths.emplace_back(proxy::PathMatchKind::kPrefix, "/");
+          } else {
+            paths.emplace_back(proxy::PathMatchKind::kExact, p);
+            paths.emplace_back(proxy::PathMatchKind::kPrefix, p + "/");
+          }
+          break;
+        }
+        }
+        for (const auto& host : hosts) {
+          for (const auto& [kind, path] : paths) {
+            Ranked rk{base, 0, 0, !m.method.empty(), m.headers.size()};
+            proxy::RouteMatch& rm = rk.route.match;
+            rm.kind = kind;
+            rm.path = path;
+            rm.regex = kind == proxy::PathMatchKind::kRegex ? m.path.regex : nullptr;
+            if (!m.method.empty())
+              rm.methods.push_back(m.method);
+            for (const auto& h : m.headers)
+              rm.headers.push_back({h.name, h.value});
+            if (!host.empty())
+              rm.headers.push_back({"host", host});
+            // The exact half of a split prefix ranks as the prefix it came from.
+            const bool from_prefix = m.path.type == manifest::PathMatchType::kPathPrefix;
+            rk.kind_rank = from_prefix ? 1 : kind == proxy::PathMatchKind::kExact ? 0 : 2;
+            rk.path_length = from_prefix ? m.path.value.size() : path.size();
+            rk.route.name = r->metadata.name;
+            out.push_back(std::move(rk));
+          }
+        }
+      }
+    }
+  }
+  std::stable_sort(out.begin(), out.end(), morePrecise);
+  std::vector<proxy::Route> result;
+  result.reserve(out.size());
+  for (auto& rk : out)
+    result.push_back(std::move(rk.route));
+  return result;
+}
+
+std::string jsonString(std::string_view s) { return dump(json(s)); }
+
+} // namespace
+
+proxy::Cluster meshDefaultCluster() {
+  proxy::Cluster c;
+  c.lb.policy = proxy::LbPolicy::kLeastRequest;
+  c.connect_timeout = 1s;
+  return c;
+}
+
+proxy::Route meshDefaultRoute(std::string_view service) {
+  proxy::Route r;
+  r.match.kind = proxy::PathMatchKind::kPrefix;
+  r.match.path = "/";
+  r.clusters.push_back({std::string(service), 1, 0});
+  r.total_weight = 1;
+  r.timeout = 15s;
+  r.retries.attempts = 1;
+  r.retries.on = proxy::RetryOn{true, false, false, false, false, false};
+  return r;
+}
+
+std::string ServiceEntry::json() const {
+  std::string out;
+  out.reserve(protocol.size() + cluster.size() + endpoints.size() + routes.size() + 64);
+  out += "{\"protocol\":";
+  out += protocol;
+  out += ",\"cluster\":";
+  out += cluster;
+  out += ",\"endpoints\":";
+  out += endpoints;
+  out += ",\"routes\":";
+  out += routes;
+  out += '}';
+  return out;
+}
+
+std::string GatewayEntry::json() const { return "{\"routes\":" + routes + "}"; }
+
+std::optional<ServiceEntry> compileService(const registry::Catalog& catalog,
+                                           const MeshResources& resources,
+                                           std::string_view service, uint64_t* skipped) {
+  const std::string name = fold(service);
+  auto all = catalog.serviceInstances(name);
+  if (all.value.empty() && resources.definedServices().count(name) == 0)
+    return std::nullopt;
+
+  ServiceEntry e;
+  proxy::Protocol protocol = proxy::Protocol::kHttp;
+  if (const manifest::Service* s = resources.serviceFor(name); s && !s->ports.empty())
+    protocol = s->ports.front().protocol;
+  e.protocol = jsonString(proxy::protocolName(protocol));
+
+  const manifest::TrafficPolicy* policy = resources.policyFor(name);
+  proxy::Cluster cluster = meshDefaultCluster();
+  applyPolicy(policy, cluster);
+  e.cluster = dump(clusterJson(cluster));
+
+  // Endpoints: instances whose checks (their own and their node's) all pass.
+  std::vector<std::pair<std::string, uint32_t>> eps;
+  for (const auto& inst : all.value) {
+    if (inst.aggregateStatus() != registry::CheckStatus::kPassing)
+      continue;
+    const std::string& addr =
+        inst.service->address.empty() ? inst.node->address : inst.service->address;
+    asio::error_code ec;
+    auto ip = asio::ip::make_address(addr, ec);
+    if (ec || inst.service->port == 0) {
+      // A proxy endpoint is an IP and a port; a host name would make the proxy reject the
+      // whole update, so such an instance is left out (and counted).
+      if (skipped != nullptr)
+        ++*skipped;
+      continue;
+    }
+    const auto w = std::clamp<int32_t>(inst.service->weights.passing, 1, 1000000);
+    eps.emplace_back(net::SocketAddress{ip, inst.service->port}.toString(), uint32_t(w));
+  }
+  std::sort(eps.begin(), eps.end());
+  json endpoints = json::array();
+  std::string last;
+  for (const auto& [addr, w] : eps) {
+    if (addr == last)
+      continue; // the proxy takes each address once per cluster
+    last = addr;
+    endpoints.push_back({{"address", addr}, {"weight", w}});
+  }
+  e.endpoints = dump(endpoints);
+
+  std::vector<proxy::Route> routes;
+  auto attached = resources.routesForService(name);
+  if (!attached.empty())
+    routes = compileHttpRoutes(resources, attached, name);
+  if (attached.empty()) {
+    proxy::Route r = meshDefaultRoute(name);
+    applyPolicy(policy, r);
+    routes.push_back(std::move(r));
+  }
+  e.routes = dump(routesJson(routes));
+  return e;
+}
+
+std::optional<GatewayEntry> compileGateway(const MeshResources& resources,
+                                           std::string_view gateway) {
+  auto attached = resources.routesForGateway(gateway);
+  if (attached.empty())
+    return std::nullopt;
+  GatewayEntry g;
+  g.routes = dump(routesJson(compileHttpRoutes(resources, attached, "")));
+  return g;
+}
+
+// ---------------------------------------------------------------------------------------------
+// MeshCompiler
+
+MeshCompiler::MeshCompiler(const registry::Catalog& catalog) : catalog_(catalog) {}
+
+void MeshCompiler::indexInstance(const registry::Service& s) {
+  instances_[fold(s.node)][fold(s.id)] = fold(s.name);
+}
+
+void MeshCompiler::rebuild() {
+  instances_.clear();
+  for (const auto& n : catalog_.nodes().value) {
+    auto ns = catalog_.nodeServices(n->name);
+    if (ns.value)
+      for (const auto& s : ns.value->services)
+        indexInstance(*s);
+  }
+  resources_.load(catalog_);
+  services_.clear();
+  gateways_.clear();
+  std::set<std::string> names = resources_.definedServices();
+  for (const auto& [name, tags] : catalog_.services().value)
+    names.insert(fold(name));
+  for (const auto& name : names) {
+    ++stats_.services_compiled;
+    if (auto e = compileService(catalog_, resources_, name, &stats_.endpoints_skipped))
+      services_.emplace(name, std::move(*e));
+  }
+  for (const auto& g : resources_.gateways())
+    if (auto e = compileGateway(resources_, g))
+      gateways_.emplace(g, std::move(*e));
+  ++stats_.full_rebuilds;
+  dirty_services_.clear();
+  resources_dirty_ = false;
+  version_ = std::max<uint64_t>(catalog_.index(), 1);
+  snapshot_.reset();
+}
+
+void MeshCompiler::markNode(const std::string& folded_node) {
+  auto it = instances_.find(folded_node);
+  if (it == instances_.end())
+    return;
+  for (const auto& [id, svc] : it->second)
+    dirty_services_.insert(svc);
+}
+
+void MeshCompiler::noteBatch(const registry::Batch& batch) {
+  for (const auto& m : batch.mutations) {
+    std::visit(
+        [&](const auto& mu) {
+          using T = std::decay_t<decltype(mu)>;
+          if constexpr (std::is_same_v<T, registry::NodePut>) {
+            markNode(fold(mu.node->name));
+          } else if constexpr (std::is_same_v<T, registry::NodeDelete>) {
+            markNode(fold(mu.node));
+            instances_.erase(fold(mu.node));
+          } else if constexpr (std::is_same_v<T, registry::ServicePut>) {
+            auto& slot = instances_[fold(mu.service->node)][fold(mu.service->id)];
+            if (!slot.empty())
+              dirty_services_.insert(slot); // the old name, when the instance was renamed
+            slot = fold(mu.service->name);
+            dirty_services_.insert(slot);
+          } else if constexpr (std::is_same_v<T, registry::ServiceDelete>) {
+            auto n = instances_.find(fold(mu.node));
+            if (n != instances_.end()) {
+              auto i = n->second.find(fold(mu.id));
+              if (i != n->second.end()) {
+                dirty_services_.insert(i->second);
+                n->second.erase(i);
+              }
+              if (n->second.empty())
+                instances_.erase(n);
+            }
+          } else if constexpr (std::is_same_v<T, registry::CheckPut>) {
+            const registry::Check& c = *mu.check;
+            if (c.service_id.empty()) {
+              markNode(fold(c.node)); // a node check gates every instance of the node
+            } else {
+              auto n = instances_.find(fold(c.node));
+              if (n != instances_.end()) {
+                auto i = n->second.find(fold(c.service_id));
+                if (i != n->second.end())
+                  dirty_services_.insert(i->second);
+              }
+              if (!c.service_name.empty())
+                dirty_services_.insert(fold(c.service_name));
+            }
+          } else if constexpr (std::is_same_v<T, registry::CheckDelete>) {
+            markNode(fold(mu.node)); // which instance it belonged to is gone with it
+          } else if constexpr (std::is_same_v<T, registry::KvPut>) {
+            if (mu.entry->key.rfind(kResourcePrefix, 0) == 0)
+              resources_dirty_ = true;
+          } else if constexpr (std::is_same_v<T, registry::KvDelete>) {
+            if (mu.key.rfind(kResourcePrefix, 0) == 0)
+              resources_dirty_ = true;
+          }
+        },
+        m);
+  }
+}
+
+std::shared_ptr<const std::string> MeshCompiler::flush() {
+  std::set<std::string> names;
+  const bool full = resources_dirty_;
+  if (full) {
+    resources_.load(catalog_);
+    ++stats_.full_rebuilds;
+    names = resources_.definedServices();
+    for (const auto& [name, tags] : catalog_.services().value)
+      names.insert(fold(name));
+    for (const auto& [name, e] : services_)
+      names.insert(name);
+  } else {
+    names.swap(dirty_services_);
+  }
+  dirty_services_.clear();
+  resources_dirty_ = false;
+
+  std::string changed, removed, changed_gw, removed_gw;
+  auto append = [](std::string& list, std::string_view item) {
+    if (!list.empty())
+      list += ',';
+    list += item;
+  };
+  for (const auto& name : names) {
+    ++stats_.services_compiled;
+    auto e = compileService(catalog_, resources_, name, &stats_.endpoints_skipped);
+    auto old = services_.find(name);
+    if (!e) {
+      if (old != services_.end()) {
+        append(removed, jsonString(name));
+        services_.erase(old);
+      }
+      continue;
+    }
+    if (old == services_.end()) {
+      append(changed, jsonString(name) + ":" + e->json());
+      services_.emplace(name, std::move(*e));
+      continue;
+    }
+    // Field by field: a health change sends only `endpoints`.
+    std::string fields;
+    auto field = [&](const char* key, const std::string& before, const std::string& after) {
+      if (before == after)
+        return;
+      append(fields, fmt::format("\"{}\":{}", key, after));
+    };
+    field("protocol", old->second.protocol, e->protocol);
+    field("cluster", old->second.cluster, e->cluster);
+    field("endpoints", old->second.endpoints, e->endpoints);
+    field("routes", old->second.routes, e->routes);
+    if (!fields.empty()) {
+      append(changed, jsonString(name) + ":{" + fields + "}");
+      old->second = std::move(*e);
+    }
+  }
+  if (full) {
+    std::set<std::string> gws = resources_.gateways();
+    for (const auto& [name, g] : gateways_)
+      gws.insert(name);
+    for (const auto& name : gws) {
+      auto g = compileGateway(resources_, name);
+      auto old = gateways_.find(name);
+      if (!g) {
+        if (old != gateways_.end()) {
+          append(removed_gw, jsonString(name));
+          gateways_.erase(old);
+        }
+      } else if (old == gateways_.end() || !(old->second == *g)) {
+        append(changed_gw, jsonString(name) + ":" + g->json());
+        gateways_[name] = std::move(*g);
+      }
+    }
+  }
+  if (changed.empty() && removed.empty() && changed_gw.empty() && removed_gw.empty())
+    return nullptr;
+  version_ = std::max(version_ + 1, catalog_.index());
+  snapshot_.reset();
+  ++stats_.deltas;
+  auto msg = std::make_shared<std::string>();
+  *msg = fmt::format("{{\"type\":\"delta\",\"version\":{},\"services\":{{{}}},\"removed\":[{}],"
+                     "\"gateways\":{{{}}},\"removed_gateways\":[{}]}}\n",
+                     version_, changed, removed, changed_gw, removed_gw);
+  return msg;
+}
+
+std::shared_ptr<const std::string> MeshCompiler::snapshotBody() {
+  if (snapshot_)
+    return snapshot_;
+  std::string out = fmt::format("\"version\":{},\"services\":{{", version_);
+  bool first = true;
+  for (const auto& [name, e] : services_) {
+    if (!first)
+      out += ',';
+    first = false;
+    out += jsonString(name);
+    out += ':';
+    out += e.json();
+  }
+  out += "},\"gateways\":{";
+  first = true;
+  for (const auto& [name, g] : gateways_) {
+    if (!first)
+      out += ',';
+    first = false;
+    out += jsonString(name);
+    out += ':';
+    out += g.json();
+  }
+  out += "}}\n";
+  snapshot_ = std::make_shared<const std::string>(std::move(out));
+  return snapshot_;
+}
+
+} // namespace trellis::control::mesh

@@ -1,0 +1,105 @@
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+
+#include "control/mesh/resources.h"
+#include "proxy/config.h"
+#include "registry/catalog.h"
+
+// The state compiler: turns the catalog (instances and their health) and the mesh resources
+// into what docs/protocol.md sends to proxies, keeps it per service, and after each applied
+// catalog batch recomputes only what the batch touched and produces the delta.
+namespace trellis::control::mesh {
+
+// Defaults where no TrafficPolicy says otherwise (docs/protocol.md).
+proxy::Cluster meshDefaultCluster();
+proxy::Route meshDefaultRoute(std::string_view service);
+
+// One service's entry, each field kept as its compact JSON text: comparing two entries field
+// by field is a string compare, and a snapshot or delta is assembled by concatenation.
+struct ServiceEntry {
+  std::string protocol;  // "\"http\""
+  std::string cluster;   // {"lb":...} without name and endpoints
+  std::string endpoints; // [{"address":"ip:port","weight":1},...], sorted by address
+  std::string routes;    // [{"match":...},...]
+
+  bool operator==(const ServiceEntry&) const = default;
+  // The complete entry as a JSON object's text.
+  std::string json() const;
+};
+
+struct GatewayEntry {
+  std::string routes;
+  bool operator==(const GatewayEntry&) const = default;
+  std::string json() const;
+};
+
+// Compiles one service (name folded to lowercase). nullopt when the service does not exist:
+// no instance is registered and no resource defines it or routes to it. `skipped` (if given)
+// is increased by the passing instances left out for an address that is not an IP, or port 0.
+std::optional<ServiceEntry> compileService(const registry::Catalog& catalog,
+                                           const MeshResources& resources,
+                                           std::string_view service, uint64_t* skipped = nullptr);
+// nullopt when no HTTPRoute names the gateway.
+std::optional<GatewayEntry> compileGateway(const MeshResources& resources,
+                                           std::string_view gateway);
+
+struct CompilerStats {
+  uint64_t services_compiled = 0; // compileService calls
+  uint64_t full_rebuilds = 0;     // resources changed (or start)
+  uint64_t deltas = 0;
+  uint64_t endpoints_skipped = 0; // passing instances left out: address not an IP, or port 0
+};
+
+// The compiled state of the whole mesh and the incremental path. Threading: the catalog's
+// loop thread only (it reads the catalog).
+class MeshCompiler {
+public:
+  explicit MeshCompiler(const registry::Catalog& catalog);
+
+  // Compiles everything from scratch (start); version becomes the catalog's index.
+  void rebuild();
+  // Marks what an applied batch touched: the services of the instances, checks and nodes it
+  // changed; a resource write marks everything (resources change rarely).
+  void noteBatch(const registry::Batch& batch);
+  bool dirty() const { return resources_dirty_ || !dirty_services_.empty(); }
+
+  // Recomputes what is dirty, updates the state and returns the delta message (one NDJSON
+  // line, shared by every stream), or null when nothing visible changed.
+  std::shared_ptr<const std::string> flush();
+
+  // The snapshot message's body after `{"type":"snapshot",` and any per-stream fields:
+  // `"version":V,"services":{...},"gateways":{...}}\n`. Built once per version.
+  std::shared_ptr<const std::string> snapshotBody();
+
+  uint64_t version() const { return version_; }
+  const std::map<std::string, ServiceEntry>& services() const { return services_; }
+  const std::map<std::string, GatewayEntry>& gateways() const { return gateways_; }
+  const MeshResources& resources() const { return resources_; }
+  const CompilerStats& stats() const { return stats_; }
+
+private:
+  void markNode(const std::string& folded_node);
+  void indexInstance(const registry::Service& s);
+
+  const registry::Catalog& catalog_;
+  MeshResources resources_;
+  uint64_t version_ = 0;
+  std::map<std::string, ServiceEntry> services_; // folded name
+  std::map<std::string, GatewayEntry> gateways_;
+  // folded node -> folded instance ID -> folded service name: which services a node, instance
+  // or check mutation touches (the old name too when an instance was renamed).
+  std::map<std::string, std::map<std::string, std::string>> instances_;
+  std::set<std::string> dirty_services_;
+  bool resources_dirty_ = false;
+  std::shared_ptr<const std::string> snapshot_;
+  CompilerStats stats_;
+};
+
+} // namespace trellis::control::mesh

@@ -1,0 +1,149 @@
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <random>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "base/dispatcher.h"
+#include "control/mesh/compiler.h"
+#include "http/server.h"
+#include "registry/registry.h"
+#include "telemetry/metrics.h"
+
+// The server side of the mesh protocol (docs/protocol.md): the config-push streams, acks,
+// the debugging endpoints and the resource API (docs/api.md "Mesh"). Threading: everything
+// runs on the control plane's loop thread, the one that owns the registry.
+namespace trellis::control::mesh {
+
+struct MeshSettings {
+  // A heartbeat goes to a stream that was sent nothing for this long.
+  Duration heartbeat = std::chrono::seconds(10);
+  // After the first change, how long to wait for more before sending one delta.
+  Duration coalesce = std::chrono::milliseconds(2);
+  // Streams connected at once; more get 503.
+  size_t max_streams = 16384;
+  // A stream whose unsent deltas and heartbeats exceed this many bytes is behind: it is
+  // closed, and the proxy reconnects and starts again from a snapshot. (The snapshot itself
+  // is shared by every stream at its version and does not count.)
+  size_t max_stream_backlog_bytes = 8 * 1024 * 1024;
+  // Bytes handed to a stream's connection at a time, only when the connection has taken
+  // everything before; bounds what each connection buffers (its own copy) beyond the shared
+  // messages.
+  size_t write_chunk_bytes = 8 * 1024;
+  // How often a stream whose client is not reading is retried.
+  Duration backlog_retry = std::chrono::milliseconds(1);
+  // Longest error text kept from a rejecting ack.
+  size_t max_ack_error_bytes = 1024;
+};
+
+struct MeshStats {
+  uint64_t streams_opened = 0;
+  uint64_t streams_replaced = 0;     // a second stream with the same node
+  uint64_t streams_lagging = 0;      // closed for exceeding max_stream_backlog_bytes
+  uint64_t snapshots_sent = 0;
+  uint64_t deltas_sent = 0;
+  uint64_t heartbeats_sent = 0;
+  uint64_t bytes_sent = 0;
+  uint64_t acks_accepted = 0;
+  uint64_t acks_rejected = 0;
+};
+
+class MeshServer : public registry::CatalogObserver {
+public:
+  MeshServer(Dispatcher& loop, registry::Registry& registry, telemetry::Registry& metrics,
+             MeshSettings settings = {});
+  ~MeshServer() override;
+  MeshServer(const MeshServer&) = delete;
+  MeshServer& operator=(const MeshServer&) = delete;
+
+  // Compiles the state from the catalog and starts following it.
+  void start();
+  // Ends every stream (the proxies reconnect elsewhere or later).
+  void stop();
+
+  // Handles a request whose path starts with /v1/mesh/; `rest` is the path after it.
+  void handle(http::ServerRequest& req, std::shared_ptr<http::ResponseWriter> w,
+              std::string_view rest);
+
+  size_t streamCount() const { return streams_.size(); }
+  const MeshStats& stats() const { return stats_; }
+  const MeshCompiler& compiler() const { return compiler_; }
+
+  // CatalogObserver
+  void onApplied(const registry::Batch& batch) override;
+
+private:
+  using Writer = std::shared_ptr<http::ResponseWriter>;
+  struct Piece {
+    std::shared_ptr<const std::string> data;
+    size_t offset = 0;
+    bool lag = true; // counts towards max_stream_backlog_bytes (the snapshot does not)
+  };
+  struct Stream {
+    std::string id;
+    std::string node;
+    std::string kind;
+    std::string target; // the service (sidecar) or gateway name
+    std::string peer;
+    Writer w;
+    std::deque<Piece> queue;
+    size_t queued_bytes = 0;
+    size_t lag_bytes = 0; // queued bytes of deltas and heartbeats
+    uint64_t sent_version = 0;
+    uint64_t acked_version = 0;
+    bool acked = false;
+    bool last_accepted = false;
+    uint64_t rejected = 0;
+    std::string last_error;
+    MonotonicTime last_write{};
+    SystemTime connected_at{};
+    bool backlogged = false;
+    bool closed = false;
+  };
+  using StreamPtr = std::shared_ptr<Stream>;
+
+  void openStream(http::ServerRequest& req, const Writer& w);
+  void ack(http::ServerRequest& req, const Writer& w);
+  void snapshot(http::ServerRequest& req, const Writer& w);
+  void proxies(http::ServerRequest& req, const Writer& w);
+  void resources(http::ServerRequest& req, const Writer& w, std::string_view rest);
+  void putResources(http::ServerRequest& req, const Writer& w);
+
+  void enqueue(const StreamPtr& s, std::shared_ptr<const std::string> msg, bool lag = true);
+  void pump(const StreamPtr& s);
+  void pumpBacklogged();
+  void schedulePump(bool progress);
+  void closeStream(const StreamPtr& s, bool finish);
+  void onCoalesced();
+  void onHeartbeat();
+  void reply(const Writer& w, uint16_t status, std::string_view body,
+             std::string_view content_type = "text/plain; charset=utf-8");
+
+  Dispatcher& loop_;
+  registry::Registry& registry_;
+  telemetry::Registry& metrics_;
+  MeshSettings settings_;
+  MeshCompiler compiler_;
+  bool started_ = false;
+  std::unordered_map<std::string, StreamPtr> streams_; // by node
+  std::vector<StreamPtr> backlogged_;
+  bool pump_posted_ = false;
+  bool in_pump_round_ = false;
+  std::unique_ptr<Timer> pump_timer_;
+  std::unique_ptr<Timer> coalesce_timer_;
+  std::unique_ptr<Timer> heartbeat_timer_;
+  std::mt19937_64 ids_{std::random_device{}()};
+  MeshStats stats_;
+
+  telemetry::CounterHandle sent_snapshot_, sent_delta_, sent_heartbeat_, bytes_sent_;
+  telemetry::CounterHandle acks_accepted_, acks_rejected_, rejected_, lagging_;
+  std::vector<telemetry::CallbackRegistration> callbacks_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+} // namespace trellis::control::mesh

@@ -1,0 +1,342 @@
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "control/mesh/compiler.h"
+#include "manifest/manifest.h"
+#include "registry/catalog.h"
+
+namespace trellis::control::mesh {
+namespace {
+
+using nlohmann::json;
+using registry::CheckStatus;
+
+// Forwards applied batches to the compiler, as MeshServer does.
+class Forwarder : public registry::CatalogObserver {
+public:
+  explicit Forwarder(MeshCompiler& c) : c_(c) {}
+  void onApplied(const registry::Batch& b) override { c_.noteBatch(b); }
+
+private:
+  MeshCompiler& c_;
+};
+
+registry::RegisterRequest instance(const std::string& node, const std::string& node_addr,
+                                   const std::string& svc, const std::string& id, uint16_t port,
+                                   CheckStatus status, const std::string& addr = "") {
+  registry::RegisterRequest r;
+  r.node.name = node;
+  r.node.address = node_addr;
+  registry::Service s;
+  s.name = svc;
+  s.id = id;
+  s.port = port;
+  s.address = addr;
+  r.service = s;
+  registry::Check c;
+  c.id = "check:" + id;
+  c.name = c.id;
+  c.service_id = id;
+  c.status = status;
+  r.checks.push_back(c);
+  return r;
+}
+
+registry::CheckUpdateRequest health(const std::string& node, const std::string& id,
+                                    CheckStatus st) {
+  registry::CheckUpdateRequest u;
+  u.node = node;
+  u.check_id = "check:" + id;
+  u.status = st;
+  return u;
+}
+
+// Applies a delta message to a snapshot's JSON (the proxy's side of the contract).
+void applyDelta(json& state, const json& delta) {
+  for (auto& [name, fields] : delta["services"].items()) {
+    if (!state["services"].contains(name))
+      state["services"][name] = json::object();
+    for (auto& [k, v] : fields.items())
+      state["services"][name][k] = v;
+  }
+  for (const auto& name : delta["removed"])
+    state["services"].erase(name.get<std::string>());
+  for (auto& [name, g] : delta["gateways"].items())
+    state["gateways"][name] = g;
+  for (const auto& name : delta["removed_gateways"])
+    state["gateways"].erase(name.get<std::string>());
+  state["version"] = delta["version"];
+}
+
+json snapshotJson(MeshCompiler& c) { return json::parse("{" + *c.snapshotBody()); }
+
+class MeshCompilerTest : public ::testing::Test {
+protected:
+  MeshCompilerTest() : compiler_(catalog_), forwarder_(compiler_) {
+    catalog_.addObserver(&forwarder_);
+  }
+  ~MeshCompilerTest() override { catalog_.removeObserver(&forwarder_); }
+
+  void apply(const registry::WriteRequest& r) {
+    auto res = catalog_.apply(r);
+    ASSERT_TRUE(res.ok()) << res.error().message();
+  }
+  void putResource(std::string_view yaml) {
+    auto rs = manifest::loadString(yaml, "test.yaml");
+    ASSERT_TRUE(rs.ok()) << rs.error().message();
+    for (const auto& r : *rs) {
+      registry::KvPutRequest put;
+      put.key = resourceKey(r.id());
+      put.value = manifest::toJson(r).dump();
+      apply(put);
+    }
+  }
+  // The delta after the changes so far, checked against the contract: applied to the
+  // previous snapshot it gives the new snapshot.
+  json flush() {
+    json before = snapshotJson(compiler_);
+    auto d = compiler_.flush();
+    if (!d)
+      return json();
+    EXPECT_EQ(d->back(), '\n');
+    EXPECT_EQ(std::count(d->begin(), d->end(), '\n'), 1);
+    json delta = json::parse(*d);
+    EXPECT_EQ(delta["type"], "delta");
+    EXPECT_GT(delta["version"].get<uint64_t>(), before["version"].get<uint64_t>());
+    applyDelta(before, delta);
+    EXPECT_EQ(before, snapshotJson(compiler_)) << *d;
+    return delta;
+  }
+
+  registry::Catalog catalog_;
+  MeshCompiler compiler_;
+  Forwarder forwarder_;
+};
+
+TEST_F(MeshCompilerTest, ServiceEntryHasDefaultsAndOnlyPassingEndpoints) {
+  apply(instance("n1", "10.0.0.1", "orders", "orders-1", 9001, CheckStatus::kPassing));
+  apply(instance("n1", "10.0.0.1", "orders", "orders-2", 9002, CheckStatus::kCritical));
+  apply(instance("n2", "10.0.0.2", "orders", "orders-3", 9003, CheckStatus::kPassing,
+                 "127.0.0.5"));
+  apply(instance("n2", "10.0.0.2", "orders", "orders-4", 9004, CheckStatus::kWarning));
+  compiler_.rebuild();
+  json snap = snapshotJson(compiler_);
+  EXPECT_EQ(snap["version"], catalog_.index());
+  const json& e = snap["services"]["orders"];
+  EXPECT_EQ(e["protocol"], "http");
+  EXPECT_EQ(e["cluster"]["lb"], "least_request");
+  EXPECT_EQ(e["cluster"]["connect_timeout"], "1s");
+  EXPECT_FALSE(e["cluster"].contains("name"));
+  EXPECT_FALSE(e["cluster"].contains("endpoints"));
+  // Passing only; the instance's address wins over the node's; sorted by address.
+  EXPECT_EQ(e["endpoints"], json::parse(R"([{"address":"10.0.0.1:9001","weight":1},
+                                           {"address":"127.0.0.5:9003","weight":1}])"));
+  ASSERT_EQ(e["routes"].size(), 1u);
+  const json& r = e["routes"][0];
+  EXPECT_EQ(r["match"], json::parse(R"({"prefix":"/"})"));
+  EXPECT_EQ(r["cluster"], "orders");
+  EXPECT_EQ(r["timeout"], "15s");
+  EXPECT_EQ(r["retries"]["attempts"], 1);
+  EXPECT_EQ(r["retries"]["on"], json::parse(R"(["connect-failure"])"));
+  EXPECT_TRUE(snap["gateways"].empty());
+}
+
+TEST_F(MeshCompilerTest, NodeChecksGateAndHostNamesAreLeftOut) {
+  apply(instance("n1", "10.0.0.1", "web", "web-1", 80, CheckStatus::kPassing));
+  apply(instance("n1", "10.0.0.1", "web", "web-2", 81, CheckStatus::kPassing, "web.local"));
+  compiler_.rebuild();
+  EXPECT_EQ(snapshotJson(compiler_)["services"]["web"]["endpoints"].size(), 1u);
+  // A failing node check takes every instance of the node out.
+  registry::RegisterRequest r;
+  r.node.name = "n1";
+  r.node.address = "10.0.0.1";
+  registry::Check c;
+  c.id = "serfHealth";
+  c.name = "serfHealth";
+  c.status = CheckStatus::kCritical;
+  r.checks.push_back(c);
+  apply(r);
+  json d = flush();
+  EXPECT_EQ(d["services"]["web"], json::parse(R"({"endpoints":[]})"));
+}
+
+TEST_F(MeshCompilerTest, HealthChangeIsAnEndpointsOnlyDeltaOfThatService) {
+  apply(instance("n1", "10.0.0.1", "orders", "orders-1", 9001, CheckStatus::kPassing));
+  apply(instance("n1", "10.0.0.1", "orders", "orders-2", 9002, CheckStatus::kPassing));
+  apply(instance("n1", "10.0.0.1", "users", "users-1", 7001, CheckStatus::kPassing));
+  compiler_.rebuild();
+  const uint64_t v0 = compiler_.version();
+  EXPECT_FALSE(compiler_.dirty());
+
+  apply(health("n1", "orders-2", CheckStatus::kCritical));
+  EXPECT_TRUE(compiler_.dirty());
+  const uint64_t compiled = compiler_.stats().services_compiled;
+  json d = flush();
+  EXPECT_EQ(compiler_.stats().services_compiled, compiled + 1); // only orders recomputed
+  EXPECT_EQ(d["version"], catalog_.index());
+  EXPECT_GT(d["version"].get<uint64_t>(), v0);
+  EXPECT_EQ(d["services"].size(), 1u);
+  EXPECT_EQ(d["services"]["orders"],
+            json::parse(R"({"endpoints":[{"address":"10.0.0.1:9001","weight":1}]})"));
+  EXPECT_TRUE(d["removed"].empty());
+
+  // Nothing visible changed (the output text of a failing check): no delta.
+  registry::CheckUpdateRequest same = health("n1", "orders-2", CheckStatus::kCritical);
+  same.output = "still down";
+  apply(same);
+  EXPECT_EQ(compiler_.flush(), nullptr);
+}
+
+TEST_F(MeshCompilerTest, NewServiceIsCompleteAndLastInstanceGoneRemovesIt) {
+  compiler_.rebuild();
+  apply(instance("n1", "10.0.0.1", "pay", "pay-1", 5000, CheckStatus::kPassing));
+  json d = flush();
+  ASSERT_TRUE(d["services"].contains("pay"));
+  for (const char* k : {"protocol", "cluster", "endpoints", "routes"})
+    EXPECT_TRUE(d["services"]["pay"].contains(k)) << k;
+
+  registry::DeregisterRequest del;
+  del.node = "n1";
+  del.service_id = "pay-1";
+  apply(del);
+  d = flush();
+  EXPECT_EQ(d["removed"], json::parse(R"(["pay"])"));
+  EXPECT_TRUE(d["services"].empty());
+  EXPECT_TRUE(compiler_.services().empty());
+}
+
+TEST_F(MeshCompilerTest, RenamedInstanceUpdatesBothServices) {
+  apply(instance("n1", "10.0.0.1", "a", "x-1", 1000, CheckStatus::kPassing));
+  apply(instance("n1", "10.0.0.1", "b", "b-1", 2000, CheckStatus::kPassing));
+  compiler_.rebuild();
+  apply(instance("n1", "10.0.0.1", "b", "x-1", 1000, CheckStatus::kPassing));
+  json d = flush();
+  EXPECT_EQ(d["removed"], json::parse(R"(["a"])"));
+  EXPECT_EQ(d["services"]["b"]["endpoints"].size(), 2u);
+}
+
+TEST_F(MeshCompilerTest, CoalescedBatchesGiveOneDelta) {
+  compiler_.rebuild();
+  for (int i = 0; i < 5; ++i)
+    apply(instance("n1", "10.0.0.1", "s" + std::to_string(i), "i" + std::to_string(i),
+                   uint16_t(3000 + i), CheckStatus::kPassing));
+  json d = flush();
+  EXPECT_EQ(d["services"].size(), 5u);
+  EXPECT_EQ(d["version"], catalog_.index());
+}
+
+TEST_F(MeshCompilerTest, TrafficPolicyAndServiceResourceShapeTheEntry) {
+  apply(instance("n1", "10.0.0.1", "orders", "orders-1", 9001, CheckStatus::kPassing));
+  compiler_.rebuild();
+  putResource(R"(apiVersion: trellis.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: orders}
+spec:
+  targetRef: {kind: Service, name: orders}
+  loadBalancer: {policy: RoundRobin}
+  connectTimeout: 3s
+  timeout: 5s
+  retries: {attempts: 3}
+  outlierDetection: {consecutiveGatewayFailure: 2}
+)");
+  json d = flush();
+  const json& e = d["services"]["orders"];
+  EXPECT_FALSE(e.contains("endpoints")); // unchanged
+  EXPECT_EQ(e["cluster"]["lb"], "round_robin");
+  EXPECT_EQ(e["cluster"]["connect_timeout"], "3s");
+  EXPECT_EQ(e["cluster"]["outlier_detection"]["consecutive_gateway_failure"], 2);
+  EXPECT_EQ(e["routes"][0]["timeout"], "5s");
+  EXPECT_EQ(e["routes"][0]["retries"]["attempts"], 3);
+
+  // A v1 Service defines the protocol and makes the service exist without instances.
+  putResource(R"(apiVersion: v1
+kind: Service
+metadata: {name: cache}
+spec:
+  ports: [{name: redis, port: 6379}]
+)");
+  d = flush();
+  EXPECT_EQ(d["services"]["cache"]["protocol"], "tcp");
+  EXPECT_TRUE(d["services"]["cache"]["endpoints"].empty());
+
+  // Deleting the policy brings the defaults back.
+  registry::KvDeleteRequest del;
+  del.key = "trellis/resources/TrafficPolicy/default/orders";
+  apply(del);
+  d = flush();
+  EXPECT_EQ(d["services"]["orders"]["cluster"]["lb"], "least_request");
+  EXPECT_FALSE(d["services"].contains("cache"));
+}
+
+TEST_F(MeshCompilerTest, HttpRouteCanaryAndGatewayRoutes) {
+  apply(instance("n1", "10.0.0.1", "web", "web-1", 80, CheckStatus::kPassing));
+  apply(instance("n1", "10.0.0.1", "web-canary", "webc-1", 81, CheckStatus::kPassing));
+  compiler_.rebuild();
+  putResource(R"(apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web-split}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web}]
+  rules:
+    - matches: [{path: {type: Exact, value: /health}}]
+      backendRefs: [{name: web, port: 80}]
+    - matches: [{path: {type: PathPrefix, value: /api}, method: GET}]
+      backendRefs:
+        - {name: web, port: 80, weight: 90}
+        - {name: web-canary, port: 80, weight: 10}
+      timeouts: {request: 2s}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: edge-web}
+spec:
+  parentRefs: [{name: edge}]
+  hostnames: [shop.example.com]
+  rules:
+    - backendRefs: [{name: web, port: 80}]
+)");
+  json d = flush();
+  const json& routes = d["services"]["web"]["routes"];
+  ASSERT_EQ(routes.size(), 3u) << routes.dump();
+  // Exact first; the /api prefix became /api exactly and /api/ as a prefix.
+  EXPECT_EQ(routes[0]["match"]["path"], "/health");
+  EXPECT_EQ(routes[0]["cluster"], "web");
+  EXPECT_EQ(routes[1]["match"]["path"], "/api");
+  EXPECT_EQ(routes[2]["match"]["prefix"], "/api/");
+  EXPECT_EQ(routes[2]["match"]["method"], json::parse(R"(["GET"])"));
+  EXPECT_EQ(routes[2]["weighted_clusters"],
+            json::parse(R"([{"cluster":"web","weight":90},{"cluster":"web-canary","weight":10}])"));
+  EXPECT_EQ(routes[2]["timeout"], "2s");
+  // web-canary has no route attached to it: it keeps its default route.
+  EXPECT_FALSE(d["services"].contains("web-canary"));
+
+  ASSERT_TRUE(d["gateways"].contains("edge"));
+  const json& g = d["gateways"]["edge"]["routes"];
+  ASSERT_EQ(g.size(), 1u);
+  EXPECT_EQ(g[0]["match"]["prefix"], "/");
+  EXPECT_EQ(g[0]["match"]["headers"], json::parse(R"({"host":"shop.example.com"})"));
+  EXPECT_EQ(g[0]["cluster"], "web");
+
+  registry::KvDeleteRequest del;
+  del.key = "trellis/resources/HTTPRoute/default/edge-web";
+  apply(del);
+  d = flush();
+  EXPECT_EQ(d["removed_gateways"], json::parse(R"(["edge"])"));
+}
+
+TEST_F(MeshCompilerTest, InvalidStoredResourceIsSkipped) {
+  apply(instance("n1", "10.0.0.1", "web", "web-1", 80, CheckStatus::kPassing));
+  registry::KvPutRequest put;
+  put.key = "trellis/resources/TrafficPolicy/default/broken";
+  put.value = R"({"apiVersion":"trellis.dev/v1alpha1","kind":"TrafficPolicy",
+                 "metadata":{"name":"broken"},"spec":{"targetRef":{"kind":"Service",
+                 "name":"web"},"connectTimeout":"-1s"}})";
+  apply(put);
+  compiler_.rebuild();
+  ASSERT_EQ(compiler_.resources().errors().size(), 1u);
+  EXPECT_NE(compiler_.resources().errors()[0].find("broken"), std::string::npos);
+  EXPECT_EQ(snapshotJson(compiler_)["services"]["web"]["cluster"]["connect_timeout"], "1s");
+}
+
+} // namespace
+} // namespace trellis::control::mesh

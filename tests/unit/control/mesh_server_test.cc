@@ -1,0 +1,436 @@
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "base/dispatcher.h"
+#include "base/time.h"
+#include "control/mesh/server.h"
+#include "registry/registry.h"
+#include "registry/store/memory_store.h"
+
+namespace trellis::control::mesh {
+namespace {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+using registry::CheckStatus;
+
+// A response writer that records what the server writes. `stuck` makes it look like a client
+// that stopped reading (bytes stay buffered).
+class FakeWriter : public http::ResponseWriter {
+public:
+  explicit FakeWriter(Dispatcher& d) : d_(d) {}
+
+  bool send(uint16_t status, const http::HeaderMap&, std::string_view body) override {
+    if (!open_ || started_ || done_)
+      return false;
+    status_ = status;
+    body_ = std::string(body);
+    done_ = true;
+    return true;
+  }
+  bool startStream(uint16_t status, const http::HeaderMap&) override {
+    if (!open_ || started_ || done_)
+      return false;
+    status_ = status;
+    started_ = true;
+    return true;
+  }
+  bool write(std::string_view data) override {
+    if (!open_ || !started_ || done_)
+      return false;
+    ++writes_;
+    max_write_ = std::max(max_write_, data.size());
+    body_ += data;
+    if (stuck)
+      buffered_ += data.size();
+    return true;
+  }
+  bool finish() override {
+    if (!open_ || !started_ || done_)
+      return false;
+    done_ = true;
+    return true;
+  }
+  bool isOpen() const override { return open_; }
+  void onClosed(std::function<void()> cb) override { on_closed_ = std::move(cb); }
+  size_t bufferedBytes() const override { return buffered_; }
+  Dispatcher& dispatcher() override { return d_; }
+
+  void clientCloses() {
+    open_ = false;
+    if (!done_ && on_closed_)
+      on_closed_();
+  }
+  // The lines received so far, parsed; consumes them.
+  std::vector<json> messages() {
+    std::vector<json> out;
+    size_t nl;
+    while ((nl = body_.find('\n', consumed_)) != std::string::npos) {
+      out.push_back(json::parse(body_.substr(consumed_, nl - consumed_)));
+      consumed_ = nl + 1;
+    }
+    return out;
+  }
+
+  bool stuck = false;
+  size_t buffered_ = 0;
+  uint16_t status_ = 0;
+  std::string body_;
+  size_t consumed_ = 0;
+  bool started_ = false;
+  bool done_ = false;
+  bool open_ = true;
+  size_t writes_ = 0;
+  size_t max_write_ = 0;
+
+private:
+  Dispatcher& d_;
+  std::function<void()> on_closed_;
+};
+
+registry::RegisterRequest instance(const std::string& svc, const std::string& id, uint16_t port) {
+  registry::RegisterRequest r;
+  r.node.name = "n1";
+  r.node.address = "10.0.0.1";
+  registry::Service s;
+  s.name = svc;
+  s.id = id;
+  s.port = port;
+  r.service = s;
+  registry::Check c;
+  c.id = "check:" + id;
+  c.name = c.id;
+  c.service_id = id;
+  c.status = CheckStatus::kPassing;
+  r.checks.push_back(c);
+  return r;
+}
+
+class MeshServerTest : public ::testing::Test {
+protected:
+  MeshServerTest() {
+    EXPECT_TRUE(registry_.start().ok());
+    submit(instance("orders", "orders-1", 9001));
+  }
+
+  MeshSettings settings() {
+    MeshSettings s;
+    s.heartbeat = 10s;
+    s.coalesce = 2ms;
+    return s;
+  }
+  void startServer(MeshSettings s) {
+    server_ = std::make_unique<MeshServer>(loop_, registry_, metrics_, s);
+    server_->start();
+  }
+  void submit(registry::WriteRequest r) {
+    bool done = false;
+    registry_.submit(std::move(r), [&](Result<registry::WriteResult> res) {
+      EXPECT_TRUE(res.ok()) << res.error().message();
+      done = true;
+    });
+    settle();
+    ASSERT_TRUE(done);
+  }
+  // Runs everything ready now (registry commits, posted pumps), never waiting for time.
+  void settle() {
+    for (int i = 0; i < 100 && loop_.runReady() > 0; ++i) {
+    }
+  }
+  void advance(Duration d) {
+    time_.advance(d);
+    settle();
+  }
+  std::shared_ptr<FakeWriter> request(http::Method m, const std::string& path,
+                                      http::QueryParams q = {}, std::string body = "") {
+    http::ServerRequest req;
+    req.method = m;
+    req.method_name = m == http::Method::kGet    ? "GET"
+                      : m == http::Method::kPost ? "POST"
+                      : m == http::Method::kPut  ? "PUT"
+                                                 : "DELETE";
+    req.path = "/v1/mesh/" + path;
+    req.query_params = std::move(q);
+    req.body = std::move(body);
+    auto w = std::make_shared<FakeWriter>(loop_);
+    server_->handle(req, w, path);
+    settle();
+    return w;
+  }
+  std::shared_ptr<FakeWriter> stream(const std::string& node) {
+    return request(http::Method::kGet, "stream", {{"node", node}, {"service", "orders"}});
+  }
+  std::string ackBody(const std::string& node, const std::string& stream, uint64_t version,
+                      bool accepted) {
+    return json{{"node", node}, {"stream", stream}, {"version", version}, {"accepted", accepted}}
+        .dump();
+  }
+
+  SimulatedTimeSource time_;
+  Dispatcher loop_{"mesh-test", time_};
+  registry::MemoryStore store_;
+  registry::Registry registry_{loop_, store_};
+  telemetry::Registry metrics_{telemetry::RegistryOptions{}};
+  std::unique_ptr<MeshServer> server_;
+};
+
+TEST_F(MeshServerTest, StreamStartsWithSnapshotThenCoalescedDelta) {
+  startServer(settings());
+  auto w = stream("sidecar-1");
+  EXPECT_EQ(w->status_, 200);
+  auto msgs = w->messages();
+  ASSERT_EQ(msgs.size(), 1u);
+  EXPECT_EQ(msgs[0]["type"], "snapshot");
+  EXPECT_EQ(msgs[0]["version"], registry_.catalog().index());
+  EXPECT_EQ(msgs[0]["stream"].get<std::string>().size(), 16u);
+  EXPECT_EQ(msgs[0]["services"]["orders"]["endpoints"][0]["address"], "10.0.0.1:9001");
+
+  // Three registrations within the coalescing window: one delta, 2ms after the first.
+  submit(instance("orders", "orders-2", 9002));
+  advance(1ms);
+  submit(instance("users", "users-1", 7001));
+  submit(instance("orders", "orders-3", 9003));
+  EXPECT_TRUE(w->messages().empty());
+  advance(1ms);
+  msgs = w->messages();
+  ASSERT_EQ(msgs.size(), 1u);
+  EXPECT_EQ(msgs[0]["type"], "delta");
+  EXPECT_EQ(msgs[0]["version"], registry_.catalog().index());
+  EXPECT_EQ(msgs[0]["services"]["orders"]["endpoints"].size(), 3u);
+  EXPECT_TRUE(msgs[0]["services"]["users"].contains("cluster"));
+  EXPECT_EQ(server_->stats().deltas_sent, 1u);
+  advance(10ms);
+  EXPECT_TRUE(w->messages().empty());
+}
+
+TEST_F(MeshServerTest, HeartbeatOnlyWhenIdle) {
+  startServer(settings());
+  auto w = stream("sidecar-1");
+  w->messages();
+  advance(9s);
+  submit(instance("orders", "orders-2", 9002));
+  advance(2ms);
+  EXPECT_EQ(w->messages().size(), 1u); // the delta
+  advance(1s);                         // 10s tick: something was sent 1s ago
+  EXPECT_TRUE(w->messages().empty());
+  advance(10s);
+  auto msgs = w->messages();
+  ASSERT_EQ(msgs.size(), 1u);
+  EXPECT_EQ(msgs[0], json::parse(fmt::format(R"({{"type":"heartbeat","version":{}}})",
+                                             registry_.catalog().index())));
+}
+
+TEST_F(MeshServerTest, AcksAreCheckedAndCounted) {
+  startServer(settings());
+  auto w = stream("sidecar-1");
+  auto snap = w->messages().at(0);
+  const std::string id = snap["stream"];
+  const uint64_t v = snap["version"];
+
+  auto ok = request(http::Method::kPost, "ack", {}, ackBody("sidecar-1", id, v, true));
+  EXPECT_EQ(ok->status_, 200) << ok->body_;
+  json rej = json::parse(ackBody("sidecar-1", id, v, false));
+  rej["error"] = "clusters[0].endpoints[0].address: bad";
+  auto r = request(http::Method::kPost, "ack", {}, rej.dump());
+  EXPECT_EQ(r->status_, 200);
+  EXPECT_EQ(server_->stats().acks_accepted, 1u);
+  EXPECT_EQ(server_->stats().acks_rejected, 1u);
+
+  auto proxies = request(http::Method::kGet, "proxies");
+  json list = json::parse(proxies->body_);
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0]["node"], "sidecar-1");
+  EXPECT_EQ(list[0]["acked_version"], v);
+  EXPECT_EQ(list[0]["accepted"], false);
+  EXPECT_EQ(list[0]["rejected"], 1);
+  EXPECT_EQ(list[0]["last_error"], "clusters[0].endpoints[0].address: bad");
+
+  struct Case {
+    std::string body;
+    uint16_t status;
+    std::string says;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"{", 400, "not valid JSON"},
+           {"[]", 400, "expected a JSON object"},
+           {R"({"stream":"x","version":1,"accepted":true})", 400, "node: required"},
+           {R"({"node":1,"stream":"x","version":1,"accepted":true})", 400,
+            "node: expected a string"},
+           {json{{"node", "sidecar-1"}, {"stream", id}, {"version", -1}, {"accepted", true}}
+                .dump(),
+            400, "version: expected an unsigned integer"},
+           {json{{"node", "sidecar-1"}, {"stream", id}, {"version", v}, {"accepted", "yes"}}
+                .dump(),
+            400, "accepted: expected true or false"},
+           {ackBody("sidecar-1", id, v + 1, true), 400, "was not sent on this stream"},
+           {ackBody("sidecar-1", "0000000000000000", v, true), 404, "no stream"},
+           {ackBody("other", id, v, true), 404, "no stream"},
+       }) {
+    auto res = request(http::Method::kPost, "ack", {}, c.body);
+    EXPECT_EQ(res->status_, c.status) << c.body << " -> " << res->body_;
+    EXPECT_NE(res->body_.find(c.says), std::string::npos) << res->body_;
+  }
+  EXPECT_EQ(server_->stats().acks_accepted, 1u);
+}
+
+TEST_F(MeshServerTest, BadStreamParametersGetPrecise400s) {
+  startServer(settings());
+  struct Case {
+    http::QueryParams q;
+    std::string says;
+  };
+  for (const Case& c : std::vector<Case>{
+           {{}, "node: required"},
+           {{{"node", ""}}, "node: \"\" is not"},
+           {{{"node", "a b"}}, "node: \"a b\" is not"},
+           {{{"node", std::string(129, 'a')}}, "is not 1..128"},
+           {{{"node", "n"}, {"kind", "mesh"}}, "kind: \"mesh\" is not sidecar or gateway"},
+           {{{"node", "n"}, {"kind", "gateway"}}, "gateway: required"},
+           {{{"node", "n"}, {"kind", "gateway"}, {"gateway", "a/b"}}, "gateway: \"a/b\""},
+           {{{"node", "n"}, {"servce", "x"}}, "unknown parameter \"servce\""},
+       }) {
+    auto w = request(http::Method::kGet, "stream", c.q);
+    EXPECT_EQ(w->status_, 400);
+    EXPECT_NE(w->body_.find(c.says), std::string::npos) << w->body_;
+  }
+  EXPECT_EQ(server_->streamCount(), 0u);
+  auto m = request(http::Method::kPost, "stream", {{"node", "n"}});
+  EXPECT_EQ(m->status_, 405);
+  auto u = request(http::Method::kGet, "nope");
+  EXPECT_EQ(u->status_, 404);
+}
+
+TEST_F(MeshServerTest, SameNodeReplacesItsStreamAndClosedStreamsGo) {
+  startServer(settings());
+  auto a = stream("sidecar-1");
+  auto b = stream("sidecar-1");
+  EXPECT_TRUE(a->done_); // the first stream was ended
+  EXPECT_FALSE(b->done_);
+  EXPECT_EQ(server_->streamCount(), 1u);
+  EXPECT_EQ(server_->stats().streams_replaced, 1u);
+  auto c = stream("sidecar-2");
+  EXPECT_EQ(server_->streamCount(), 2u);
+  c->clientCloses();
+  EXPECT_EQ(server_->streamCount(), 1u);
+  // A change reaches only the live stream.
+  b->messages();
+  submit(instance("orders", "orders-2", 9002));
+  advance(2ms);
+  EXPECT_EQ(b->messages().size(), 1u);
+  EXPECT_EQ(c->messages().size(), 1u); // only its snapshot
+}
+
+TEST_F(MeshServerTest, WritesAreChunkedAndWaitForTheConnection) {
+  MeshSettings s = settings();
+  s.write_chunk_bytes = 64;
+  startServer(s);
+  for (int i = 0; i < 20; ++i)
+    submit(instance("svc" + std::to_string(i), "i" + std::to_string(i), uint16_t(3000 + i)));
+  advance(2ms);
+  auto w = stream("sidecar-1");
+  EXPECT_LE(w->max_write_, 64u);
+  EXPECT_GT(w->writes_, 10u);
+  auto msgs = w->messages();
+  ASSERT_EQ(msgs.size(), 1u);
+  EXPECT_EQ(msgs[0]["services"].size(), 21u);
+
+  // A client that does not read: only one chunk is handed over until it does.
+  w->stuck = true;
+  const size_t writes = w->writes_;
+  submit(instance("orders", "orders-2", 9002));
+  advance(2ms);
+  advance(5ms);
+  EXPECT_EQ(w->writes_, writes + 1);
+  w->stuck = false;
+  w->buffered_ = 0;
+  advance(1ms);
+  advance(1ms);
+  msgs = w->messages();
+  ASSERT_EQ(msgs.size(), 1u);
+  EXPECT_EQ(msgs[0]["type"], "delta");
+}
+
+TEST_F(MeshServerTest, LaggingStreamIsClosed) {
+  MeshSettings s = settings();
+  s.write_chunk_bytes = 16;
+  s.max_stream_backlog_bytes = 2000;
+  startServer(s);
+  auto w = stream("sidecar-1");
+  w->stuck = true;
+  for (int i = 0; i < 30 && !w->done_; ++i) {
+    submit(instance("svc" + std::to_string(i), "i" + std::to_string(i), uint16_t(3000 + i)));
+    advance(2ms);
+  }
+  EXPECT_TRUE(w->done_);
+  EXPECT_EQ(server_->streamCount(), 0u);
+  EXPECT_EQ(server_->stats().streams_lagging, 1u);
+  // It reconnects and starts again from a snapshot.
+  auto again = stream("sidecar-1");
+  auto msgs = again->messages();
+  ASSERT_EQ(msgs.size(), 1u);
+  EXPECT_EQ(msgs[0]["type"], "snapshot");
+  EXPECT_EQ(msgs[0]["version"], registry_.catalog().index());
+}
+
+TEST_F(MeshServerTest, ResourcesPutGetDelete) {
+  startServer(settings());
+  auto w = stream("sidecar-1");
+  w->messages();
+  const std::string yaml = R"(apiVersion: trellis.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: orders}
+spec:
+  targetRef: {kind: Service, name: orders}
+  retries: {attempts: 4}
+)";
+  auto put = request(http::Method::kPut, "resources", {}, yaml);
+  ASSERT_EQ(put->status_, 200) << put->body_;
+  json res = json::parse(put->body_);
+  EXPECT_EQ(res["applied"][0]["result"], "created");
+  advance(2ms);
+  auto msgs = w->messages();
+  ASSERT_EQ(msgs.size(), 1u);
+  EXPECT_EQ(msgs[0]["services"]["orders"]["routes"][0]["retries"]["attempts"], 4);
+
+  auto again = request(http::Method::kPut, "resources", {}, yaml);
+  EXPECT_EQ(json::parse(again->body_)["applied"][0]["result"], "unchanged");
+
+  auto one = request(http::Method::kGet, "resources/TrafficPolicy/orders");
+  ASSERT_EQ(one->status_, 200);
+  EXPECT_EQ(json::parse(one->body_)["spec"]["retries"]["attempts"], 4);
+  auto list = request(http::Method::kGet, "resources/trafficpolicies");
+  EXPECT_EQ(json::parse(list->body_).size(), 1u);
+  auto none = request(http::Method::kGet, "resources/HTTPRoute");
+  EXPECT_EQ(json::parse(none->body_).size(), 0u);
+  auto other_ns = request(http::Method::kGet, "resources", {{"namespace", "shop"}});
+  EXPECT_EQ(json::parse(other_ns->body_).size(), 0u);
+
+  // All or nothing: the second document is invalid, so neither is stored.
+  auto bad = request(http::Method::kPut, "resources", {},
+                     yaml + "---\n" + R"(apiVersion: trellis.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: users}
+spec:
+  targetRef: {kind: Service, name: users}
+  retries: {attempts: 99}
+)");
+  EXPECT_EQ(bad->status_, 400);
+  EXPECT_NE(bad->body_.find("document 2"), std::string::npos) << bad->body_;
+  EXPECT_NE(bad->body_.find("spec.retries.attempts"), std::string::npos) << bad->body_;
+  EXPECT_EQ(request(http::Method::kGet, "resources/TrafficPolicy/users")->status_, 404);
+
+  EXPECT_EQ(request(http::Method::kGet, "resources/Gateway")->status_, 400);
+  EXPECT_EQ(request(http::Method::kGet, "resources/Service/Bad_Name")->status_, 400);
+  EXPECT_EQ(request(http::Method::kPut, "resources", {}, "")->status_, 400);
+
+  auto del = request(http::Method::kDelete, "resources/TrafficPolicy/orders");
+  EXPECT_EQ(del->status_, 200) << del->body_;
+  advance(2ms);
+  msgs = w->messages();
+  ASSERT_EQ(msgs.size(), 1u);
+  EXPECT_EQ(msgs[0]["services"]["orders"]["routes"][0]["retries"]["attempts"], 1);
+  EXPECT_EQ(request(http::Method::kDelete, "resources/TrafficPolicy/orders")->status_, 404);
+}
+
+} // namespace
+} // namespace trellis::control::mesh

@@ -6,6 +6,8 @@
 #include <cstring>
 #include <vector>
 
+#include "base/strings.h"
+
 namespace trellis::manifest::detail {
 
 const char* typeName(const json& j) {
@@ -78,22 +80,6 @@ Status expectList(const json& j, const std::string& path, size_t min_items, size
 }
 
 namespace {
-
-size_t editDistance(std::string_view a, std::string_view b) {
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j)
-    row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diag = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      const size_t up = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      diag = up;
-    }
-  }
-  return row[b.size()];
-}
 
 // Lowercase without '_' and '-': per_try_timeout and perTryTimeout look alike.
 std::string squash(std::string_view s) {

@@ -164,10 +164,10 @@ def test_killed_instance_no_failed_request_and_new_instance_within_100ms(procs, 
     wait_until(lambda: seen.add(who(get(up))) or len(seen) == 3, what="3 instances in rotation")
 
     gen = LoadGen(up, rate=300, threads=16, inspect=lambda s, h, b: json.loads(b)["service"]
-                  if s == 200 else None).start()
+                  if s == 200 else (h, b)).start()
     time.sleep(0.5)  # load flowing before the kill
     insts[0].kill()
-    time.sleep(2.5)  # the health check (1 s) takes it out; retries cover the gap
+    time.sleep(2.5)  # outlier detection (3 failures) then the health check take it out
     killed_at = time.monotonic()
     # A new instance: from the moment the registry says it passes to its first request.
     new = start_instance(procs, echo, addrs, "orders", "orders-new")
@@ -180,7 +180,10 @@ def test_killed_instance_no_failed_request_and_new_instance_within_100ms(procs, 
     time.sleep(0.5)
     gen.stop()
     summary = gen.summary()
-    assert summary["failed"] == 0, (summary, gen.windows(0.5))
+    # Each failure with its time from the start of the load, status, error and body.
+    bad = [(round(x.start - gen.samples[0].start, 3), x.status, x.error, x.extra)
+           for x in gen.samples if not x.ok]
+    assert summary["failed"] == 0, (summary["statuses"], bad)
     late = [s for s in gen.samples if s.start > killed_at and s.extra == "orders-0"]
     assert not late, "the killed instance still got traffic"
     # `passing_at` is observed by polling, so it can only be later than the real moment.

@@ -65,31 +65,49 @@ def test_truncation_then_tcp(server):
 @pytest.mark.skipif(not os.path.exists("/usr/sbin/unbound"), reason="unbound not installed")
 def test_unbound_stub_zone(server, procs, tmp_path):
     register(server, "api", "api-1", 7000, "127.0.0.21")
-    port = free_port(socket_kind_udp())
-    conf = tmp_path / "unbound.conf"
-    conf.write_text(f"""server:
-    interface: 127.0.0.1
-    port: {port}
-    do-daemonize: no
-    chroot: ""
-    username: ""
-    directory: "{tmp_path}"
-    pidfile: "{tmp_path}/unbound.pid"
-    use-syslog: no
-    logfile: ""
-    do-not-query-localhost: no
-    domain-insecure: "trellis"
-    local-zone: "trellis." nodefault
-    access-control: 127.0.0.0/8 allow
-    auto-trust-anchor-file: ""
-    num-threads: 1
-stub-zone:
-    name: "trellis"
-    stub-addr: 127.0.0.1@{server.dns_port}
-""")
-    procs(["/usr/sbin/unbound", "-d", "-c", str(conf)])
+    port, unbound = start_unbound(procs, tmp_path, server.dns_port)
     wait_until(lambda: dig(port, "api.service.trellis", "A", "+short").split() == ["127.0.0.21"],
-               timeout=15, what="unbound resolving api.service.trellis through trellis")
+               timeout=15, what="unbound resolving api.service.trellis through trellis:\n"
+               + unbound.output())
+
+
+def start_unbound(procs, tmp_path, trellis_dns_port, attempts=5):
+    """unbound with a stub zone `trellis` pointing at our DNS server. The port is free when
+    chosen but another test's process may take it before unbound binds it (UDP and TCP):
+    then unbound exits, and we try another. so-reuseport off: sharing a port with another
+    process's SO_REUSEPORT socket would split the queries between the two."""
+    for attempt in range(attempts):
+        port = free_port(socket_kind_udp())
+        conf = tmp_path / f"unbound-{attempt}.conf"
+        conf.write_text(f"""server:
+        interface: 127.0.0.1
+        port: {port}
+        do-daemonize: no
+        chroot: ""
+        username: ""
+        directory: "{tmp_path}"
+        pidfile: "{tmp_path}/unbound.pid"
+        use-syslog: no
+        logfile: ""
+        do-not-query-localhost: no
+        domain-insecure: "trellis"
+        local-zone: "trellis." nodefault
+        access-control: 127.0.0.0/8 allow
+        auto-trust-anchor-file: ""
+        num-threads: 1
+        so-reuseport: no
+stub-zone:
+        name: "trellis"
+        stub-addr: 127.0.0.1@{trellis_dns_port}
+""")
+        p = procs(["/usr/sbin/unbound", "-d", "-c", str(conf)])
+        try:
+            p.wait_for_line(r"start of service", timeout=10)
+            return port, p
+        except AssertionError:
+            if p.p.poll() is None or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def socket_kind_udp():

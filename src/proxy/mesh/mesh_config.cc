@@ -113,10 +113,21 @@ Route defaultRoute(const std::string& service) {
   return r;
 }
 
+// The mesh default without any policy: an endpoint that fails 3 times in a row at the gateway
+// level (connect failure, reset, timeout, 502/503/504) is ejected at once. Without it a killed
+// instance keeps its share of requests until its health check fails, and each of them costs a
+// retry, more than the retry budget allows at a few hundred requests per second.
+OutlierDetection defaultOutlierDetection() {
+  OutlierDetection od;
+  od.consecutive_gateway_failure = 3;
+  return od;
+}
+
 Cluster defaultCluster(const std::string& name) {
   Cluster c;
   c.name = name;
   c.connect_timeout = std::chrono::seconds(1);
+  c.outlier_detection = defaultOutlierDetection();
   return c;
 }
 
@@ -212,6 +223,8 @@ Result<std::shared_ptr<const Snapshot>> ConfigBuilder::build(const MeshState& st
         } else {
           def.cluster = (*snap)->clusters[0];
           def.cluster.endpoints.clear();
+          if (!entry.cluster.is_object() || !entry.cluster.contains("outlier_detection"))
+            def.cluster.outlier_detection = defaultOutlierDetection();
           const Listener& l = (*snap)->listeners[0];
           if (l.protocol == Protocol::kHttp)
             def.routes = l.routes;
@@ -300,6 +313,7 @@ Result<std::shared_ptr<const Snapshot>> ConfigBuilder::build(const MeshState& st
 
   if (sidecar) {
     Cluster app = defaultCluster(kLocalAppCluster);
+    app.outlier_detection.reset(); // the one app: nothing to eject it in favour of
     app.endpoints.push_back(Endpoint{spec_.app, 1});
     addCluster(std::move(app));
     Listener in;

@@ -123,7 +123,7 @@ def mesh_server(procs, tmp_path):
 def test_sidecars_register_and_route_through_upstream_and_http_proxy(procs, echo, mesh_server):
     addrs = [mesh_server.addr]
     insts = [start_instance(procs, echo, addrs, "orders", f"orders-{i}") for i in range(3)]
-    users = start_instance(procs, echo, addrs, "users", "users-0")
+    users = [start_instance(procs, echo, addrs, "users", f"users-{i}") for i in range(3)]
     up, hp = free_port(), free_port()
     client = sidecar(procs, addrs, "web", "127.0.0.1:9", "--upstream", f"orders:{up}",
                      "--http-proxy", f"127.0.0.1:{hp}", "--health-tcp")
@@ -139,8 +139,9 @@ def test_sidecars_register_and_route_through_upstream_and_http_proxy(procs, echo
                what="all three orders instances answering through --upstream")
     assert names == {"orders-0", "orders-1", "orders-2"}
     # Through the HTTP proxy, by service name.
-    wait_until(lambda: who(via_http_proxy(hp, "http://users/x")) == "users-0",
-               what="users through --http-proxy")
+    names = set()
+    wait_until(lambda: names.add(who(via_http_proxy(hp, "http://users/x"))) or len(names) == 3,
+               what="the three users instances through --http-proxy")
     assert who(via_http_proxy(hp, "http://orders/y")).startswith("orders-")
     assert via_http_proxy(hp, "http://nosuch/")[0] == 404
     # The client acked what it runs.
@@ -148,11 +149,11 @@ def test_sidecars_register_and_route_through_upstream_and_http_proxy(procs, echo
     assert metric_value(client.admin, "trellis_proxy_mesh_updates_total", 'result="accepted"') >= 1
     assert metric_value(client.admin, "trellis_proxy_mesh_updates_total", 'result="rejected"') == 0
     # A clean stop deregisters.
-    users.sidecar.stop()
+    users[0].sidecar.stop()
     wait_until(lambda: "users-0" not in passing_ids(mesh_server, "users"),
                what="users-0 deregistered")
     _, body, _ = mesh_server.request("GET", "/v1/catalog/service/users")
-    assert json.loads(body) == []
+    assert {e["ServiceID"] for e in json.loads(body)} == {"users-1", "users-2"}
 
 
 def test_killed_instance_no_failed_request_and_new_instance_within_100ms(procs, echo, mesh_server):
@@ -204,7 +205,7 @@ def test_server_stopped_under_load_then_back(procs, echo, mesh_server, tmp_path)
     mesh_server.proc.stop()
     wait_until(lambda: metric_value(client.admin, "trellis_proxy_mesh_connected") == 0,
                what="the client notices the server is gone")
-    time.sleep(3)  # static stability: traffic goes on with what it has
+    time.sleep(30)  # static stability: traffic goes on with what it has, however long
     # Back on the same address and data: the client resyncs; new changes flow again.
     again = start_server_at(procs, mesh_server.data_dir, mesh_server.port)
     wait_until(lambda: metric_value(client.admin, "trellis_proxy_mesh_connected") == 1,

@@ -1,6 +1,8 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
+#include <iterator>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -267,13 +269,68 @@ struct AccessLogConfig {
   bool operator==(const AccessLogConfig&) const = default;
 };
 
+// A list of immutable items that reads like std::vector<T> (`list[i].name`, range-for, size())
+// but holds each item by shared_ptr<const T>, so a snapshot built from another (a mesh delta
+// that changed one service) shares the items that did not change instead of copying them, and
+// the runtime can tell an unchanged item by its address.
+template <typename T> class SharedList {
+public:
+  using Items = std::vector<std::shared_ptr<const T>>;
+  class const_iterator {
+  public:
+    using iterator_category = std::forward_iterator_tag;
+    using value_type = T;
+    using difference_type = std::ptrdiff_t;
+    using pointer = const T*;
+    using reference = const T&;
+    const_iterator() = default;
+    explicit const_iterator(typename Items::const_iterator it) : it_(it) {}
+    const T& operator*() const { return **it_; }
+    const T* operator->() const { return it_->get(); }
+    const_iterator& operator++() {
+      ++it_;
+      return *this;
+    }
+    const_iterator operator++(int) { return const_iterator(it_++); }
+    bool operator==(const const_iterator& o) const { return it_ == o.it_; }
+
+  private:
+    typename Items::const_iterator it_;
+  };
+
+  size_t size() const { return items_.size(); }
+  bool empty() const { return items_.empty(); }
+  const T& operator[](size_t i) const { return *items_[i]; }
+  const T& back() const { return *items_.back(); }
+  const_iterator begin() const { return const_iterator(items_.begin()); }
+  const_iterator end() const { return const_iterator(items_.end()); }
+  // The shared item itself, to put into another list.
+  const std::shared_ptr<const T>& shared(size_t i) const { return items_[i]; }
+  void reserve(size_t n) { items_.reserve(n); }
+  void push_back(T item) { items_.push_back(std::make_shared<const T>(std::move(item))); }
+  void push_back(std::shared_ptr<const T> item) { items_.push_back(std::move(item)); }
+
+  // By content: two lists of equal items are equal whether or not they share them.
+  bool operator==(const SharedList& o) const {
+    if (items_.size() != o.items_.size())
+      return false;
+    for (size_t i = 0; i < items_.size(); ++i)
+      if (items_[i] != o.items_[i] && !(*items_[i] == *o.items_[i]))
+        return false;
+    return true;
+  }
+
+private:
+  Items items_;
+};
+
 struct Snapshot {
   std::string source; // where it came from (file name), for logs
   AdminConfig admin;
   std::optional<AccessLogConfig> access_log; // none: no access log
   uint32_t concurrency = 0;                  // worker threads; 0 = one per CPU
-  std::vector<Listener> listeners;
-  std::vector<Cluster> clusters;
+  SharedList<Listener> listeners;
+  SharedList<Cluster> clusters;
 
   const Cluster* findCluster(std::string_view name) const;
   const Listener* findListener(std::string_view name) const;

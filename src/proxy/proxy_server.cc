@@ -2,6 +2,7 @@
 
 #include <future>
 #include <thread>
+#include <unordered_map>
 
 #include <malloc.h>
 #include <unistd.h>
@@ -137,20 +138,29 @@ Status ProxyServer::apply(std::shared_ptr<const Snapshot> snap) {
     TLOG_INFO("listener {} listening on {}", name, b.group.bound.toString());
     bound_[name] = std::move(b);
   }
-  auto shared = SharedState::build(*snap, shared_.get(), main_.now());
+  size_t fresh_clusters = 0;
+  auto shared = sharedStateFor(*snap, fresh_clusters);
+  const bool clusters_changed =
+      fresh_clusters > 0 || !snapshot_ || snapshot_->clusters.size() != snap->clusters.size();
   snapshot_ = snap;
   shared_ = shared;
+  // All workers switch at once; waiting for each in turn would add their wake-up latencies.
+  std::vector<std::promise<void>> done(concurrency_);
   for (size_t i = 0; i < concurrency_; ++i) {
     Worker* w = workers_[i].get();
-    runOn(pool_->dispatcher(i), [w, snap, shared, f = std::move(fds[i])]() mutable {
+    pool_->dispatcher(i).post([w, snap, shared, f = std::move(fds[i]), &d = done[i]]() mutable {
       w->apply(snap, shared, std::move(f));
+      d.set_value();
     });
   }
+  for (auto& d : done)
+    d.get_future().wait();
   if (!health_) {
     prober_ = std::make_unique<HealthProberImpl>(main_);
     health_ = std::make_unique<HealthChecker>(main_, *prober_, random_);
   }
-  health_->setClusters(shared->clusters);
+  if (clusters_changed)
+    health_->setClusters(shared->clusters);
   // The group's own descriptors are no longer needed: each worker holds a dup.
   for (auto& [name, b] : bound_)
     for (auto& s : b.group.sockets)
@@ -158,9 +168,61 @@ Status ProxyServer::apply(std::shared_ptr<const Snapshot> snap) {
   generation_++;
   generation_gauge_.set(static_cast<double>(generation_));
   // Parsing a large file leaves the YAML tree's memory free but held by malloc; give it back
-  // so a proxy's resident size reflects what it keeps.
-  ::malloc_trim(0);
+  // so a proxy's resident size reflects what it keeps. Not after an update that replaced a
+  // few clusters (a mesh delta): that frees little, and trimming walks the whole heap.
+  if (fresh_clusters > kTrimAfterClusters || fresh_clusters * 2 > snap->clusters.size())
+    ::malloc_trim(0);
   return okStatus();
+}
+
+std::shared_ptr<SharedState> ProxyServer::sharedStateFor(const Snapshot& snap, size_t& fresh) {
+  auto s = std::make_shared<SharedState>();
+  s->clusters.reserve(snap.clusters.size());
+  // The running snapshot's clusters by object (the same Cluster object means the same
+  // content: keep its state as it is) and by name (new content: inherit endpoint state).
+  std::unordered_map<const Cluster*, size_t> by_object;
+  std::unordered_map<std::string_view, size_t> by_name;
+  auto index = [&] {
+    if (!snapshot_ || !by_object.empty())
+      return;
+    for (size_t j = 0; j < snapshot_->clusters.size(); ++j) {
+      by_object.emplace(&snapshot_->clusters[j], j);
+      by_name.emplace(snapshot_->clusters[j].name, j);
+    }
+  };
+  fresh = 0;
+  for (size_t i = 0; i < snap.clusters.size(); ++i) {
+    const Cluster& c = snap.clusters[i];
+    if (snapshot_ && i < snapshot_->clusters.size() && &snapshot_->clusters[i] == &c) {
+      s->clusters.push_back(shared_->clusters[i]);
+      continue;
+    }
+    index();
+    if (auto it = by_object.find(&c); it != by_object.end()) {
+      s->clusters.push_back(shared_->clusters[it->second]);
+      continue;
+    }
+    auto cs = std::make_shared<ClusterState>(c);
+    if (auto it = by_name.find(c.name); it != by_name.end())
+      cs->inheritFrom(*shared_->clusters[it->second]);
+    s->clusters.push_back(std::move(cs));
+    fresh++;
+  }
+  // Token buckets start full with each configuration, as SharedState::build makes them.
+  for (const auto& l : snap.listeners) {
+    bool any = false;
+    for (const auto& r : l.routes)
+      any = any || r.rate_limit.has_value();
+    if (!any)
+      continue;
+    auto& v = s->rate_limits[l.name];
+    for (const auto& r : l.routes)
+      v.push_back(r.rate_limit ? std::make_unique<SharedTokenBucket>(
+                                     r.rate_limit->requests_per_second, r.rate_limit->burst,
+                                     main_.now())
+                               : nullptr);
+  }
+  return s;
 }
 
 Status ProxyServer::reload() {

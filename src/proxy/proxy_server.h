@@ -48,6 +48,8 @@ public:
   void stop();
 
   std::shared_ptr<const Snapshot> snapshot() const { return snapshot_; }
+  // The running snapshot's shared cluster state (same order as its clusters). Main thread.
+  std::shared_ptr<const SharedState> sharedState() const { return shared_; }
   telemetry::Registry& metrics() { return registry_; }
   net::SocketAddress adminAddress() const;
   // Where listener `name` is bound (its real port when configured with port 0). Main thread.
@@ -58,6 +60,15 @@ private:
     net::SocketAddress requested; // as configured (maybe port 0)
     net::ListenGroup group;
   };
+  // An update that creates more cluster states than this gives freed memory back to the
+  // system (malloc_trim); smaller ones (a mesh delta) would pay a heap walk for nothing.
+  static constexpr size_t kTrimAfterClusters = 64;
+
+  // The shared state for `snap`: clusters that are the same objects as in the running
+  // snapshot keep their ClusterState (health, ejections, breaker counts untouched); others
+  // get a new one that inherits endpoint state from the cluster of the same name. `fresh`
+  // counts the new ones.
+  std::shared_ptr<SharedState> sharedStateFor(const Snapshot& snap, size_t& fresh);
   void handleAdmin(http::ServerRequest& req, std::shared_ptr<http::ResponseWriter> w);
   std::string clustersJson();
   // Endpoint health, ejections and circuit-breaker capacity, read from the shared cluster

@@ -2,7 +2,6 @@
 
 #include <unistd.h>
 
-#include <unordered_set>
 
 #include "base/log.h"
 #include "proxy/http_session.h"
@@ -197,6 +196,19 @@ Worker::~Worker() {
   pools_.clear();
 }
 
+size_t Worker::AddressHash::operator()(const net::SocketAddress& a) const {
+  size_t h = std::hash<uint16_t>()(a.port);
+  if (a.ip.is_v4()) {
+    h ^= std::hash<uint32_t>()(a.ip.to_v4().to_uint()) * 0x9E3779B97F4A7C15ull;
+  } else {
+    const auto bytes = a.ip.to_v6().to_bytes();
+    h ^= std::hash<std::string_view>()(
+             std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size())) *
+         0x9E3779B97F4A7C15ull;
+  }
+  return h;
+}
+
 UpstreamPool& Worker::pool(const net::SocketAddress& address) {
   std::string key = address.toString();
   auto& p = pools_[key];
@@ -212,11 +224,36 @@ void Worker::apply(std::shared_ptr<const Snapshot> snapshot,
   auto cfg = std::make_shared<WorkerConfig>();
   cfg->snapshot = snapshot;
   cfg->shared = shared;
+  const auto& old_clusters = config_->clusters;
+  std::vector<bool> kept(old_clusters.size(), false);
+  std::unordered_map<const Cluster*, size_t> old_index; // built only when the order moved
+  std::vector<const Cluster*> added;
   cfg->clusters.reserve(snapshot->clusters.size());
-  for (size_t i = 0; i < snapshot->clusters.size(); ++i)
-    cfg->clusters.push_back(
-        std::make_unique<ClusterRuntime>(snapshot->clusters[i], *this, shared->clusters[i]));
+  for (size_t i = 0; i < snapshot->clusters.size(); ++i) {
+    const Cluster& c = snapshot->clusters[i];
+    size_t j = i;
+    if (j >= old_clusters.size() || &old_clusters[j]->cfg != &c) {
+      if (old_index.empty())
+        for (size_t k = 0; k < old_clusters.size(); ++k)
+          old_index.emplace(&old_clusters[k]->cfg, k);
+      auto it = old_index.find(&c);
+      j = it == old_index.end() ? old_clusters.size() : it->second;
+    }
+    if (j < old_clusters.size() && !kept[j] && old_clusters[j]->state == shared->clusters[i]) {
+      kept[j] = true;
+      cfg->clusters.push_back(old_clusters[j]);
+    } else {
+      cfg->clusters.push_back(std::make_shared<ClusterRuntime>(c, *this, shared->clusters[i]));
+      added.push_back(&c);
+    }
+  }
   for (const auto& l : snapshot->listeners) {
+    auto prev = config_->listeners.find(l.name);
+    if (prev != config_->listeners.end() && prev->second.cfg == &l) {
+      // The same listener object: its routes and so its metric handles are unchanged.
+      cfg->listeners.emplace(l.name, prev->second);
+      continue;
+    }
     ListenerRuntime& lr = cfg->listeners[l.name];
     lr.cfg = &l;
     lr.cx_total = stats_.downstream_cx->handle(shard, {l.name});
@@ -270,18 +307,24 @@ void Worker::apply(std::shared_ptr<const Snapshot> snapshot,
       lr.connections = old->second.connections;
   }
   // Pools whose endpoint no cluster of the new configuration has are closed; the others
-  // keep their warm connections.
-  std::unordered_set<std::string> wanted;
-  for (const auto& c : snapshot->clusters)
-    for (const auto& ep : c.endpoints)
-      wanted.insert(ep.address.toString());
-  for (auto it = pools_.begin(); it != pools_.end();) {
-    if (!wanted.count(it->first)) {
-      it->second->closeAll();
-      retired_pools_.push_back(std::move(it->second));
-      it = pools_.erase(it);
-    } else {
-      ++it;
+  // keep their warm connections. Counted from what changed: added clusters first, so an
+  // endpoint that moves from one cluster to another never drops to zero on the way.
+  for (const Cluster* c : added)
+    for (const auto& ep : c->endpoints)
+      endpoint_refs_[ep.address]++;
+  for (size_t j = 0; j < old_clusters.size(); ++j) {
+    if (kept[j])
+      continue;
+    for (const auto& ep : old_clusters[j]->cfg.endpoints) {
+      auto ref = endpoint_refs_.find(ep.address);
+      if (ref == endpoint_refs_.end() || --ref->second > 0)
+        continue;
+      if (auto p = pools_.find(ep.address.toString()); p != pools_.end()) {
+        p->second->closeAll();
+        retired_pools_.push_back(std::move(p->second));
+        pools_.erase(p);
+      }
+      endpoint_refs_.erase(ref);
     }
   }
   config_ = std::move(cfg);

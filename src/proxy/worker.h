@@ -156,12 +156,14 @@ struct ListenerRuntime {
 };
 
 // Everything a worker derives from one configuration snapshot. Requests hold a shared_ptr to
-// the one they started on, so a reload never pulls state out from under them.
+// the one they started on, so a reload never pulls state out from under them. A cluster the
+// snapshot shares with the previous one (same Cluster object, same shared ClusterState) keeps
+// its ClusterRuntime: balancer, endpoint states and pools carry over at no cost.
 struct WorkerConfig {
   ~WorkerConfig();
   std::shared_ptr<const Snapshot> snapshot;
   std::shared_ptr<const SharedState> shared;
-  std::vector<std::unique_ptr<ClusterRuntime>> clusters; // same order as snapshot->clusters
+  std::vector<std::shared_ptr<ClusterRuntime>> clusters; // same order as snapshot->clusters
   std::unordered_map<std::string, ListenerRuntime> listeners;
 };
 
@@ -211,6 +213,13 @@ private:
   std::shared_ptr<WorkerConfig> config_;
   std::list<Acceptor> acceptors_;
   std::unordered_map<std::string, std::unique_ptr<UpstreamPool>> pools_;
+  // How many clusters of the current configuration list each endpoint address: a pool is
+  // retired when its count drops to zero. Kept up to date from the clusters an apply adds
+  // and drops, so an update that changes one cluster costs that cluster's endpoints only.
+  struct AddressHash {
+    size_t operator()(const net::SocketAddress& a) const;
+  };
+  std::unordered_map<net::SocketAddress, uint32_t, AddressHash> endpoint_refs_;
   std::vector<std::unique_ptr<UpstreamPool>> retired_pools_;
   std::unique_ptr<Timer> sweep_timer_;
   size_t sessions_ = 0;

@@ -10,50 +10,83 @@ namespace trellis::proxy::mesh {
 
 // ---- MeshSession -----------------------------------------------------------------------------
 
-Ack MeshSession::reject(const Message& m, const Error& e) {
+Ack MeshSession::reject(uint64_t version, const Error& e) {
   rejected_++;
-  TLOG_ERROR("mesh: rejected version {}, keeping version {}: {}", m.version, applied_version_,
+  TLOG_ERROR("mesh: rejected version {}, keeping version {}: {}", version, applied_version_,
              e.message());
-  return Ack{state_.stream(), m.version, false, e.message()};
+  return Ack{state_.stream(), version, false, e.message()};
 }
 
-MeshSession::Outcome MeshSession::handleLine(std::string_view line) {
-  Outcome out;
+Ack MeshSession::applyState(uint64_t version) {
+  auto snap = builder_.build(state_);
+  if (!snap.ok())
+    return reject(version, snap.error());
+  if (auto applied = applier_.apply(*snap); !applied.ok())
+    return reject(version, applied.error());
+  accepted_++;
+  applied_version_ = version;
+  return Ack{state_.stream(), version, true, {}};
+}
+
+bool MeshSession::take(std::string_view line, std::optional<uint64_t>& pending,
+                       BatchOutcome& out) {
+  auto flush = [&] {
+    if (pending)
+      out.acks.push_back(applyState(*pending));
+    pending.reset();
+  };
   auto parsed = parseMessage(line);
   if (!parsed.ok()) {
+    flush();
     out.stream = parsed.error();
-    return out;
+    return false;
   }
   const Message& m = *parsed;
   if (m.type == MessageType::kHeartbeat)
-    return out;
+    return true;
   if (awaiting_snapshot_ && m.type != MessageType::kSnapshot) {
+    flush();
     out.stream = makeError(ErrorCode::kInvalidArgument,
                            "the stream began with a delta (version {}), not a snapshot", m.version);
-    return out;
+    return false;
   }
   Status st = m.type == MessageType::kSnapshot ? state_.applySnapshot(m) : state_.applyDelta(m);
   if (!st.ok()) {
-    // The received state no longer follows the server's: resynchronise from a snapshot.
-    out.ack = reject(m, st.error());
+    // The received state no longer follows the server's: resynchronise from a snapshot. What
+    // came before in the batch is still good and gets applied first.
+    flush();
+    Ack ack = reject(m.version, st.error());
     if (m.type == MessageType::kSnapshot)
-      out.ack->stream = m.stream;
+      ack.stream = m.stream;
+    out.acks.push_back(std::move(ack));
     out.stream = st.error();
-    return out;
+    return false;
   }
   awaiting_snapshot_ = false;
-  auto snap = builder_.build(state_);
-  if (!snap.ok()) {
-    out.ack = reject(m, snap.error());
-    return out;
-  }
-  if (auto applied = applier_.apply(*snap); !applied.ok()) {
-    out.ack = reject(m, applied.error());
-    return out;
-  }
-  accepted_++;
-  applied_version_ = m.version;
-  out.ack = Ack{state_.stream(), m.version, true, {}};
+  pending = m.version;
+  return true;
+}
+
+MeshSession::BatchOutcome MeshSession::handleLines(const std::vector<std::string>& lines) {
+  BatchOutcome out;
+  std::optional<uint64_t> pending;
+  for (const auto& line : lines)
+    if (!take(line, pending, out))
+      return out;
+  if (pending)
+    out.acks.push_back(applyState(*pending));
+  return out;
+}
+
+MeshSession::Outcome MeshSession::handleLine(std::string_view line) {
+  BatchOutcome batch;
+  std::optional<uint64_t> pending;
+  if (take(line, pending, batch) && pending)
+    batch.acks.push_back(applyState(*pending));
+  Outcome out;
+  if (!batch.acks.empty())
+    out.ack = std::move(batch.acks.back());
+  out.stream = std::move(batch.stream);
   return out;
 }
 
@@ -102,6 +135,7 @@ MeshClient::MeshClient(Dispatcher& dispatcher, MeshClientOptions options, Config
                       options_.missed_heartbeats));
   });
   restart_timer_ = dispatcher_.createTimer([this] { retry(failure_); });
+  apply_timer_ = dispatcher_.createTimer([this] { drainLines(); });
 }
 
 MeshClient::~MeshClient() {
@@ -144,6 +178,9 @@ void MeshClient::stop() {
   reconnect_timer_->disable();
   watchdog_timer_->disable();
   restart_timer_->disable();
+  apply_timer_->disable();
+  lines_.clear();
+  lines_bytes_ = 0;
   setConnected(false);
 }
 
@@ -208,6 +245,7 @@ void MeshClient::onBody(std::string_view piece) {
     const std::string_view part =
         piece.substr(start, nl == std::string_view::npos ? std::string_view::npos : nl - start);
     if (buffer_.size() + part.size() > options_.max_message_bytes) {
+      drainLines(); // the complete lines before it still count
       failure_ =
           fmt::format("a message exceeds max_message_bytes ({} bytes)", options_.max_message_bytes);
       restart_timer_->enable(Duration::zero());
@@ -215,7 +253,7 @@ void MeshClient::onBody(std::string_view piece) {
     }
     if (nl == std::string_view::npos) {
       buffer_.append(part);
-      return;
+      break;
     }
     start = nl + 1;
     std::string_view line = part;
@@ -226,28 +264,44 @@ void MeshClient::onBody(std::string_view piece) {
     if (!line.empty() && line.back() == '\r')
       line.remove_suffix(1);
     if (!line.empty()) {
-      auto out = session_.handleLine(line);
-      if (out.ack) {
-        if (metrics_) {
-          (out.ack->accepted ? accepted_metric_ : rejected_metric_).inc();
-          version_metric_.set(static_cast<double>(session_.appliedVersion()));
-        }
-        if (out.ack->accepted)
-          TLOG_DEBUG("mesh: applied version {}", out.ack->version);
-        sendAck(*out.ack);
-        // A stream that delivered a good snapshot is healthy: the next failure starts the
-        // backoff from the beginning.
-        if (out.stream.ok())
-          backoff_.reset();
-      }
-      if (!out.stream.ok()) {
-        failure_ = "protocol error: " + out.stream.error().message();
-        buffer_.clear();
-        restart_timer_->enable(Duration::zero());
-        return;
-      }
+      lines_.emplace_back(line);
+      lines_bytes_ += line.size();
     }
     buffer_.clear();
+  }
+  // A burst is handled as one batch once the read that delivered it is done; a backlog
+  // larger than one message's limit is handled at once, so the queue stays bounded.
+  if (lines_bytes_ > options_.max_message_bytes)
+    drainLines();
+  else if (!lines_.empty())
+    apply_timer_->enable(Duration::zero());
+}
+
+void MeshClient::drainLines() {
+  apply_timer_->disable();
+  if (lines_.empty() || restart_timer_->enabled())
+    return;
+  std::vector<std::string> lines = std::move(lines_);
+  lines_.clear();
+  lines_bytes_ = 0;
+  auto out = session_.handleLines(lines);
+  for (const Ack& ack : out.acks) {
+    if (metrics_)
+      (ack.accepted ? accepted_metric_ : rejected_metric_).inc();
+    if (ack.accepted)
+      TLOG_DEBUG("mesh: applied version {}", ack.version);
+    sendAck(ack);
+  }
+  if (metrics_ && !out.acks.empty())
+    version_metric_.set(static_cast<double>(session_.appliedVersion()));
+  // A stream that delivered a good snapshot is healthy: the next failure starts the
+  // backoff from the beginning.
+  if (!out.acks.empty() && out.stream.ok())
+    backoff_.reset();
+  if (!out.stream.ok()) {
+    failure_ = "protocol error: " + out.stream.error().message();
+    buffer_.clear();
+    restart_timer_->enable(Duration::zero());
   }
 }
 
@@ -261,7 +315,10 @@ void MeshClient::retry(const std::string& why) {
   stream_.cancel();
   watchdog_timer_->disable();
   restart_timer_->disable();
+  apply_timer_->disable();
   buffer_.clear();
+  lines_.clear();
+  lines_bytes_ = 0;
   const bool was = connected_;
   setConnected(false);
   if (!running_)

@@ -49,6 +49,17 @@ public:
   };
   // Handles one line of the stream (without its "\n").
   Outcome handleLine(std::string_view line);
+
+  struct BatchOutcome {
+    std::vector<Ack> acks;      // in order; at most one per configuration built, plus a reject
+    Status stream = okStatus(); // as in Outcome; lines after the one that broke it are dropped
+  };
+  // Handles lines that arrived together (a burst): each is applied to the received state in
+  // order, then the configuration is built and switched to once, and only the last version is
+  // acked (accepted, or rejected with the error). Acks are cumulative (docs/protocol.md): the
+  // versions before it in the burst are applied too. A line that breaks the stream first gets
+  // what came before it built and acked, then its own reject.
+  BatchOutcome handleLines(const std::vector<std::string>& lines);
   // A new stream begins: its first message must be a snapshot.
   void beginStream() { awaiting_snapshot_ = true; }
 
@@ -59,7 +70,12 @@ public:
   uint64_t rejected() const { return rejected_; }
 
 private:
-  Ack reject(const Message& m, const Error& e);
+  Ack reject(uint64_t version, const Error& e);
+  // Builds and switches to the received state; the ack for `version`.
+  Ack applyState(uint64_t version);
+  // Applies one parsed line to the received state. Returns false (with `out` set) when the
+  // stream is broken; `pending` is the version applied to the state and not yet built.
+  bool take(std::string_view line, std::optional<uint64_t>& pending, BatchOutcome& out);
 
   ConfigBuilder& builder_;
   ConfigApplier& applier_;
@@ -135,6 +151,8 @@ private:
   // Drops the stream (if any) and tries again after a backoff.
   void retry(const std::string& why);
   void sendAck(const Ack& ack);
+  // Handles the complete lines received so far (all that one read delivered) as one batch.
+  void drainLines();
   void setConnected(bool c);
   std::string streamTarget() const;
 
@@ -146,8 +164,12 @@ private:
   http::RequestHandle stream_;
   size_t server_ = 0;
   std::string buffer_;  // the partial line
+  // Complete lines not handled yet: onBody() queues them and apply_timer_ (due at once, so it
+  // runs after the read that delivered them) handles them together.
+  std::vector<std::string> lines_;
+  size_t lines_bytes_ = 0;
   std::string failure_; // set from inside a stream callback; acted on by restart_timer_
-  std::unique_ptr<Timer> reconnect_timer_, watchdog_timer_, restart_timer_;
+  std::unique_ptr<Timer> reconnect_timer_, watchdog_timer_, restart_timer_, apply_timer_;
   bool running_ = false;
   bool connected_ = false;
   uint64_t attempts_ = 0;

@@ -141,41 +141,42 @@ Result<std::vector<Endpoint>> parseEndpoints(const json& eps, const std::string&
     return makeError(ErrorCode::kInvalidArgument, "{}: must be a list, got {}", path,
                      eps.type_name());
   out.reserve(eps.size());
-  std::set<std::pair<std::string, uint16_t>> seen;
+  std::set<std::pair<asio::ip::address, uint16_t>> seen;
   for (size_t i = 0; i < eps.size(); ++i) {
     const json& e = eps[i];
-    const std::string ep = fmt::format("{}[{}]", path, i);
+    // Error paths only: formatting them for every endpoint would be most of the cost.
+    auto ep = [&] { return fmt::format("{}[{}]", path, i); };
     const json* addr = &e;
     Endpoint out_ep;
     if (e.is_object()) {
       auto a = e.find("address");
       if (a == e.end())
-        return makeError(ErrorCode::kInvalidArgument, "{}: missing \"address\"", ep);
+        return makeError(ErrorCode::kInvalidArgument, "{}: missing \"address\"", ep());
       addr = &*a;
       if (auto w = e.find("weight"); w != e.end()) {
         if (!w->is_number_integer() || w->get<int64_t>() < 1 || w->get<int64_t>() > 1000000)
           return makeError(ErrorCode::kInvalidArgument,
-                           "{}.weight: must be an integer 1..1000000, got {}", ep,
+                           "{}.weight: must be an integer 1..1000000, got {}", ep(),
                            w->dump(-1, ' ', false, json::error_handler_t::replace));
         out_ep.weight = static_cast<uint32_t>(w->get<int64_t>());
       }
     } else if (!e.is_string()) {
       return makeError(ErrorCode::kInvalidArgument,
-                       "{}: must be an address string or {{address, weight}}, got {}", ep,
+                       "{}: must be an address string or {{address, weight}}, got {}", ep(),
                        e.type_name());
     }
-    const std::string apath = e.is_object() ? ep + ".address" : ep;
+    auto apath = [&] { return e.is_object() ? ep() + ".address" : ep(); };
     if (!addr->is_string())
-      return makeError(ErrorCode::kInvalidArgument, "{}: must be a string, got {}", apath,
+      return makeError(ErrorCode::kInvalidArgument, "{}: must be a string, got {}", apath(),
                        addr->type_name());
     auto sa = net::parseSocketAddress(addr->get_ref<const std::string&>());
     if (!sa.ok())
-      return makeError(ErrorCode::kInvalidArgument, "{}: {}", apath, sa.error().message());
+      return makeError(ErrorCode::kInvalidArgument, "{}: {}", apath(), sa.error().message());
     if (sa->port == 0)
       return makeError(ErrorCode::kInvalidArgument, "{}: port 0 is not allowed for an endpoint",
-                       apath);
-    if (!seen.emplace(sa->ip.to_string(), sa->port).second)
-      return makeError(ErrorCode::kInvalidArgument, "{}: {} is listed twice", apath,
+                       apath());
+    if (!seen.emplace(sa->ip, sa->port).second)
+      return makeError(ErrorCode::kInvalidArgument, "{}: {} is listed twice", apath(),
                        sa->toString());
     out_ep.address = *sa;
     out.push_back(out_ep);
@@ -187,7 +188,6 @@ Result<std::shared_ptr<const Snapshot>> ConfigBuilder::build(const MeshState& st
   const bool sidecar = spec_.kind == ProxySpec::Kind::kSidecar;
   // Refresh what changed.
   for (const auto& [name, entry] : state.services()) {
-    const std::string path = "services." + name;
     if (!isConfigName(name))
       return makeError(ErrorCode::kInvalidArgument,
                        "services: \"{}\" is not a valid name (1..128 of letters, digits, "
@@ -195,9 +195,15 @@ Result<std::shared_ptr<const Snapshot>> ConfigBuilder::build(const MeshState& st
                        name);
     if (sidecar && name == kLocalAppCluster)
       return makeError(ErrorCode::kInvalidArgument,
-                       "{}: the name is reserved for the sidecar's local app cluster", path);
-    ParsedDefinition& def = definitions_[name];
+                       "services.{}: the name is reserved for the sidecar's local app cluster",
+                       name);
+    auto [def_it, new_name] = definitions_.try_emplace(name);
+    ParsedDefinition& def = def_it->second;
+    if (new_name)
+      layout_valid_ = false;
     if (def.rev != entry.definition_rev) {
+      const std::string path = "services." + name;
+      layout_valid_ = false;
       def = ParsedDefinition{};
       def.rev = entry.definition_rev;
       auto fail = [&](Error e) { def.error = std::move(e); };
@@ -239,7 +245,7 @@ Result<std::shared_ptr<const Snapshot>> ConfigBuilder::build(const MeshState& st
     if (eps.rev != entry.endpoints_rev) {
       eps = ParsedEndpoints{};
       eps.rev = entry.endpoints_rev;
-      auto parsed = parseEndpoints(entry.endpoints, path + ".endpoints");
+      auto parsed = parseEndpoints(entry.endpoints, "services." + name + ".endpoints");
       if (parsed.ok())
         eps.endpoints = std::move(parsed).value();
       else
@@ -248,10 +254,15 @@ Result<std::shared_ptr<const Snapshot>> ConfigBuilder::build(const MeshState& st
     if (eps.error)
       return *eps.error;
   }
-  std::erase_if(definitions_, [&](const auto& kv) { return !state.services().count(kv.first); });
-  std::erase_if(endpoints_, [&](const auto& kv) { return !state.services().count(kv.first); });
+  auto gone = [&](const auto& kv) { return !state.services().count(kv.first); };
+  if (definitions_.size() != state.services().size()) {
+    std::erase_if(definitions_, gone);
+    std::erase_if(endpoints_, gone);
+    layout_valid_ = false;
+  }
 
   const std::vector<Route>* gateway_routes = nullptr;
+  uint64_t gateway_rev = 0;
   if (!sidecar) {
     std::erase_if(gateways_, [&](const auto& kv) { return kv.first != spec_.gateway; });
     if (auto g = state.gateways().find(spec_.gateway); g != state.gateways().end()) {
@@ -272,9 +283,12 @@ Result<std::shared_ptr<const Snapshot>> ConfigBuilder::build(const MeshState& st
       if (pg.error)
         return *pg.error;
       gateway_routes = &pg.routes;
+      gateway_rev = pg.rev;
     } else {
       gateways_.clear();
     }
+    if (gateway_rev != layout_gateway_rev_)
+      layout_valid_ = false;
   }
 
   auto snap = std::make_shared<Snapshot>();
@@ -284,21 +298,54 @@ Result<std::shared_ptr<const Snapshot>> ConfigBuilder::build(const MeshState& st
   snap->concurrency = spec_.concurrency;
   snap->access_log = spec_.access_log;
 
-  std::map<std::string, size_t, std::less<>> index;
-  auto addCluster = [&](Cluster c) {
-    index.emplace(c.name, snap->clusters.size());
-    snap->clusters.push_back(std::move(c));
-  };
+  // One cluster per service, in name order; only a service whose definition or endpoints
+  // changed gets a new one.
+  snap->clusters.reserve(state.services().size() + layout_clusters_.size() + 1);
   for (const auto& [name, entry] : state.services()) {
-    Cluster c = definitions_[name].cluster;
-    c.name = name;
-    c.endpoints = endpoints_[name].endpoints;
-    if (c.lb.policy == LbPolicy::kMaglev && c.endpoints.size() >= c.lb.maglev_table_size)
-      return makeError(ErrorCode::kInvalidArgument,
-                       "services.{}.cluster.maglev.table_size: {} is not above the {} endpoints",
-                       name, c.lb.maglev_table_size, c.endpoints.size());
-    addCluster(std::move(c));
+    AssembledCluster& a = assembled_[name];
+    if (!a.cluster || a.definition_rev != entry.definition_rev ||
+        a.endpoints_rev != entry.endpoints_rev) {
+      Cluster c = definitions_.find(name)->second.cluster;
+      c.name = name;
+      c.endpoints = endpoints_.find(name)->second.endpoints;
+      if (c.lb.policy == LbPolicy::kMaglev && c.endpoints.size() >= c.lb.maglev_table_size)
+        return makeError(ErrorCode::kInvalidArgument,
+                         "services.{}.cluster.maglev.table_size: {} is not above the {} endpoints",
+                         name, c.lb.maglev_table_size, c.endpoints.size());
+      a.definition_rev = entry.definition_rev;
+      a.endpoints_rev = entry.endpoints_rev;
+      a.cluster = std::make_shared<const Cluster>(std::move(c));
+    }
+    snap->clusters.push_back(a.cluster);
   }
+  if (assembled_.size() != state.services().size())
+    std::erase_if(assembled_, gone);
+  if (!layout_valid_) {
+    assembleLayout(state, gateway_routes);
+    layout_gateway_rev_ = gateway_rev;
+    layout_valid_ = true;
+  }
+  for (const auto& c : layout_clusters_)
+    snap->clusters.push_back(c);
+  for (const auto& l : layout_listeners_)
+    snap->listeners.push_back(l);
+  return std::shared_ptr<const Snapshot>(std::move(snap));
+}
+
+void ConfigBuilder::assembleLayout(const MeshState& state,
+                                   const std::vector<Route>* gateway_routes) {
+  const bool sidecar = spec_.kind == ProxySpec::Kind::kSidecar;
+  layout_listeners_.clear();
+  layout_clusters_.clear();
+  // Cluster positions: the services first (as build() puts them), then the trailing ones.
+  std::map<std::string, size_t, std::less<>> index;
+  for (const auto& [name, entry] : state.services())
+    index.emplace(name, index.size());
+  const size_t services = index.size();
+  auto addCluster = [&](Cluster c) {
+    index.emplace(c.name, services + layout_clusters_.size());
+    layout_clusters_.push_back(std::make_shared<const Cluster>(std::move(c)));
+  };
   // Routes of a known service, or the default route when the server has not described it.
   auto routesOf = [&](const std::string& svc) -> std::vector<Route> {
     auto d = definitions_.find(svc);
@@ -311,6 +358,7 @@ Result<std::shared_ptr<const Snapshot>> ConfigBuilder::build(const MeshState& st
     return d == definitions_.end() ? Protocol::kHttp : d->second.protocol;
   };
 
+  std::vector<Listener> listeners;
   if (sidecar) {
     Cluster app = defaultCluster(kLocalAppCluster);
     app.outlier_detection.reset(); // the one app: nothing to eject it in favour of
@@ -332,7 +380,7 @@ Result<std::shared_ptr<const Snapshot>> ConfigBuilder::build(const MeshState& st
       r.timeout = Duration::zero();
       in.routes.push_back(std::move(r));
     }
-    snap->listeners.push_back(std::move(in));
+    listeners.push_back(std::move(in));
     for (const auto& up : spec_.upstreams) {
       Listener l;
       l.name = "upstream-" + up.service;
@@ -342,7 +390,7 @@ Result<std::shared_ptr<const Snapshot>> ConfigBuilder::build(const MeshState& st
         l.cluster = up.service;
       else
         l.routes = routesOf(up.service);
-      snap->listeners.push_back(std::move(l));
+      listeners.push_back(std::move(l));
     }
     if (spec_.http_proxy) {
       Listener l;
@@ -357,7 +405,7 @@ Result<std::shared_ptr<const Snapshot>> ConfigBuilder::build(const MeshState& st
           l.routes.push_back(std::move(r));
         }
       }
-      snap->listeners.push_back(std::move(l));
+      listeners.push_back(std::move(l));
     }
   } else {
     Listener l;
@@ -365,26 +413,26 @@ Result<std::shared_ptr<const Snapshot>> ConfigBuilder::build(const MeshState& st
     l.address = spec_.listen;
     if (gateway_routes)
       l.routes = *gateway_routes;
-    snap->listeners.push_back(std::move(l));
+    listeners.push_back(std::move(l));
   }
 
   // Services named by a route or an upstream but absent from the state get a cluster without
   // endpoints (503 until instances arrive), so one missing service never rejects the rest.
-  for (auto& l : snap->listeners) {
+  for (auto& l : listeners) {
     auto resolve = [&](const std::string& name) {
       auto it = index.find(name);
       if (it != index.end())
         return it->second;
       addCluster(defaultCluster(name));
-      return snap->clusters.size() - 1;
+      return services + layout_clusters_.size() - 1;
     };
     if (l.protocol == Protocol::kTcp)
       l.cluster_index = resolve(l.cluster);
     for (auto& r : l.routes)
       for (auto& wc : r.clusters)
         wc.cluster_index = resolve(wc.cluster);
+    layout_listeners_.push_back(std::make_shared<const Listener>(std::move(l)));
   }
-  return std::shared_ptr<const Snapshot>(std::move(snap));
 }
 
 } // namespace trellis::proxy::mesh

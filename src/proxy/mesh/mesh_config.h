@@ -47,8 +47,9 @@ struct ProxySpec {
   std::optional<AccessLogConfig> access_log;
 };
 
-// Keeps what it parsed per service (by revision), so a delta that only moves endpoints costs
-// their validation and the copy into a new Snapshot, not a re-parse of every route.
+// Keeps what it parsed per service (by revision) and what it assembled, so a delta that only
+// moves one service's endpoints costs their validation and one new Cluster: every other
+// cluster and every listener of the new Snapshot is shared with the previous one.
 class ConfigBuilder {
 public:
   explicit ConfigBuilder(ProxySpec spec) : spec_(std::move(spec)) {}
@@ -79,7 +80,26 @@ private:
     std::optional<Error> error;
   };
 
+  // A service's cluster as put into the last Snapshot, reused by the next one while neither
+  // the definition nor the endpoints it was made from changed.
+  struct AssembledCluster {
+    uint64_t definition_rev = 0;
+    uint64_t endpoints_rev = 0;
+    std::shared_ptr<const Cluster> cluster;
+  };
+
+  // Rebuilds the listeners and the clusters that follow the services' (local_app, and the
+  // endpoint-less clusters of services named but absent).
+  void assembleLayout(const MeshState& state, const std::vector<Route>* gateway_routes);
+
   ProxySpec spec_;
+  std::map<std::string, AssembledCluster, std::less<>> assembled_;
+  // The listeners and trailing clusters depend only on the services' names and definitions
+  // and the gateway's routes (not on endpoints), so a delta that moves endpoints reuses them.
+  bool layout_valid_ = false;
+  uint64_t layout_gateway_rev_ = 0;
+  std::vector<std::shared_ptr<const Listener>> layout_listeners_;
+  std::vector<std::shared_ptr<const Cluster>> layout_clusters_;
   std::map<std::string, ParsedDefinition, std::less<>> definitions_;
   std::map<std::string, ParsedEndpoints, std::less<>> endpoints_;
   std::map<std::string, ParsedGateway, std::less<>> gateways_;

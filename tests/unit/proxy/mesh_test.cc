@@ -601,5 +601,35 @@ TEST(MeshClient, AppliesAcksAndReconnectsOnSilenceWithBackoff) {
   client.stop();
 }
 
+TEST(MeshClient, LinesThatArriveTogetherAreAppliedOnceAndAckedWithTheLast) {
+  SimulatedTimeSource time;
+  Dispatcher d("test", time);
+  FakeMeshServer server(d);
+  // The server writes these in one go, as a stream that fell behind gets them.
+  server.lines = {snapshotLine(5, {{"orders", named("orders", service({"127.0.0.1:1001"}))}}),
+                  deltaLine(6, {{"orders", {{"endpoints", {"127.0.0.1:1002"}}}}}),
+                  R"({"type":"heartbeat","version":6})",
+                  deltaLine(7, {{"orders", {{"endpoints", {"127.0.0.1:1003"}}}}}),
+                  deltaLine(8, {{"users", named("users", service({"127.0.0.1:2001"}))}})};
+  ConfigBuilder builder(sidecarSpec());
+  FakeApplier applier;
+  MeshClientOptions o;
+  o.servers = {server.address()};
+  o.node = "web-1";
+  o.service = "web";
+  MeshClient client(d, o, builder, applier, 7);
+  client.start();
+  ASSERT_TRUE(pumpUntil(d, [&] { return client.appliedVersion() == 8 && server.acks >= 1; }));
+  EXPECT_EQ(applier.calls, 1);
+  EXPECT_EQ(server.acks, 1);
+  json ack = json::parse(server.last_ack);
+  EXPECT_EQ(ack["version"], 8);
+  EXPECT_EQ(ack["accepted"], true);
+  EXPECT_EQ(endpointsOf(*applier.current, "orders"), (std::vector<std::string>{"127.0.0.1:1003"}));
+  EXPECT_EQ(endpointsOf(*applier.current, "users"), (std::vector<std::string>{"127.0.0.1:2001"}));
+  EXPECT_EQ(client.session().accepted(), 1u);
+  client.stop();
+}
+
 } // namespace
 } // namespace trellis::proxy::mesh

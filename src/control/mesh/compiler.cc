@@ -390,6 +390,67 @@ void MeshCompiler::rebuild() {
   resources_dirty_ = false;
   version_ = std::max<uint64_t>(catalog_.index(), 1);
   snapshot_.reset();
+  service_versions_.clear();
+  gateway_versions_.clear();
+  service_tombstones_.clear();
+  gateway_tombstones_.clear();
+  for (const auto& [name, e] : services_)
+    service_versions_[name] = {version_, version_};
+  for (const auto& [name, g] : gateways_)
+    gateway_versions_[name] = {version_, version_};
+  horizon_ = version_;
+}
+
+void MeshCompiler::noteCreated(std::map<std::string, Versions>& live,
+                               std::map<std::string, Versions>& tombstones,
+                               const std::string& name, uint64_t v) {
+  live[name] = {v, v};
+  tombstones.erase(name);
+}
+
+void MeshCompiler::noteRemoved(std::map<std::string, Versions>& live,
+                               std::map<std::string, Versions>& tombstones,
+                               const std::string& name, uint64_t v) {
+  auto it = live.find(name);
+  tombstones[name] = {it != live.end() ? it->second.created : v, v};
+  if (it != live.end())
+    live.erase(it);
+  if (tombstones.size() <= kMaxTombstones)
+    return;
+  // Forget the oldest removal: a delta from before it can no longer be built.
+  auto oldest = tombstones.begin();
+  for (auto t = tombstones.begin(); t != tombstones.end(); ++t)
+    if (t->second.changed < oldest->second.changed)
+      oldest = t;
+  horizon_ = std::max(horizon_, oldest->second.changed);
+  tombstones.erase(oldest);
+}
+
+std::shared_ptr<const std::string> MeshCompiler::deltaSince(uint64_t base) const {
+  if (base < horizon_ || base >= version_)
+    return nullptr;
+  std::string changed, removed, changed_gw, removed_gw;
+  auto append = [](std::string& list, std::string_view item) {
+    if (!list.empty())
+      list += ',';
+    list += item;
+  };
+  for (const auto& [name, v] : service_versions_)
+    if (v.changed > base)
+      append(changed, jsonString(name) + ":" + services_.at(name).json());
+  for (const auto& [name, t] : service_tombstones_)
+    if (t.changed > base && t.created <= base)
+      append(removed, jsonString(name));
+  for (const auto& [name, v] : gateway_versions_)
+    if (v.changed > base)
+      append(changed_gw, jsonString(name) + ":" + gateways_.at(name).json());
+  for (const auto& [name, t] : gateway_tombstones_)
+    if (t.changed > base && t.created <= base)
+      append(removed_gw, jsonString(name));
+  return std::make_shared<const std::string>(
+      fmt::format("{{\"type\":\"delta\",\"version\":{},\"services\":{{{}}},\"removed\":[{}],"
+                  "\"gateways\":{{{}}},\"removed_gateways\":[{}]}}\n",
+                  version_, changed, removed, changed_gw, removed_gw));
 }
 
 void MeshCompiler::markNode(const std::string& folded_node) {
@@ -472,6 +533,8 @@ std::shared_ptr<const std::string> MeshCompiler::flush() {
   dirty_services_.clear();
   resources_dirty_ = false;
 
+  // The version this flush produces if anything changed (nothing is recorded otherwise).
+  const uint64_t next = std::max(version_ + 1, catalog_.index());
   std::string changed, removed, changed_gw, removed_gw;
   auto append = [](std::string& list, std::string_view item) {
     if (!list.empty())
@@ -486,12 +549,14 @@ std::shared_ptr<const std::string> MeshCompiler::flush() {
       if (old != services_.end()) {
         append(removed, jsonString(name));
         services_.erase(old);
+        noteRemoved(service_versions_, service_tombstones_, name, next);
       }
       continue;
     }
     if (old == services_.end()) {
       append(changed, jsonString(name) + ":" + e->json());
       services_.emplace(name, std::move(*e));
+      noteCreated(service_versions_, service_tombstones_, name, next);
       continue;
     }
     // Field by field: a health change sends only `endpoints`.
@@ -508,6 +573,7 @@ std::shared_ptr<const std::string> MeshCompiler::flush() {
     if (!fields.empty()) {
       append(changed, jsonString(name) + ":{" + fields + "}");
       old->second = std::move(*e);
+      service_versions_[name].changed = next;
     }
   }
   if (full) {
@@ -521,16 +587,21 @@ std::shared_ptr<const std::string> MeshCompiler::flush() {
         if (old != gateways_.end()) {
           append(removed_gw, jsonString(name));
           gateways_.erase(old);
+          noteRemoved(gateway_versions_, gateway_tombstones_, name, next);
         }
       } else if (old == gateways_.end() || !(old->second == *g)) {
         append(changed_gw, jsonString(name) + ":" + g->json());
+        if (old == gateways_.end())
+          noteCreated(gateway_versions_, gateway_tombstones_, name, next);
+        else
+          gateway_versions_[name].changed = next;
         gateways_[name] = std::move(*g);
       }
     }
   }
   if (changed.empty() && removed.empty() && changed_gw.empty() && removed_gw.empty())
     return nullptr;
-  version_ = std::max(version_ + 1, catalog_.index());
+  version_ = next;
   snapshot_.reset();
   ++stats_.deltas;
   auto msg = std::make_shared<std::string>();

@@ -74,6 +74,16 @@ public:
   // line, shared by every stream), or null when nothing visible changed.
   std::shared_ptr<const std::string> flush();
 
+  // The delta from `base`, a version this compiler produced, to the current version: the
+  // complete entries of the services and gateways that changed after `base`, and the names
+  // of those that existed at `base` and are gone. Applied to the state at `base` it gives the
+  // current state. For a stream that was still busy with an earlier message when deltas were
+  // produced: it gets one of these instead of every delta in between. Null when `base` is
+  // older than what the compiler remembers of removals (kMaxTombstones).
+  std::shared_ptr<const std::string> deltaSince(uint64_t base) const;
+  // Removed services and gateways remembered for deltaSince.
+  static constexpr size_t kMaxTombstones = 4096;
+
   // The snapshot message's body after `{"type":"snapshot",` and any per-stream fields:
   // `"version":V,"services":{...},"gateways":{...}}\n`. Built once per version.
   std::shared_ptr<const std::string> snapshotBody();
@@ -88,7 +98,23 @@ private:
   void markNode(const std::string& folded_node);
   void indexInstance(const registry::Service& s);
 
+  // When each service and gateway entry was created and last changed, and when the removed
+  // ones were (for deltaSince).
+  struct Versions {
+    uint64_t created = 0;
+    uint64_t changed = 0; // the removal, for a tombstone
+  };
+  void noteCreated(std::map<std::string, Versions>& live,
+                   std::map<std::string, Versions>& tombstones, const std::string& name,
+                   uint64_t v);
+  void noteRemoved(std::map<std::string, Versions>& live,
+                   std::map<std::string, Versions>& tombstones, const std::string& name,
+                   uint64_t v);
+
   const registry::Catalog& catalog_;
+  std::map<std::string, Versions> service_versions_, gateway_versions_;
+  std::map<std::string, Versions> service_tombstones_, gateway_tombstones_;
+  uint64_t horizon_ = 0; // deltaSince needs a base at least this
   MeshResources resources_;
   uint64_t version_ = 0;
   std::map<std::string, ServiceEntry> services_; // folded name

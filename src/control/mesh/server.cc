@@ -140,6 +140,7 @@ void MeshServer::onCoalesced() {
   if (!delta)
     return;
   const uint64_t version = compiler_.version();
+  catchups_.clear();
   // Copy: a failing write may close (and unlink) a stream during the loop.
   std::vector<StreamPtr> all;
   all.reserve(streams_.size());
@@ -148,11 +149,39 @@ void MeshServer::onCoalesced() {
   for (auto& s : all) {
     if (s->closed)
       continue;
+    if (!s->queue.empty()) {
+      // Still sending an earlier message: one catch-up delta follows it (pump).
+      s->behind = true;
+      continue;
+    }
     s->sent_version = version;
     ++stats_.deltas_sent;
     sent_delta_.inc();
     enqueue(s, delta);
   }
+}
+
+void MeshServer::catchUp(const StreamPtr& s) {
+  s->behind = false;
+  const uint64_t version = compiler_.version();
+  if (s->sent_version >= version)
+    return;
+  auto& msg = catchups_[s->sent_version];
+  if (!msg)
+    msg = compiler_.deltaSince(s->sent_version);
+  if (!msg) {
+    TLOG_WARN("mesh: closing the stream of {} ({}): too far behind (version {}) for a delta",
+              s->node, s->peer, s->sent_version);
+    ++stats_.streams_lagging;
+    lagging_.inc();
+    closeStream(s, true);
+    return;
+  }
+  s->sent_version = version;
+  ++stats_.deltas_sent;
+  ++stats_.catchups_sent;
+  sent_delta_.inc();
+  enqueue(s, msg);
 }
 
 void MeshServer::onHeartbeat() {
@@ -221,6 +250,10 @@ void MeshServer::pump(const StreamPtr& s) {
       closeStream(s, false);
       return;
     }
+  }
+  if (!s->closed && s->queue.empty() && s->behind) {
+    catchUp(s); // enqueues (and pumps) the catch-up delta
+    return;
   }
   if (!s->closed && !s->queue.empty() && !s->backlogged) {
     s->backlogged = true;
@@ -469,6 +502,17 @@ void MeshServer::ack(http::ServerRequest& req, const Writer& w) {
   s.acked = true;
   s.acked_version = version;
   s.last_accepted = accepted;
+  if (settings_.ack_history > 0) {
+    const auto now = loop_.timeSource().systemTime().time_since_epoch();
+    const Stream::AckRecord rec{
+        version, std::chrono::duration_cast<std::chrono::microseconds>(now).count(), accepted};
+    if (s.acks.size() < settings_.ack_history) {
+      s.acks.push_back(rec);
+    } else {
+      s.acks[s.ack_next] = rec;
+      s.ack_next = (s.ack_next + 1) % s.acks.size();
+    }
+  }
   if (accepted) {
     ++stats_.acks_accepted;
     acks_accepted_.inc();
@@ -492,7 +536,17 @@ void MeshServer::snapshot(http::ServerRequest& req, const Writer& w) {
   reply(w, 200, body, "application/json");
 }
 
-void MeshServer::proxies(http::ServerRequest&, const Writer& w) {
+void MeshServer::proxies(http::ServerRequest& req, const Writer& w) {
+  bool history = false;
+  for (const auto& [k, v] : req.query_params) {
+    if (k != "history")
+      return reply(w, 400,
+                   fmt::format("unknown parameter \"{}\" (history)\n", k.substr(0, 200)));
+    if (v != "true" && v != "false" && !v.empty())
+      return reply(w, 400,
+                   fmt::format("history: \"{}\" is not true or false\n", v.substr(0, 64)));
+    history = v != "false";
+  }
   std::vector<const Stream*> list;
   for (const auto& [node, s] : streams_)
     list.push_back(s.get());
@@ -514,6 +568,16 @@ void MeshServer::proxies(http::ServerRequest&, const Writer& w) {
     p[s->kind == "gateway" ? "gateway" : "service"] = s->target;
     if (s->acked)
       p["accepted"] = s->last_accepted;
+    if (!s->acks.empty()) // the newest record is the one before the ring's write position
+      p["acked_at_us"] = s->acks[(s->ack_next + s->acks.size() - 1) % s->acks.size()].at_us;
+    if (history) {
+      json acks = json::array();
+      for (size_t i = 0; i < s->acks.size(); ++i) {
+        const auto& a = s->acks[(s->ack_next + i) % s->acks.size()];
+        acks.push_back({{"version", a.version}, {"at_us", a.at_us}, {"accepted", a.accepted}});
+      }
+      p["acks"] = std::move(acks);
+    }
     if (!s->last_error.empty())
       p["last_error"] = s->last_error;
     out.push_back(std::move(p));

@@ -29,7 +29,9 @@ struct MeshSettings {
   size_t max_streams = 16384;
   // A stream whose unsent deltas and heartbeats exceed this many bytes is behind: it is
   // closed, and the proxy reconnects and starts again from a snapshot. (The snapshot itself
-  // is shared by every stream at its version and does not count.)
+  // is shared by every stream at its version and does not count.) A busy stream is queued at
+  // most one delta plus one catch-up delta (docs/protocol.md "Deltas"), so in practice this
+  // bounds a catch-up: past it, a snapshot is as cheap.
   size_t max_stream_backlog_bytes = 8 * 1024 * 1024;
   // Bytes handed to a stream's connection at a time, only when the connection has taken
   // everything before; bounds what each connection buffers (its own copy) beyond the shared
@@ -39,6 +41,10 @@ struct MeshSettings {
   Duration backlog_retry = std::chrono::milliseconds(1);
   // Longest error text kept from a rejecting ack.
   size_t max_ack_error_bytes = 1024;
+  // Acks remembered per stream (version, time, result), shown by
+  // GET /v1/mesh/proxies?history=true: when each proxy applied each version
+  // (bench/propagation). 24 bytes each.
+  size_t ack_history = 64;
 };
 
 struct MeshStats {
@@ -47,6 +53,7 @@ struct MeshStats {
   uint64_t streams_lagging = 0;      // closed for exceeding max_stream_backlog_bytes
   uint64_t snapshots_sent = 0;
   uint64_t deltas_sent = 0;
+  uint64_t catchups_sent = 0; // deltas from a stream's older version (it was busy; included above)
   uint64_t heartbeats_sent = 0;
   uint64_t bytes_sent = 0;
   uint64_t acks_accepted = 0;
@@ -100,10 +107,22 @@ private:
     bool last_accepted = false;
     uint64_t rejected = 0;
     std::string last_error;
+    // The last settings_.ack_history acks, a ring: once full, acks[ack_next] is the oldest.
+    struct AckRecord {
+      uint64_t version = 0;
+      int64_t at_us = 0; // unix time
+      bool accepted = false;
+    };
+    std::vector<AckRecord> acks;
+    size_t ack_next = 0;
     MonotonicTime last_write{};
     SystemTime connected_at{};
     bool backlogged = false;
     bool closed = false;
+    // Deltas were produced while this stream was still sending an earlier message: it gets
+    // one delta from `sent_version` to the current version once its queue is empty, instead
+    // of every delta in between (a slow stream costs no memory and catches up in one step).
+    bool behind = false;
   };
   using StreamPtr = std::shared_ptr<Stream>;
 
@@ -120,6 +139,7 @@ private:
   void schedulePump(bool progress);
   void closeStream(const StreamPtr& s, bool finish);
   void onCoalesced();
+  void catchUp(const StreamPtr& s);
   void onHeartbeat();
   void reply(const Writer& w, uint16_t status, std::string_view body,
              std::string_view content_type = "text/plain; charset=utf-8");
@@ -132,6 +152,9 @@ private:
   bool started_ = false;
   std::unordered_map<std::string, StreamPtr> streams_; // by node
   std::vector<StreamPtr> backlogged_;
+  // Catch-up deltas to the current version, by base version (streams behind since the same
+  // version share one); cleared when the version changes.
+  std::unordered_map<uint64_t, std::shared_ptr<const std::string>> catchups_;
   bool pump_posted_ = false;
   bool in_pump_round_ = false;
   std::unique_ptr<Timer> pump_timer_;

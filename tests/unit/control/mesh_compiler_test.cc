@@ -225,6 +225,61 @@ TEST_F(MeshCompilerTest, CoalescedBatchesGiveOneDelta) {
   EXPECT_EQ(d["version"], catalog_.index());
 }
 
+TEST_F(MeshCompilerTest, DeltaSinceAnOlderVersionCatchesUpInOneStep) {
+  apply(instance("n1", "10.0.0.1", "keep", "keep-1", 1000, CheckStatus::kPassing));
+  apply(instance("n1", "10.0.0.1", "gone", "gone-1", 2000, CheckStatus::kPassing));
+  apply(instance("n1", "10.0.0.1", "back", "back-1", 3000, CheckStatus::kPassing));
+  apply(instance("n1", "10.0.0.1", "same", "same-1", 4000, CheckStatus::kPassing));
+  compiler_.rebuild();
+  const json base = snapshotJson(compiler_);
+  const uint64_t v0 = compiler_.version();
+  EXPECT_EQ(compiler_.deltaSince(v0), nullptr); // nothing to catch up on
+
+  registry::DeregisterRequest del;
+  del.node = "n1";
+  apply(instance("n1", "10.0.0.1", "keep", "keep-2", 1001, CheckStatus::kPassing));
+  flush();
+  const json mid = snapshotJson(compiler_);
+  const uint64_t v1 = compiler_.version();
+  del.service_id = "gone-1";
+  apply(del);
+  del.service_id = "back-1";
+  apply(del);
+  flush();
+  apply(instance("n1", "10.0.0.1", "back", "back-2", 3001, CheckStatus::kPassing));
+  apply(instance("n1", "10.0.0.1", "new", "new-1", 5000, CheckStatus::kPassing));
+  flush();
+  apply(instance("n1", "10.0.0.1", "brief", "brief-1", 6000, CheckStatus::kPassing));
+  flush();
+  const uint64_t v4 = compiler_.version();
+  del.service_id = "brief-1";
+  apply(del);
+  apply(health("n1", "keep-2", CheckStatus::kCritical));
+  flush();
+  const json now = snapshotJson(compiler_);
+
+  for (const auto& [from, v] : {std::pair{base, v0}, std::pair{mid, v1}}) {
+    auto d = compiler_.deltaSince(v);
+    ASSERT_NE(d, nullptr);
+    EXPECT_EQ(std::count(d->begin(), d->end(), '\n'), 1);
+    json delta = json::parse(*d);
+    EXPECT_EQ(delta["type"], "delta");
+    EXPECT_EQ(delta["version"], compiler_.version());
+    // Only what changed since: "same" is untouched; "brief" came and went in between.
+    EXPECT_FALSE(delta["services"].contains("same")) << *d;
+    EXPECT_FALSE(delta["services"].contains("brief")) << *d;
+    EXPECT_EQ(delta["removed"], json::parse(R"(["gone"])")) << *d;
+    EXPECT_EQ(delta["services"]["back"].size(), 4u) << "complete entries";
+    json state = from;
+    applyDelta(state, delta);
+    EXPECT_EQ(state, now) << *d;
+  }
+  // From the version before the last flush: only the last flush's changes.
+  json last = json::parse(*compiler_.deltaSince(v4));
+  EXPECT_EQ(last["services"].size(), 1u) << last; // keep (its health)
+  EXPECT_EQ(last["removed"], json::parse(R"(["brief"])")) << last;
+}
+
 TEST_F(MeshCompilerTest, TrafficPolicyAndServiceResourceShapeTheEntry) {
   apply(instance("n1", "10.0.0.1", "orders", "orders-1", 9001, CheckStatus::kPassing));
   compiler_.rebuild();

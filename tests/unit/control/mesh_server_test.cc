@@ -273,6 +273,67 @@ TEST_F(MeshServerTest, AcksAreCheckedAndCounted) {
   EXPECT_EQ(server_->stats().acks_accepted, 1u);
 }
 
+TEST_F(MeshServerTest, ProxiesShowAckTimesAndRecentHistory) {
+  MeshSettings s = settings();
+  s.ack_history = 3;
+  startServer(s);
+  auto w = stream("sidecar-1");
+  auto snap = w->messages().at(0);
+  const std::string id = snap["stream"];
+  std::vector<uint64_t> versions = {snap["version"].get<uint64_t>()};
+  for (int i = 0; i < 3; ++i) {
+    submit(instance("orders", fmt::format("orders-{}", i + 2), uint16_t(9002 + i)));
+    advance(2ms);
+    auto msgs = w->messages();
+    ASSERT_EQ(msgs.size(), 1u);
+    versions.push_back(msgs[0]["version"].get<uint64_t>());
+  }
+  const auto unixUs = [&] {
+    return std::chrono::duration_cast<std::chrono::microseconds>(
+               time_.systemTime().time_since_epoch())
+        .count();
+  };
+  std::vector<int64_t> at;
+  for (size_t i = 0; i < versions.size(); ++i) {
+    at.push_back(unixUs());
+    auto r = request(http::Method::kPost, "ack", {},
+                     ackBody("sidecar-1", id, versions[i], i != 2)); // the third is a rejection
+    ASSERT_EQ(r->status_, 200) << r->body_;
+    advance(5ms);
+  }
+
+  json plain = json::parse(request(http::Method::kGet, "proxies")->body_);
+  ASSERT_EQ(plain.size(), 1u);
+  EXPECT_EQ(plain[0]["acked_version"], versions.back());
+  EXPECT_EQ(plain[0]["acked_at_us"], at.back());
+  EXPECT_FALSE(plain[0].contains("acks"));
+
+  // Four acks, a history of three: the oldest is gone, the rest oldest first.
+  json full = json::parse(request(http::Method::kGet, "proxies", {{"history", "true"}})->body_);
+  const json& acks = full[0]["acks"];
+  ASSERT_EQ(acks.size(), 3u) << acks;
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(acks[i]["version"], versions[i + 1]);
+    EXPECT_EQ(acks[i]["at_us"], at[i + 1]);
+    EXPECT_EQ(acks[i]["accepted"], i + 1 != 2);
+  }
+
+  auto bad = request(http::Method::kGet, "proxies", {{"history", "yes"}});
+  EXPECT_EQ(bad->status_, 400);
+  EXPECT_NE(bad->body_.find("history: \"yes\" is not true or false"), std::string::npos);
+  bad = request(http::Method::kGet, "proxies", {{"node", "x"}});
+  EXPECT_EQ(bad->status_, 400);
+  EXPECT_NE(bad->body_.find("unknown parameter \"node\""), std::string::npos);
+
+  // No ack yet: neither time nor history.
+  auto w2 = stream("sidecar-2");
+  full = json::parse(request(http::Method::kGet, "proxies", {{"history", "true"}})->body_);
+  ASSERT_EQ(full.size(), 2u);
+  EXPECT_TRUE(full[1]["acked_version"].is_null());
+  EXPECT_FALSE(full[1].contains("acked_at_us"));
+  EXPECT_EQ(full[1]["acks"], json::array());
+}
+
 TEST_F(MeshServerTest, BadStreamParametersGetPrecise400s) {
   startServer(settings());
   struct Case {
@@ -350,6 +411,49 @@ TEST_F(MeshServerTest, WritesAreChunkedAndWaitForTheConnection) {
   EXPECT_EQ(msgs[0]["type"], "delta");
 }
 
+TEST_F(MeshServerTest, BusyStreamGetsOneCatchUpDeltaInsteadOfEvery) {
+  MeshSettings s = settings();
+  s.write_chunk_bytes = 16;
+  startServer(s);
+  auto w = stream("sidecar-1");
+  json state = w->messages().at(0);
+  w->stuck = true;
+  // The first delta is queued (one chunk handed over); the next 29 are not queued at all.
+  for (int i = 0; i < 30; ++i) {
+    submit(instance("svc" + std::to_string(i), "i" + std::to_string(i), uint16_t(3000 + i)));
+    advance(2ms);
+  }
+  EXPECT_EQ(server_->stats().deltas_sent, 1u);
+  json list = json::parse(request(http::Method::kGet, "proxies")->body_);
+  EXPECT_LT(list[0]["queued_bytes"].get<size_t>(), 2000u) << list;
+  const uint64_t first = list[0]["sent_version"];
+
+  w->stuck = false;
+  w->buffered_ = 0;
+  for (int i = 0; i < 200; ++i)
+    advance(1ms);
+  auto msgs = w->messages();
+  ASSERT_EQ(msgs.size(), 2u);
+  EXPECT_EQ(msgs[0]["version"], first);
+  EXPECT_EQ(msgs[0]["services"].size(), 1u);
+  EXPECT_EQ(msgs[1]["type"], "delta");
+  EXPECT_EQ(msgs[1]["version"], registry_.catalog().index());
+  EXPECT_EQ(msgs[1]["services"].size(), 29u);
+  EXPECT_EQ(server_->stats().catchups_sent, 1u);
+  // Applied in order, they give the current snapshot.
+  for (const json& d : msgs) {
+    for (auto& [name, fields] : d["services"].items())
+      for (auto& [k, v] : fields.items())
+        state["services"][name][k] = v;
+    state["version"] = d["version"];
+  }
+  json snap = json::parse(request(http::Method::kGet, "snapshot")->body_);
+  EXPECT_EQ(state["services"], snap["services"]);
+  EXPECT_EQ(state["version"], snap["version"]);
+  list = json::parse(request(http::Method::kGet, "proxies")->body_);
+  EXPECT_EQ(list[0]["sent_version"], snap["version"]);
+}
+
 TEST_F(MeshServerTest, LaggingStreamIsClosed) {
   MeshSettings s = settings();
   s.write_chunk_bytes = 16;
@@ -357,10 +461,16 @@ TEST_F(MeshServerTest, LaggingStreamIsClosed) {
   startServer(s);
   auto w = stream("sidecar-1");
   w->stuck = true;
-  for (int i = 0; i < 30 && !w->done_; ++i) {
+  for (int i = 0; i < 30; ++i) {
     submit(instance("svc" + std::to_string(i), "i" + std::to_string(i), uint16_t(3000 + i)));
     advance(2ms);
   }
+  EXPECT_FALSE(w->done_); // only the first delta is queued, under the limit
+  // Once it has taken that one, the catch-up delta (29 services) is over the limit.
+  w->stuck = false;
+  w->buffered_ = 0;
+  for (int i = 0; i < 400 && !w->done_; ++i)
+    advance(1ms);
   EXPECT_TRUE(w->done_);
   EXPECT_EQ(server_->streamCount(), 0u);
   EXPECT_EQ(server_->stats().streams_lagging, 1u);

@@ -7,7 +7,8 @@
 //   GET  /bytes/N              N bytes of body (Content-Length)
 //   GET  /chunked/N            N bytes of body, chunked
 //   GET  /status/NNN           that status code
-//   ANY  anything else         JSON: service, instance, method, path, headers
+//   ANY  anything else         JSON: service, instance, method, path, headers (a repeated
+//                              one's values joined with ", ")
 //   ?delay=250ms&status=NNN    per-request delay and status on any path
 //   POST /admin/delay?d=2s     delay every answer; /admin/error-rate?r=0.5[&status=503]
 #include <atomic>
@@ -272,8 +273,13 @@ awaitable<void> respond(tcp::socket& s, const Request& req) {
     j["query"] = req.query;
     j["body_bytes"] = req.body.size();
     nlohmann::json hs = nlohmann::json::object();
-    for (auto& [k, v] : req.headers)
-      hs[k] = v;
+    for (auto& [k, v] : req.headers) {
+      // A repeated field joins its values with ", " (RFC 9110 section 5.3).
+      if (hs.contains(k))
+        hs[k] = hs[k].get<std::string>() + ", " + v;
+      else
+        hs[k] = v;
+    }
     j["headers"] = hs;
     body = j.dump() + "\n";
   }

@@ -235,6 +235,11 @@ private:
   Status parseListener(const YAML::Node& n, const std::string& path, Listener& out) const;
   Status parseRoute(const YAML::Node& n, const std::string& path, Route& out) const;
   Status parseMatch(const YAML::Node& n, const std::string& path, RouteMatch& out) const;
+  Status parseRedirect(const YAML::Node& n, const std::string& path, Redirect& out) const;
+  Result<std::shared_ptr<const std::regex>> regex(const YAML::Node& n,
+                                                  const std::string& path) const;
+  Status parseHeaderList(const YAML::Node& h, const std::string& path,
+                         std::vector<HeaderValue>& out) const;
   Status parseRetries(const YAML::Node& n, const std::string& path, RetryPolicy& out) const;
   Status parseFault(const YAML::Node& n, const std::string& path, FaultConfig& out) const;
   Status parseRateLimit(const YAML::Node& n, const std::string& path, RateLimit& out) const;
@@ -860,6 +865,7 @@ Status Parser::parseRoute(const YAML::Node& n, const std::string& path, Route& o
   TRELLIS_RETURN_IF_ERROR(
       checkKeys(n, path,
                 {"name", "match", "cluster", "weighted_clusters", "request_headers_to_add",
+                 "request_headers_to_append", "request_headers_to_remove", "redirect",
                  "timeout", "retries", "fault", "rate_limit"}));
   TRELLIS_RETURN_IF_ERROR(field(n, path, "name", out.name, name()));
   const YAML::Node m = n["match"];
@@ -869,6 +875,23 @@ Status Parser::parseRoute(const YAML::Node& n, const std::string& path, Route& o
 
   const YAML::Node c = n["cluster"];
   const YAML::Node wc = n["weighted_clusters"];
+  if (const YAML::Node rd = n["redirect"]; rd.IsDefined()) {
+    // A redirect answers the request itself: nothing is forwarded, so nothing of forwarding
+    // applies.
+    for (const char* k : {"cluster", "weighted_clusters", "request_headers_to_add",
+                          "request_headers_to_append", "request_headers_to_remove", "retries",
+                          "fault", "rate_limit"}) {
+      if (n[k].IsDefined())
+        return errorAt(n[k], joinPath(path, k),
+                       "not allowed with redirect (a redirect route forwards nothing)");
+    }
+    out.redirect.emplace();
+    TRELLIS_RETURN_IF_ERROR(parseRedirect(rd, path + ".redirect", *out.redirect));
+    if (out.redirect->prefix_rewrite && out.match.kind == PathMatchKind::kRegex)
+      return errorAt(rd["prefix_rewrite"], path + ".redirect.prefix_rewrite",
+                     "needs a prefix or path match (a regex match has no prefix to replace)");
+    return field(n, path, "timeout", out.timeout, duration(true));
+  }
   if (c.IsDefined() && wc.IsDefined())
     return errorAt(n, path, "set either cluster or weighted_clusters, not both");
   if (c.IsDefined()) {
@@ -907,27 +930,43 @@ Status Parser::parseRoute(const YAML::Node& n, const std::string& path, Route& o
     if (out.total_weight == 0)
       return errorAt(wc, wpath, "weights add up to 0; at least one must be positive");
   } else {
-    return errorAt(n, path, "missing required key \"cluster\" or \"weighted_clusters\"");
+    return errorAt(n, path,
+                   "missing required key \"cluster\", \"weighted_clusters\" or \"redirect\"");
   }
 
-  if (const YAML::Node h = n["request_headers_to_add"]; h.IsDefined()) {
-    const std::string hpath = path + ".request_headers_to_add";
-    TRELLIS_RETURN_IF_ERROR(checkFreeKeys(h, hpath));
-    for (auto it = h.begin(); it != h.end(); ++it) {
-      HeaderValue hv;
-      const std::string p = joinPath(hpath, it->first.Scalar());
-      auto nm = headerName(true)(it->first, p);
+  if (const YAML::Node h = n["request_headers_to_add"]; h.IsDefined())
+    TRELLIS_RETURN_IF_ERROR(
+        parseHeaderList(h, path + ".request_headers_to_add", out.request_headers_to_add));
+  if (const YAML::Node h = n["request_headers_to_append"]; h.IsDefined())
+    TRELLIS_RETURN_IF_ERROR(
+        parseHeaderList(h, path + ".request_headers_to_append", out.request_headers_to_append));
+  if (const YAML::Node h = n["request_headers_to_remove"]; h.IsDefined()) {
+    const std::string hpath = path + ".request_headers_to_remove";
+    TRELLIS_RETURN_IF_ERROR(expectList(h, hpath));
+    for (size_t i = 0; i < h.size(); ++i) {
+      const std::string p = indexPath(hpath, i);
+      auto nm = headerName(true)(h[i], p);
       if (!nm.ok())
         return nm.error();
-      auto v = headerValue()(it->second, p);
-      if (!v.ok())
-        return v.error();
-      for (const HeaderValue& prev : out.request_headers_to_add) {
-        if (prev.name == *nm)
-          return errorAt(it->first, p, "header is listed twice (names are case-insensitive)");
-      }
-      out.request_headers_to_add.push_back({*nm, *v});
+      if (std::find(out.request_headers_to_remove.begin(), out.request_headers_to_remove.end(),
+                    *nm) != out.request_headers_to_remove.end())
+        return errorAt(h[i], p, "header is listed twice (names are case-insensitive)");
+      out.request_headers_to_remove.push_back(*nm);
     }
+  }
+  // A name both set and appended, or set and removed, has no single meaning.
+  for (const HeaderValue& a : out.request_headers_to_append) {
+    for (const HeaderValue& b : out.request_headers_to_add)
+      if (a.name == b.name)
+        return errorAt(n["request_headers_to_append"], path + ".request_headers_to_append",
+                       fmt::format("header \"{}\" is also in request_headers_to_add", a.name));
+  }
+  for (const std::string& r : out.request_headers_to_remove) {
+    for (const auto* list : {&out.request_headers_to_add, &out.request_headers_to_append})
+      for (const HeaderValue& b : *list)
+        if (r == b.name)
+          return errorAt(n["request_headers_to_remove"], path + ".request_headers_to_remove",
+                         fmt::format("header \"{}\" is also added by this route", r));
   }
   TRELLIS_RETURN_IF_ERROR(field(n, path, "timeout", out.timeout, duration(true)));
   if (const YAML::Node r = n["retries"]; r.IsDefined())
@@ -941,8 +980,105 @@ Status Parser::parseRoute(const YAML::Node& n, const std::string& path, Route& o
   return okStatus();
 }
 
+Status Parser::parseHeaderList(const YAML::Node& h, const std::string& hpath,
+                               std::vector<HeaderValue>& out) const {
+  TRELLIS_RETURN_IF_ERROR(checkFreeKeys(h, hpath));
+  for (auto it = h.begin(); it != h.end(); ++it) {
+    const std::string p = joinPath(hpath, it->first.Scalar());
+    auto nm = headerName(true)(it->first, p);
+    if (!nm.ok())
+      return nm.error();
+    auto v = headerValue()(it->second, p);
+    if (!v.ok())
+      return v.error();
+    for (const HeaderValue& prev : out) {
+      if (prev.name == *nm)
+        return errorAt(it->first, p, "header is listed twice (names are case-insensitive)");
+    }
+    out.push_back({*nm, *v});
+  }
+  return okStatus();
+}
+
+Result<std::shared_ptr<const std::regex>> Parser::regex(const YAML::Node& n,
+                                                        const std::string& path) const {
+  auto src = scalar(n, path, "a regular expression");
+  if (!src.ok())
+    return src.error();
+  if (src->empty() || src->size() > kMaxRegexLength)
+    return errorAt(n, path, fmt::format("a regex must have 1 to {} characters", kMaxRegexLength));
+  try {
+    auto flags = std::regex::ECMAScript;
+#ifdef __GLIBCXX__
+    // libstdc++'s default matcher backtracks recursively, so a long input can exhaust the
+    // stack and some patterns take exponential time; the polynomial (Thompson) matcher runs
+    // in O(input x pattern) without deep recursion. It forbids back-references.
+    flags |= std::regex_constants::__polynomial;
+#endif
+    return std::make_shared<const std::regex>(*src, flags);
+  } catch (const std::regex_error& e) {
+    return errorAt(n, path, fmt::format("invalid regex \"{}\": {}", *src, e.what()));
+  }
+}
+
+Status Parser::parseRedirect(const YAML::Node& n, const std::string& path, Redirect& out) const {
+  TRELLIS_RETURN_IF_ERROR(
+      checkKeys(n, path, {"scheme", "host", "port", "path", "prefix_rewrite", "status"}));
+  if (const YAML::Node sc = n["scheme"]; sc.IsDefined()) {
+    auto s = scalar(sc, path + ".scheme", "http or https");
+    if (!s.ok())
+      return s.error();
+    if (*s != "http" && *s != "https")
+      return errorAt(sc, path + ".scheme", fmt::format("must be http or https, got \"{}\"", *s));
+    out.scheme = *s;
+  }
+  if (const YAML::Node h = n["host"]; h.IsDefined()) {
+    auto s = scalar(h, path + ".host", "a host name");
+    if (!s.ok())
+      return s.error();
+    const bool ok = !s->empty() && s->size() <= 253 &&
+                    std::all_of(s->begin(), s->end(), [](char ch) {
+                      return std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' ||
+                             ch == '.';
+                    });
+    if (!ok)
+      return errorAt(h, path + ".host",
+                     fmt::format("must be a host name (letters, digits, '-', '.'), got \"{}\"",
+                                 *s));
+    out.host = *s;
+  }
+  if (n["port"].IsDefined()) {
+    uint16_t port = 0;
+    TRELLIS_RETURN_IF_ERROR(field(n, path, "port", port, integer(1, 65535)));
+    out.port = port;
+  }
+  if (n["path"].IsDefined() && n["prefix_rewrite"].IsDefined())
+    return errorAt(n, path, "set either path or prefix_rewrite, not both");
+  for (const char* k : {"path", "prefix_rewrite"}) {
+    if (const YAML::Node v = n[k]; v.IsDefined()) {
+      auto s = scalar(v, joinPath(path, k), "a path");
+      if (!s.ok())
+        return s.error();
+      if (s->empty() || s->front() != '/' || !isHeaderValue(*s) ||
+          s->find_first_of(" ?#") != std::string::npos)
+        return errorAt(v, joinPath(path, k),
+                       fmt::format("must be a path starting with '/' (no space, '?' or '#'), "
+                                   "got \"{}\"",
+                                   *s));
+      (std::string_view(k) == "path" ? out.path : out.prefix_rewrite) = *s;
+    }
+  }
+  TRELLIS_RETURN_IF_ERROR(field(n, path, "status", out.status, integer(300, 399)));
+  if (out.status != 301 && out.status != 302 && out.status != 303 && out.status != 307 &&
+      out.status != 308)
+    return errorAt(n["status"], path + ".status",
+                   fmt::format("must be 301, 302, 303, 307 or 308, got {}", out.status));
+  return okStatus();
+}
+
 Status Parser::parseMatch(const YAML::Node& n, const std::string& path, RouteMatch& out) const {
-  TRELLIS_RETURN_IF_ERROR(checkKeys(n, path, {"prefix", "path", "regex", "method", "headers"}));
+  TRELLIS_RETURN_IF_ERROR(
+      checkKeys(n, path, {"prefix", "path", "regex", "method", "headers", "query"}));
   int kinds = 0;
   for (const char* key : {"prefix", "path", "regex"})
     kinds += n[key].IsDefined() ? 1 : 0;
@@ -960,21 +1096,10 @@ Status Parser::parseMatch(const YAML::Node& n, const std::string& path, RouteMat
     return s.error();
   out.path = *s;
   if (out.kind == PathMatchKind::kRegex) {
-    if (out.path.empty() || out.path.size() > kMaxRegexLength)
-      return errorAt(n[key], kpath,
-                     fmt::format("a regex must have 1 to {} characters", kMaxRegexLength));
-    try {
-      auto flags = std::regex::ECMAScript;
-#ifdef __GLIBCXX__
-      // libstdc++'s default matcher backtracks recursively, so a long path can exhaust the
-      // stack and some patterns take exponential time; the polynomial (Thompson) matcher
-      // runs in O(path x pattern) without deep recursion. It forbids back-references.
-      flags |= std::regex_constants::__polynomial;
-#endif
-      out.regex = std::make_shared<const std::regex>(out.path, flags);
-    } catch (const std::regex_error& e) {
-      return errorAt(n[key], kpath, fmt::format("invalid regex \"{}\": {}", out.path, e.what()));
-    }
+    auto rx = regex(n[key], kpath);
+    if (!rx.ok())
+      return rx.error();
+    out.regex = *rx;
   } else if (out.path.empty() || out.path.front() != '/') {
     return errorAt(n[key], kpath, fmt::format("must start with '/', got \"{}\"", out.path));
   }
@@ -1007,8 +1132,17 @@ Status Parser::parseMatch(const YAML::Node& n, const std::string& path, RouteMat
       auto nm = headerName(false)(it->first, p);
       if (!nm.ok())
         return nm.error();
-      HeaderMatcher hm{*nm, ""};
-      if (!it->second.IsNull()) { // `name:` with no value means presence only, like ""
+      HeaderMatcher hm{*nm, "", nullptr};
+      if (it->second.IsMap()) { // {regex: SOURCE}
+        TRELLIS_RETURN_IF_ERROR(checkKeys(it->second, p, {"regex"}));
+        if (!it->second["regex"].IsDefined())
+          return missing(it->second, p, "regex");
+        auto rx = regex(it->second["regex"], p + ".regex");
+        if (!rx.ok())
+          return rx.error();
+        hm.value = it->second["regex"].Scalar();
+        hm.regex = *rx;
+      } else if (!it->second.IsNull()) { // `name:` with no value means presence only, like ""
         auto v = headerValue()(it->second, p);
         if (!v.ok())
           return v.error();
@@ -1019,6 +1153,41 @@ Status Parser::parseMatch(const YAML::Node& n, const std::string& path, RouteMat
           return errorAt(it->first, p, "header is listed twice (names are case-insensitive)");
       }
       out.headers.push_back(std::move(hm));
+    }
+  }
+  if (const YAML::Node q = n["query"]; q.IsDefined()) {
+    const std::string qpath = path + ".query";
+    TRELLIS_RETURN_IF_ERROR(checkFreeKeys(q, qpath));
+    for (auto it = q.begin(); it != q.end(); ++it) {
+      const std::string p = joinPath(qpath, it->first.Scalar());
+      auto nm = scalar(it->first, p, "a query parameter name");
+      if (!nm.ok())
+        return nm.error();
+      if (nm->empty() || nm->size() > 256 || !isHeaderValue(*nm) ||
+          nm->find_first_of("&=# ") != std::string::npos)
+        return errorAt(it->first, p,
+                       "a query parameter name has 1 to 256 characters, none of '&', '=', '#', "
+                       "space or control characters");
+      QueryMatcher qm{*nm, "", nullptr};
+      if (it->second.IsMap()) {
+        TRELLIS_RETURN_IF_ERROR(checkKeys(it->second, p, {"regex"}));
+        if (!it->second["regex"].IsDefined())
+          return missing(it->second, p, "regex");
+        auto rx = regex(it->second["regex"], p + ".regex");
+        if (!rx.ok())
+          return rx.error();
+        qm.value = it->second["regex"].Scalar();
+        qm.regex = *rx;
+      } else {
+        auto v = scalar(it->second, p, "a value (or {regex: ...})");
+        if (!v.ok())
+          return v.error();
+        qm.value = *v;
+      }
+      for (const QueryMatcher& prev : out.query)
+        if (prev.name == qm.name)
+          return errorAt(it->first, p, "query parameter is listed twice");
+      out.query.push_back(std::move(qm));
     }
   }
   return okStatus();
@@ -1198,10 +1367,33 @@ json routeJson(const Route& r) {
   if (!r.match.headers.empty()) {
     json h = json::object();
     for (const auto& hm : r.match.headers)
-      h[hm.name] = hm.value;
+      h[hm.name] = hm.regex ? json{{"regex", hm.value}} : json(hm.value);
     m["headers"] = h;
   }
+  if (!r.match.query.empty()) {
+    json q = json::object();
+    for (const auto& qm : r.match.query)
+      q[qm.name] = qm.regex ? json{{"regex", qm.value}} : json(qm.value);
+    m["query"] = q;
+  }
   j["match"] = m;
+  if (r.redirect) {
+    const Redirect& rd = *r.redirect;
+    json red = {{"status", rd.status}};
+    if (!rd.scheme.empty())
+      red["scheme"] = rd.scheme;
+    if (!rd.host.empty())
+      red["host"] = rd.host;
+    if (rd.port)
+      red["port"] = *rd.port;
+    if (rd.path)
+      red["path"] = *rd.path;
+    if (rd.prefix_rewrite)
+      red["prefix_rewrite"] = *rd.prefix_rewrite;
+    j["redirect"] = red;
+    j["timeout"] = dur(r.timeout);
+    return j;
+  }
   if (r.weighted) {
     json list = json::array();
     for (const auto& w : r.clusters)
@@ -1216,6 +1408,14 @@ json routeJson(const Route& r) {
       h[hv.name] = hv.value;
     j["request_headers_to_add"] = h;
   }
+  if (!r.request_headers_to_append.empty()) {
+    json h = json::object();
+    for (const auto& hv : r.request_headers_to_append)
+      h[hv.name] = hv.value;
+    j["request_headers_to_append"] = h;
+  }
+  if (!r.request_headers_to_remove.empty())
+    j["request_headers_to_remove"] = r.request_headers_to_remove;
   j["timeout"] = dur(r.timeout);
   const RetryPolicy& rp = r.retries;
   json on = json::array();

@@ -2,8 +2,8 @@
 
 #include <chrono>
 #include <cstddef>
-#include <iterator>
 #include <cstdint>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <regex>
@@ -31,12 +31,28 @@ const char* protocolName(Protocol p); // "http", "tcp"
 // ---- routes ------------------------------------------------------------------------------
 
 // One request header a route requires. Names are lowercase; an empty value means the header
-// must be present with any value, otherwise its value must equal `value` exactly.
+// must be present with any value, otherwise its value must equal `value` exactly. With
+// `regex` set, `value` is the regular expression's source and must match the whole value.
 struct HeaderMatcher {
   std::string name;
   std::string value;
+  std::shared_ptr<const std::regex> regex = nullptr; // compiled once at load time
 
-  bool operator==(const HeaderMatcher&) const = default;
+  bool operator==(const HeaderMatcher& o) const {
+    return name == o.name && value == o.value && (regex == nullptr) == (o.regex == nullptr);
+  }
+};
+
+// One query parameter a route requires: the first parameter of that name (case-sensitive),
+// percent-decoded, equals `value` (or, with `regex`, matches it whole).
+struct QueryMatcher {
+  std::string name;
+  std::string value;
+  std::shared_ptr<const std::regex> regex;
+
+  bool operator==(const QueryMatcher& o) const {
+    return name == o.name && value == o.value && (regex == nullptr) == (o.regex == nullptr);
+  }
 };
 
 enum class PathMatchKind { kPrefix, kExact, kRegex };
@@ -52,10 +68,12 @@ struct RouteMatch {
   std::shared_ptr<const std::regex> regex;
   std::vector<std::string> methods;   // any of these (case-sensitive); empty = any method
   std::vector<HeaderMatcher> headers; // all of these
+  std::vector<QueryMatcher> query;    // all of these
 
   // Compares everything but the compiled regex (its source is compared through `path`).
   bool operator==(const RouteMatch& o) const {
-    return kind == o.kind && path == o.path && methods == o.methods && headers == o.headers;
+    return kind == o.kind && path == o.path && methods == o.methods && headers == o.headers &&
+           query == o.query;
   }
 };
 
@@ -132,6 +150,21 @@ struct HeaderValue {
   bool operator==(const HeaderValue&) const = default;
 };
 
+// A route that answers with a redirect instead of forwarding (the Gateway API's
+// RequestRedirect). Location = scheme://host[:port]path[?query]; what is not set comes from
+// the request: its scheme (http), its Host's name, and its port unless the scheme was changed
+// (then the scheme's default port, left out).
+struct Redirect {
+  std::string scheme;                        // "" = the request's; "http" or "https"
+  std::string host;                          // "" = the request's Host without its port
+  std::optional<uint16_t> port;              // none = as above
+  std::optional<std::string> path;           // the whole path replaced
+  std::optional<std::string> prefix_rewrite; // the route's prefix (or exact path) replaced
+  uint16_t status = 302;                     // 301, 302, 303, 307 or 308
+
+  bool operator==(const Redirect&) const = default;
+};
+
 struct Route {
   std::string name; // optional label for logs and metrics; may be empty
   RouteMatch match;
@@ -140,8 +173,11 @@ struct Route {
   std::vector<WeightedCluster> clusters;
   bool weighted = false;
   uint64_t total_weight = 0;
-  std::vector<HeaderValue> request_headers_to_add;
-  Duration timeout = std::chrono::seconds(15); // whole request, all tries; 0 = none
+  std::vector<HeaderValue> request_headers_to_add;    // replace the client's value(s)
+  std::vector<HeaderValue> request_headers_to_append; // added beside the client's
+  std::vector<std::string> request_headers_to_remove; // lowercase names
+  std::optional<Redirect> redirect;                   // set: answer with it; clusters is then empty
+  Duration timeout = std::chrono::seconds(15);        // whole request, all tries; 0 = none
   RetryPolicy retries;
   FaultConfig fault;
   std::optional<RateLimit> rate_limit;

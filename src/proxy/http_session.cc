@@ -382,9 +382,9 @@ bool HttpSession::routeRequest() {
   }
   size_t q = path.find('?');
   std::string_view path_only = path.substr(0, q);
-  RequestView rr{method_, path_only, [this](std::string_view name) {
-                   return req_headers_.get(name);
-                 }};
+  std::string_view query = q == std::string_view::npos ? std::string_view() : path.substr(q + 1);
+  RequestView rr{method_, path_only,
+                 [this](std::string_view name) { return req_headers_.get(name); }, query};
   auto match = matchRoute(lrt_->cfg->routes, rr);
   if (!match) {
     route_ = nullptr;
@@ -393,6 +393,13 @@ bool HttpSession::routeRequest() {
   }
   route_index_ = *match;
   route_ = &lrt_->cfg->routes[route_index_];
+  if (route_->redirect) {
+    const std::string location =
+        redirectLocation(*route_, req_headers_.get("host").value_or(""), path_only, query);
+    route_ = nullptr; // nothing is forwarded: no cluster, no retries
+    localReply(lrt_->cfg->routes[route_index_].redirect->status, "-", "", false, location);
+    return false;
+  }
   target_index_ = selectCluster(*route_, worker_.random().random());
   cluster_ = cfg_->clusters[route_->clusters[target_index_].cluster_index].get();
   ep_ = kNoEndpoint;
@@ -692,6 +699,17 @@ void HttpSession::startRetry() {
   resumeAfterWait(startTry());
 }
 
+bool HttpSession::routeReplacesOrRemoves(std::string_view name) const {
+  // Routes set or remove a handful of headers at most: a scan beats building a set.
+  for (const auto& hv : route_->request_headers_to_add)
+    if (nameIs(name, hv.name))
+      return true;
+  for (const auto& r : route_->request_headers_to_remove)
+    if (nameIs(name, r))
+      return true;
+  return false;
+}
+
 void HttpSession::buildUpstreamHead() {
   // One pass over the request's fields writes the upstream head directly: hop-by-hop fields
   // (and those named in Connection) are dropped, the fields we own are replaced, the rest are
@@ -721,6 +739,8 @@ void HttpSession::buildUpstreamHead() {
     }
     if (nameIs(f.name, "x-forwarded-proto") || nameIs(f.name, "x-trellis-attempt"))
       continue;
+    if (routeReplacesOrRemoves(f.name))
+      continue;
     appendField(out, f.name, f.value);
   }
   out.append("x-forwarded-for: ");
@@ -738,6 +758,8 @@ void HttpSession::buildUpstreamHead() {
   appendField(out, "x-request-id", std::string_view(request_id_, request_id_len_));
   appendField(out, "traceparent", ids.propagate(tp, false).traceparent());
   for (const auto& hv : route_->request_headers_to_add)
+    appendField(out, hv.name, hv.value);
+  for (const auto& hv : route_->request_headers_to_append)
     appendField(out, hv.name, hv.value);
   if (route_->retries.attempts > 0) {
     // Which try this is, for the upstream's logs; a retry rewrites the number in place.
@@ -1215,8 +1237,8 @@ void HttpSession::startTunnel() {
 // ---- ending -------------------------------------------------------------------------------
 
 void HttpSession::localReply(uint16_t status, const char* flag, std::string_view body,
-                             bool close) {
-  if (lrt_)
+                             bool close, std::string_view location) {
+  if (lrt_ && *flag != '-') // "-": an answer the configuration asked for (a redirect)
     lrt_->localReply(flag).inc();
   flag_ = flag;
   status_ = status;
@@ -1235,6 +1257,8 @@ void HttpSession::localReply(uint16_t status, const char* flag, std::string_view
     h.add("connection", "close");
   if (status == 429)
     h.add("retry-after", "1");
+  if (!location.empty())
+    h.add("location", location);
   http::serializeResponseHead(http::Version::kHttp11, status, "", h, down_out_);
   down_out_.append(text);
   rsp_started_ = true;

@@ -108,7 +108,10 @@ private:
   void startTunnel();
 
   // Ending requests and the connection.
-  void localReply(uint16_t status, const char* flag, std::string_view body, bool close = false);
+  // flag "-": a reply the configuration asked for (a redirect), not counted as a local reply.
+  void localReply(uint16_t status, const char* flag, std::string_view body, bool close = false,
+                  std::string_view location = {});
+  bool routeReplacesOrRemoves(std::string_view name) const;
   // Finishes the request once the response is parsed and every write has completed.
   void maybeFinish();
   void finishRequest();

@@ -5,6 +5,14 @@
 
 namespace trellis::proxy {
 
+std::string_view hostWithoutPort(std::string_view host) {
+  const size_t colon = host.rfind(':');
+  const size_t close = host.rfind(']'); // an [IPv6] literal has colons of its own
+  if (colon == std::string_view::npos || (close != std::string_view::npos && colon < close))
+    return host;
+  return host.substr(0, colon);
+}
+
 bool routeMatches(const RouteMatch& match, const RequestView& req) {
   std::string_view path = req.path;
   if (const size_t q = path.find('?'); q != std::string_view::npos)
@@ -38,10 +46,92 @@ bool routeMatches(const RouteMatch& match, const RequestView& req) {
     const std::optional<std::string_view> v = req.header ? req.header(h.name) : std::nullopt;
     if (!v)
       return false;
-    if (!h.value.empty() && *v != h.value)
+    std::string_view value = *v;
+    if (h.name == "host" && h.value.find(':') == std::string::npos)
+      value = hostWithoutPort(value); // a host name matches whatever port was asked for
+    if (h.regex) {
+      if (!std::regex_match(value.begin(), value.end(), *h.regex))
+        return false;
+    } else if (!h.value.empty() && value != h.value) {
+      return false;
+    }
+  }
+  for (const QueryMatcher& q : match.query) {
+    const std::optional<std::string_view> raw = queryParam(req.query, q.name);
+    if (!raw)
+      return false;
+    // Most values carry no escapes: compare them in place.
+    std::string decoded;
+    std::string_view v = *raw;
+    if (v.find('%') != std::string_view::npos) {
+      decoded = percentDecode(v);
+      v = decoded;
+    }
+    if (q.regex ? !std::regex_match(v.begin(), v.end(), *q.regex) : v != q.value)
       return false;
   }
   return true;
+}
+
+std::optional<std::string_view> queryParam(std::string_view query, std::string_view name) {
+  while (!query.empty()) {
+    const size_t amp = query.find('&');
+    std::string_view pair = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+    const size_t eq = pair.find('=');
+    if (pair.substr(0, eq) == name)
+      return eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1);
+  }
+  return std::nullopt;
+}
+
+std::string percentDecode(std::string_view s) {
+  auto hex = [](char c) -> int {
+    if (c >= '0' && c <= '9')
+      return c - '0';
+    if (c >= 'a' && c <= 'f')
+      return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+      return c - 'A' + 10;
+    return -1;
+  };
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size(); ++i) {
+    int hi, lo;
+    if (s[i] == '%' && i + 2 < s.size() && (hi = hex(s[i + 1])) >= 0 && (lo = hex(s[i + 2])) >= 0) {
+      out.push_back(static_cast<char>(hi * 16 + lo));
+      i += 2;
+    } else {
+      out.push_back(s[i]); // a stray '%' stays as it is
+    }
+  }
+  return out;
+}
+
+std::string redirectLocation(const Route& route, std::string_view host_header,
+                             std::string_view path, std::string_view query) {
+  const Redirect& r = *route.redirect;
+  const std::string_view name = hostWithoutPort(host_header);
+  const std::string_view port =
+      name.size() < host_header.size() ? host_header.substr(name.size() + 1) : std::string_view();
+  std::string out = r.scheme.empty() ? "http" : r.scheme;
+  out.append("://").append(r.host.empty() ? name : std::string_view(r.host));
+  if (r.port)
+    out.append(":").append(std::to_string(*r.port));
+  else if (r.scheme.empty() && !port.empty())
+    out.append(":").append(port);
+  if (r.path) {
+    out.append(*r.path);
+  } else if (r.prefix_rewrite && route.match.kind != PathMatchKind::kRegex &&
+             path.starts_with(route.match.path)) {
+    out.append(*r.prefix_rewrite).append(path.substr(route.match.path.size()));
+  } else {
+    out.append(path);
+  }
+  if (!query.empty())
+    out.append("?").append(query);
+  return out;
 }
 
 std::optional<size_t> matchRoute(std::span<const Route> routes, const RequestView& req) {

@@ -4,6 +4,7 @@
 #include <functional>
 #include <optional>
 #include <span>
+#include <string>
 #include <string_view>
 
 #include "proxy/config.h"
@@ -20,16 +21,35 @@ using HeaderLookup = std::function<std::optional<std::string_view>(std::string_v
 // What the router looks at in a request, independent of any HTTP codec.
 struct RequestView {
   std::string_view method;
-  std::string_view path; // without the query; anything from '?' on is ignored anyway
-  HeaderLookup header;   // may be empty: no headers
+  std::string_view path;       // without the query; anything from '?' on is ignored anyway
+  HeaderLookup header;         // may be empty: no headers
+  std::string_view query = {}; // after the '?', without it; empty: none
 };
 
 // Whether the request satisfies every condition of `match`: the path (prefix: a plain string
 // prefix, case-sensitive, so "/api" also matches "/apis"; path: equal; regex: matches the
-// whole path), the method (one of methods, if any), and each header (present with exactly
-// that value, or present at all when the configured value is empty).
+// whole path), the method (one of methods, if any), each header (present with exactly that
+// value, matching its regex, or present at all when the configured value is empty; a `host`
+// value without ':' is compared with the Host's name, whatever its port) and each
+// query parameter (its first occurrence, percent-decoded, equal to the value or matching the
+// regex).
 // Allocates nothing, except std::regex's matcher for regex routes.
 bool routeMatches(const RouteMatch& match, const RequestView& req);
+
+// "name:port" -> "name"; "[::1]:80" -> "[::1]"; a Host without a port unchanged.
+std::string_view hostWithoutPort(std::string_view host);
+
+// The value of the first parameter `name` in a query string ("a=1&b=2", no '?'), not decoded;
+// "" for a parameter without '='; nullopt when absent.
+std::optional<std::string_view> queryParam(std::string_view query, std::string_view name);
+
+// %XX escapes decoded (RFC 3986 section 2.1); '+' and malformed escapes stay as they are.
+std::string percentDecode(std::string_view s);
+
+// The Location of a redirect route (route.redirect set) for a request with this Host header,
+// path (without the query) and query (without the '?').
+std::string redirectLocation(const Route& route, std::string_view host_header,
+                             std::string_view path, std::string_view query);
 
 // The index in `routes` of the first route that matches, or nullopt (answer 404).
 std::optional<size_t> matchRoute(std::span<const Route> routes, const RequestView& req);

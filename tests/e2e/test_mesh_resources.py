@@ -132,3 +132,71 @@ spec:
     assert retries >= 80, retries
     # Nothing was restarted: the same processes serve.
     assert client.p.poll() is None and all(s.p.poll() is None for s in sides)
+
+
+def request(port, path, headers=None):
+    """GET through the client sidecar: (status, headers, echo's JSON or None)."""
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        c.request("GET", path, headers=headers or {})
+        r = c.getresponse()
+        body = r.read()
+        hdrs = {k.lower(): v for k, v in r.getheaders()}
+        return r.status, hdrs, json.loads(body) if r.status == 200 else None
+    finally:
+        c.close()
+
+
+def test_httproute_matches_header_edits_and_redirect(procs, echo, mesh_server, tmp_path):
+    addrs = [mesh_server.addr]
+    start_instance(procs, echo, addrs, "orders", "orders-0")
+    start_instance(procs, echo, addrs, "orders-beta", "orders-beta-0")
+    up = free_port()
+    sidecar(procs, addrs, "web", "127.0.0.1:9", "--upstream", f"orders:{up}", "--health-tcp")
+    wait_until(lambda: passing_ids(mesh_server, "orders-beta") == {"orders-beta-0"},
+               what="orders-beta passing")
+    apply(mesh_server, tmp_path, "routes.yaml", """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: orders}
+spec:
+  parentRefs: [{group: "", kind: Service, name: orders}]
+  rules:
+    - matches:
+        - headers: [{type: RegularExpression, name: x-user, value: "beta-[0-9]+"}]
+        - queryParams: [{name: track, value: beta channel}]
+      backendRefs: [{name: orders-beta, port: 80}]
+    - matches: [{path: {type: PathPrefix, value: /old}}]
+      filters:
+        - type: RequestRedirect
+          requestRedirect:
+            path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}
+            statusCode: 301
+    - filters:
+        - type: RequestHeaderModifier
+          requestHeaderModifier:
+            set: [{name: x-env, value: mesh}]
+            add: [{name: x-tag, value: added}]
+            remove: [x-secret]
+      backendRefs: [{name: orders, port: 80}]
+""")
+    wait_until(lambda: request(up, "/old/a")[0] == 301, what="the routes applied")
+    wait_until(lambda: request(up, "/x")[0] == 200, what="orders-0 reachable")
+    # Regex header match and percent-decoded query parameter match pick the beta service.
+    assert request(up, "/x", {"x-user": "beta-42"})[2]["service"] == "orders-beta-0"
+    assert request(up, "/x", {"x-user": "beta-42x"})[2]["service"] == "orders-0"
+    assert request(up, "/x?track=beta%20channel")[2]["service"] == "orders-beta-0"
+    assert request(up, "/x?track=beta")[2]["service"] == "orders-0"
+    # Prefix redirect keeps the rest of the path and the query; /olden is not under /old.
+    status, hdrs, _ = request(up, "/old/a/b?q=1", {"host": "shop.example:8080"})
+    assert status == 301 and hdrs["location"] == "http://shop.example:8080/new/a/b?q=1", hdrs
+    assert request(up, "/old", {"host": "shop.example"})[1]["location"] == \
+        "http://shop.example/new"
+    assert request(up, "/olden")[0] == 200
+    # Header edits on the forwarded request: set replaces, add appends, remove drops.
+    _, _, body = request(up, "/x", {"x-env": "client", "x-tag": "mine", "x-secret": "s"})
+    seen = {k.lower(): v for k, v in body["headers"].items()}
+    assert seen.get("x-env") == "mesh", seen
+    assert "x-secret" not in seen, seen
+    assert seen.get("x-tag") == "mine, added", seen

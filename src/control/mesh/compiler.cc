@@ -120,13 +120,19 @@ std::vector<proxy::Route> compileHttpRoutes(const MeshResources& res,
       uint64_t total = 0;
       for (const auto& w : clusters)
         total += w.weight;
-      if (clusters.empty() || total == 0) {
+      const bool redirects = std::any_of(rule.filters.begin(), rule.filters.end(), [](auto& f) {
+        return std::holds_alternative<manifest::RequestRedirect>(f);
+      });
+      if (redirects) {
+        clusters.clear(); // the redirect answers the request: no backend
+      } else if (clusters.empty() || total == 0) {
         TLOG_WARN("mesh: {} rule {}: no backend with a weight above 0; rule skipped",
                   r->id().toString(), ri);
         continue;
       }
-      const std::string& destination = clusters.front().cluster;
-      const manifest::TrafficPolicy* policy = res.policyFor(destination);
+      const std::string destination = clusters.empty() ? "" : clusters.front().cluster;
+      const manifest::TrafficPolicy* policy =
+          destination.empty() ? nullptr : res.policyFor(destination);
 
       proxy::Route base;
       base.clusters = clusters;
@@ -137,24 +143,38 @@ std::vector<proxy::Route> compileHttpRoutes(const MeshResources& res,
       base.retries.attempts = 1;
       base.retries.on = proxy::RetryOn{true, false, false, false, false, false};
       applyPolicy(policy, base);
-      bool unsupported = false;
+      const manifest::RequestRedirect* redirect = nullptr;
       for (const auto& f : rule.filters) {
         if (const auto* m = std::get_if<manifest::RequestHeaderModifier>(&f)) {
-          if (!m->remove.empty())
-            unsupported = true;
           for (const auto& h : m->set)
             base.request_headers_to_add.push_back(h);
           for (const auto& h : m->add)
-            base.request_headers_to_add.push_back(h);
+            base.request_headers_to_append.push_back(h);
+          for (const auto& h : m->remove)
+            base.request_headers_to_remove.push_back(h);
         } else {
-          unsupported = true; // RequestRedirect: the proxy has no redirect action yet
+          redirect = &std::get<manifest::RequestRedirect>(f);
         }
       }
-      if (unsupported) {
-        TLOG_WARN("mesh: {} rule {}: RequestRedirect and header removal are not supported by "
-                  "the proxy yet; rule skipped",
-                  r->id().toString(), ri);
-        continue;
+      if (redirect) {
+        // The request is answered with the redirect: nothing of forwarding applies (the
+        // manifest loader rejects a redirect beside backendRefs or header changes).
+        base.clusters.clear();
+        base.weighted = false;
+        base.total_weight = 0;
+        base.retries = proxy::RetryPolicy{};
+        base.fault = proxy::FaultConfig{};
+        base.rate_limit.reset();
+        base.request_headers_to_add.clear();
+        base.request_headers_to_append.clear();
+        base.request_headers_to_remove.clear();
+        base.redirect.emplace();
+        base.redirect->scheme = redirect->scheme;
+        base.redirect->host = redirect->hostname;
+        base.redirect->port = redirect->port;
+        base.redirect->status = redirect->status_code;
+        if (redirect->path && redirect->path->type == manifest::RedirectPathType::kReplaceFullPath)
+          base.redirect->path = redirect->path->value;
       }
       if (rule.timeouts.request)
         base.timeout = *rule.timeouts.request;
@@ -178,15 +198,6 @@ std::vector<proxy::Route> compileHttpRoutes(const MeshResources& res,
       }
 
       for (const auto& m : rule.matches) {
-        bool regex_header = std::any_of(m.headers.begin(), m.headers.end(), [](const auto& h) {
-          return h.type == manifest::ValueMatchType::kRegularExpression;
-        });
-        if (regex_header || !m.query_params.empty()) {
-          TLOG_WARN("mesh: {} rule {}: header regex and query parameter matches are not "
-                    "supported by the proxy yet; match skipped",
-                    r->id().toString(), ri);
-          continue;
-        }
         // Gateway API prefixes match whole path elements: /api matches /api and /api/x but
         // not /apis; the proxy's prefix is a plain string prefix, so /api becomes two matches.
         std::vector<std::pair<proxy::PathMatchKind, std::string>> paths;
@@ -220,9 +231,21 @@ std::vector<proxy::Route> compileHttpRoutes(const MeshResources& res,
             if (!m.method.empty())
               rm.methods.push_back(m.method);
             for (const auto& h : m.headers)
-              rm.headers.push_back({h.name, h.value});
+              rm.headers.push_back({h.name, h.value, h.regex});
+            for (const auto& q : m.query_params)
+              rm.query.push_back({q.name, q.value, q.regex});
             if (!host.empty())
-              rm.headers.push_back({"host", host});
+              rm.headers.push_back({"host", host, nullptr});
+            // ReplacePrefixMatch: the Gateway prefix /api becomes an exact /api and a prefix
+            // /api/, and the replacement follows each half (/v2 and /v2/).
+            if (rk.route.redirect && redirect->path &&
+                redirect->path->type == manifest::RedirectPathType::kReplacePrefixMatch) {
+              std::string with = redirect->path->value;
+              if (kind == proxy::PathMatchKind::kPrefix && path.back() == '/' &&
+                  (with.empty() || with.back() != '/'))
+                with.push_back('/');
+              rk.route.redirect->prefix_rewrite = with;
+            }
             // The exact half of a split prefix ranks as the prefix it came from.
             const bool from_prefix = m.path.type == manifest::PathMatchType::kPathPrefix;
             rk.kind_rank = from_prefix ? 1 : kind == proxy::PathMatchKind::kExact ? 0 : 2;

@@ -401,7 +401,7 @@ void ConfigBuilder::assembleLayout(const MeshState& state,
           continue;
         for (Route r : def.routes) {
           // An app using HTTP_PROXY sends `GET http://orders/x`: the Host names the service.
-          r.match.headers.push_back(HeaderMatcher{"host", name});
+          r.match.headers.push_back(HeaderMatcher{"host", name, nullptr});
           l.routes.push_back(std::move(r));
         }
       }

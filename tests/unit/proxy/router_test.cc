@@ -9,6 +9,8 @@
 #include "proxy/lb/random.h"
 #include "proxy/router.h"
 
+#include <nlohmann/json.hpp>
+
 // Counts heap allocations on this thread while enabled, to check that matching allocates
 // nothing. Replacing the global operators affects the whole test binary, harmlessly: they
 // forward to malloc/free.
@@ -234,6 +236,153 @@ TEST(Router, RequestHash) {
   // tcp listeners have no headers.
   EXPECT_EQ(requestHash({HashSource::kHeader, "x-user"}, "10.0.0.1", nullptr), std::nullopt);
   EXPECT_EQ(requestHash({HashSource::kSourceIp, ""}, "10.0.0.1", nullptr), hash64("10.0.0.1"));
+}
+
+// routeOf with a query string: the view's path stops at '?', the query follows it.
+std::string routeOfQuery(const Snapshot& s, const Req& req) {
+  std::string_view full = req.path;
+  const size_t q = full.find('?');
+  RequestView view{req.method, full.substr(0, q), [&req](std::string_view n) { return req.get(n); },
+                   q == std::string_view::npos ? std::string_view() : full.substr(q + 1)};
+  auto idx = matchRoute(s.listeners[0].routes, view);
+  if (!idx)
+    return "none";
+  const Route& r = s.listeners[0].routes[*idx];
+  return r.redirect ? "redirect" : r.clusters[0].cluster;
+}
+
+TEST(Router, HeaderRegexMatchesTheWholeValue) {
+  auto s =
+      load(R"y(      - {match: {prefix: /, headers: {x-user: {regex: "[a-z]+-[0-9]+"}}}, cluster: a}
+      - {match: {prefix: /}, cluster: b}
+)y");
+  ASSERT_TRUE(s);
+  EXPECT_EQ(routeOf(*s, {"GET", "/", {{"x-user", "bob-42"}}}), "a");
+  EXPECT_EQ(routeOf(*s, {"GET", "/", {{"x-user", "bob-42x"}}}), "b"); // whole value
+  EXPECT_EQ(routeOf(*s, {"GET", "/", {{"x-user", "Bob-42"}}}), "b");  // case-sensitive
+  EXPECT_EQ(routeOf(*s, {"GET", "/", {}}), "b");                      // absent
+}
+
+TEST(Router, HostMatcherIgnoresThePort) {
+  auto s = load(R"y(      - {match: {prefix: /, headers: {host: orders}}, cluster: a}
+      - {match: {prefix: /, headers: {host: "users:8080"}}, cluster: c}
+      - {match: {prefix: /}, cluster: b}
+)y");
+  ASSERT_TRUE(s);
+  EXPECT_EQ(routeOf(*s, {"GET", "/", {{"host", "orders"}}}), "a");
+  EXPECT_EQ(routeOf(*s, {"GET", "/", {{"host", "orders:9191"}}}), "a");
+  EXPECT_EQ(routeOf(*s, {"GET", "/", {{"host", "ordersx:9191"}}}), "b");
+  // A configured port must be asked for.
+  EXPECT_EQ(routeOf(*s, {"GET", "/", {{"host", "users:8080"}}}), "c");
+  EXPECT_EQ(routeOf(*s, {"GET", "/", {{"host", "users"}}}), "b");
+  EXPECT_EQ(hostWithoutPort("[::1]:80"), "[::1]");
+  EXPECT_EQ(hostWithoutPort("[::1]"), "[::1]");
+  EXPECT_EQ(hostWithoutPort("a.b"), "a.b");
+}
+
+TEST(Router, QueryParametersExactAndRegex) {
+  auto s = load(R"y(      - {match: {prefix: /, query: {v: "2", q: {regex: "a b.*"}}}, cluster: a}
+      - {match: {prefix: /, query: {v: "2"}}, cluster: c}
+      - {match: {prefix: /}, cluster: b}
+)y");
+  ASSERT_TRUE(s);
+  EXPECT_EQ(routeOfQuery(*s, {"GET", "/x?v=2&q=a%20bc", {}}), "a"); // decoded before matching
+  EXPECT_EQ(routeOfQuery(*s, {"GET", "/x?q=a%20b&v=2", {}}), "a");  // any order
+  EXPECT_EQ(routeOfQuery(*s, {"GET", "/x?v=2&q=ab", {}}), "c");
+  EXPECT_EQ(routeOfQuery(*s, {"GET", "/x?v=2", {}}), "c");
+  EXPECT_EQ(routeOfQuery(*s, {"GET", "/x?v=3&v=2", {}}), "b"); // the first occurrence counts
+  EXPECT_EQ(routeOfQuery(*s, {"GET", "/x?vv=2", {}}), "b");
+  EXPECT_EQ(routeOfQuery(*s, {"GET", "/x", {}}), "b");
+  EXPECT_EQ(queryParam("a=1&b&c=", "b"), "");
+  EXPECT_EQ(queryParam("a=1&b&c=", "c"), "");
+  EXPECT_EQ(queryParam("a=1&b&c=", "d"), std::nullopt);
+  EXPECT_EQ(percentDecode("%41%zz%4"), "A%zz%4"); // malformed escapes stay as they are
+}
+
+TEST(Router, RedirectLocation) {
+  auto s = load(R"y(      - {match: {path: /old}, redirect: {path: /new, status: 301}}
+      - {match: {prefix: /api/}, redirect: {prefix_rewrite: /v2/}}
+      - {match: {prefix: /secure}, redirect: {scheme: https}}
+      - {match: {prefix: /moved}, redirect: {host: other.example, port: 8443, status: 308}}
+      - {match: {prefix: /}, cluster: b}
+)y");
+  ASSERT_TRUE(s);
+  const auto& routes = s->listeners[0].routes;
+  EXPECT_EQ(routes[0].redirect->status, 301);
+  EXPECT_EQ(routes[1].redirect->status, 302); // the default
+  EXPECT_EQ(redirectLocation(routes[0], "shop.example:8080", "/old", "a=1"),
+            "http://shop.example:8080/new?a=1");
+  EXPECT_EQ(redirectLocation(routes[1], "shop.example", "/api/users/1", ""),
+            "http://shop.example/v2/users/1");
+  // A changed scheme drops the request's port (the scheme's default applies).
+  EXPECT_EQ(redirectLocation(routes[2], "shop.example:8080", "/secure/x", ""),
+            "https://shop.example/secure/x");
+  EXPECT_EQ(redirectLocation(routes[3], "shop.example:8080", "/moved", ""),
+            "http://other.example:8443/moved");
+  EXPECT_EQ(routeOfQuery(*s, {"GET", "/old", {}}), "redirect");
+}
+
+TEST(Router, RedirectAndHeaderEditErrors) {
+  auto err = [](std::string_view routes) {
+    std::string yaml = "clusters:\n  - {name: a, endpoints: [127.0.0.1:8081]}\n"
+                       "listeners:\n  - name: web\n    address: 127.0.0.1:0\n    routes:\n";
+    yaml += routes;
+    auto r = loadConfigString(yaml, "r.yaml");
+    return r.ok() ? std::string("ok") : r.error().message();
+  };
+  auto expectErr = [&](std::string_view routes, std::string_view want) {
+    const std::string got = err(routes);
+    EXPECT_NE(got.find(want), std::string::npos) << got;
+  };
+  expectErr("      - {match: {prefix: /}, redirect: {path: /x}, cluster: a}\n",
+            "listeners[0].routes[0].cluster: not allowed with redirect");
+  expectErr("      - {match: {prefix: /}, redirect: {status: 200}}\n",
+            "redirect.status: expected an integer from 300 to 399, got \"200\"");
+  expectErr("      - {match: {prefix: /}, redirect: {status: 304}}\n",
+            "must be 301, 302, 303, 307 or 308, got 304");
+  expectErr("      - {match: {prefix: /}, redirect: {path: /a, prefix_rewrite: /b}}\n",
+            "set either path or prefix_rewrite, not both");
+  expectErr("      - {match: {regex: /a.*}, redirect: {prefix_rewrite: /b}}\n",
+            "a regex match has no prefix to replace");
+  expectErr("      - {match: {prefix: /}, redirect: {scheme: ftp}}\n",
+            "redirect.scheme: must be http or https, got \"ftp\"");
+  expectErr("      - {match: {prefix: /, headers: {x: {regex: \"(\"}}}, cluster: a}\n",
+            "match.headers.x.regex: invalid regex");
+  expectErr("      - {match: {prefix: /, query: {\"a&b\": x}}, cluster: a}\n",
+            "a query parameter name has 1 to 256 characters");
+  expectErr("      - {match: {prefix: /}, cluster: a, request_headers_to_add: {x-a: 1},\n"
+            "         request_headers_to_remove: [X-A]}\n",
+            "header \"x-a\" is also added by this route");
+  EXPECT_EQ(err("      - {match: {prefix: /}, cluster: a, request_headers_to_append: {x-a: 1},\n"
+                "         request_headers_to_remove: [x-b]}\n"),
+            "ok");
+}
+
+TEST(Router, NewRouteKeysRoundTripThroughJson) {
+  auto s = load(
+      R"y(      - match: {prefix: /, headers: {x-u: {regex: "a.*"}, x-v: "1"}, query: {p: "1", q: {regex: "z+"}}}
+        cluster: a
+        request_headers_to_add: {x-set: "1"}
+        request_headers_to_append: {x-add: "2"}
+        request_headers_to_remove: [x-gone]
+      - {match: {path: /old}, redirect: {scheme: https, host: h.example, port: 444, path: /n, status: 307}}
+)y");
+  ASSERT_TRUE(s);
+  // (The JSON form lists matchers by name: the YAML above does too, so the vectors compare.)
+  auto again = loadConfigString(toJson(*s).dump(), "router.yaml");
+  ASSERT_TRUE(again.ok()) << again.error().message();
+  const auto& a = (*again)->listeners[0].routes;
+  const auto& b = s->listeners[0].routes;
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].match, b[i].match) << i;
+    EXPECT_EQ(a[i].redirect, b[i].redirect) << i;
+    EXPECT_EQ(a[i].request_headers_to_add, b[i].request_headers_to_add) << i;
+    EXPECT_EQ(a[i].request_headers_to_append, b[i].request_headers_to_append) << i;
+    EXPECT_EQ(a[i].request_headers_to_remove, b[i].request_headers_to_remove) << i;
+    EXPECT_EQ(a[i], b[i]) << i;
+  }
+  EXPECT_EQ(toJson(**again), toJson(*s));
 }
 
 } // namespace

@@ -563,17 +563,11 @@ void HttpSession::onRequestTimer() {
     return; // between requests, or a reply under way: nothing is timed
   if (has_req_deadline_ && now >= req_deadline_) {
     has_req_deadline_ = has_try_deadline_ = false;
-    lrt_->timeouts[static_cast<size_t>(TimeoutKind::kRequest)].inc();
     if (!rsp_parsed_)
       reportOutcome(Outcome::kLocalFailure);
     abandonConnect();
     releaseUpstream(false);
-    if (rsp_started_) {
-      flag_ = "UT";
-      closeDown();
-      return;
-    }
-    localReply(504, "UT", "upstream request timeout\n", !req_parsed_);
+    requestTimedOut();
     return;
   }
   if (has_try_deadline_ && now >= try_deadline_) {
@@ -673,6 +667,17 @@ void HttpSession::scheduleRetry() {
   req_timer_->enable(wait_until_ - now);
 }
 
+void HttpSession::requestTimedOut() {
+  lrt_->timeouts[static_cast<size_t>(TimeoutKind::kRequest)].inc();
+  if (rsp_started_) {
+    // Part of the response is already on its way: all we can do is cut the connection.
+    flag_ = "UT";
+    closeDown();
+    return;
+  }
+  localReply(504, "UT", "upstream request timeout\n", !req_parsed_);
+}
+
 void HttpSession::startRetry() {
   wait_ = Wait::kNone;
   if (holds_waiting_retry_) {
@@ -680,8 +685,7 @@ void HttpSession::startRetry() {
     cluster_->state->retriesWaiting().fetch_sub(1, std::memory_order_relaxed);
   }
   if (has_req_deadline_ && worker_.dispatcher().now() >= req_deadline_) {
-    lrt_->timeouts[static_cast<size_t>(TimeoutKind::kRequest)].inc();
-    localReply(504, "UT", "upstream request timeout\n", !req_parsed_);
+    requestTimedOut();
     return;
   }
   if (!pickEndpoint())

@@ -112,6 +112,8 @@ private:
   void localReply(uint16_t status, const char* flag, std::string_view body, bool close = false,
                   std::string_view location = {});
   bool routeReplacesOrRemoves(std::string_view name) const;
+  // The route's timeout expired: 504 UT, or the connection cut if the response had started.
+  void requestTimedOut();
   // Finishes the request once the response is parsed and every write has completed.
   void maybeFinish();
   void finishRequest();

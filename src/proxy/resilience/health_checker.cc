@@ -1,5 +1,9 @@
 #include "proxy/resilience/health_checker.h"
 
+#include <algorithm>
+#include <unordered_map>
+#include <unordered_set>
+
 #include <asio/ip/tcp.hpp>
 
 #include "base/log.h"
@@ -65,6 +69,7 @@ struct HealthChecker::Target {
 
 struct HealthChecker::Ticker {
   std::shared_ptr<ClusterState> cluster;
+  Duration interval{0};
   std::unique_ptr<Timer> timer;
 };
 
@@ -77,44 +82,105 @@ HealthChecker::~HealthChecker() {
 }
 
 void HealthChecker::setClusters(std::vector<std::shared_ptr<ClusterState>> clusters) {
-  for (auto& t : targets_) {
-    t->retired = true;
-    t->timer->disable();
-  }
+  // What stays keeps its schedule: a mesh may update many times per interval, and restarting
+  // every timer on each update would postpone checks and outlier ticks (so ejections would
+  // never end) for as long as updates keep coming. A check of an endpoint that stays (same
+  // cluster name, address and check) goes on, and a check in flight reports to the new state.
+  std::unordered_map<const ClusterState*, std::vector<std::shared_ptr<Target>>> by_state;
+  for (auto& t : targets_)
+    by_state[t->cluster.get()].push_back(std::move(t));
   targets_.clear();
+  std::unordered_map<std::string, std::unique_ptr<Ticker>> old_tickers;
+  for (auto& k : tickers_)
+    old_tickers[k->cluster->config().name] = std::move(k);
   tickers_.clear();
+  // The old targets of a cluster that changed, by name; matched by address below.
+  std::unordered_map<std::string, std::vector<std::shared_ptr<Target>>> by_name;
+  std::unordered_set<const ClusterState*> kept;
+  for (const auto& c : clusters)
+    kept.insert(c.get());
+  for (auto& [state, ts] : by_state) {
+    if (kept.count(state) || ts.empty())
+      continue;
+    auto& list = by_name[state->config().name];
+    for (auto& t : ts)
+      list.push_back(std::move(t));
+    ts.clear();
+  }
+
   clusters_ = std::move(clusters);
   for (const auto& c : clusters_) {
     const Cluster& cfg = c->config();
     if (cfg.health_check) {
-      const Duration spread = cfg.health_check->interval / 10;
-      for (size_t i = 0; i < cfg.endpoints.size(); ++i) {
-        auto t = std::make_shared<Target>();
-        t->cluster = c;
-        t->endpoint = i;
-        std::weak_ptr<Target> w = t;
-        t->timer = dispatcher_.createTimer([this, w] {
-          if (auto t = w.lock())
-            run(t);
-        });
-        const uint64_t span = static_cast<uint64_t>(std::max<int64_t>(spread.count(), 0)) + 1;
-        schedule(t, Duration(static_cast<int64_t>(scaleRandom(random_.random(), span))));
-        targets_.push_back(std::move(t));
+      if (auto same = by_state.find(c.get()); same != by_state.end() && !same->second.empty()) {
+        for (auto& t : same->second) // the very same cluster: its targets as they are
+          targets_.push_back(std::move(t));
+        same->second.clear();
+      } else {
+        auto& olds = by_name[cfg.name];
+        const Duration spread = cfg.health_check->interval / 10;
+        for (size_t i = 0; i < cfg.endpoints.size(); ++i) {
+          auto old = std::find_if(olds.begin(), olds.end(), [&](const auto& t) {
+            const Cluster& was = t->cluster->config();
+            return *was.health_check == *cfg.health_check &&
+                   was.endpoints[t->endpoint].address == cfg.endpoints[i].address;
+          });
+          if (old != olds.end()) {
+            auto t = std::move(*old);
+            olds.erase(old);
+            t->cluster = c;
+            t->endpoint = i;
+            targets_.push_back(std::move(t));
+            continue;
+          }
+          auto t = std::make_shared<Target>();
+          t->cluster = c;
+          t->endpoint = i;
+          std::weak_ptr<Target> w = t;
+          t->timer = dispatcher_.createTimer([this, w] {
+            if (auto t = w.lock())
+              run(t);
+          });
+          const uint64_t span = static_cast<uint64_t>(std::max<int64_t>(spread.count(), 0)) + 1;
+          schedule(t, Duration(static_cast<int64_t>(scaleRandom(random_.random(), span))));
+          targets_.push_back(std::move(t));
+        }
       }
     }
     if (cfg.outlier_detection) {
+      const Duration interval = cfg.outlier_detection->interval;
+      if (auto old = old_tickers.find(cfg.name);
+          old != old_tickers.end() && old->second->interval == interval) {
+        old->second->cluster = c; // the next tick, when it was due, ticks the new state
+        tickers_.push_back(std::move(old->second));
+        old_tickers.erase(old);
+        continue;
+      }
       auto k = std::make_unique<Ticker>();
       k->cluster = c;
+      k->interval = interval;
       Ticker* raw = k.get();
-      const Duration interval = cfg.outlier_detection->interval;
-      k->timer = dispatcher_.createTimer([this, raw, interval] {
+      k->timer = dispatcher_.createTimer([this, raw] {
         raw->cluster->tick(dispatcher_.now());
-        raw->timer->enable(interval);
+        raw->timer->enable(raw->interval);
       });
       k->timer->enable(interval);
       tickers_.push_back(std::move(k));
     }
   }
+  // What is gone: results of its checks in flight are dropped.
+  auto retire = [](std::shared_ptr<Target>& t) {
+    if (!t)
+      return;
+    t->retired = true;
+    t->timer->disable();
+  };
+  for (auto& [state, ts] : by_state)
+    for (auto& t : ts)
+      retire(t);
+  for (auto& [name, ts] : by_name)
+    for (auto& t : ts)
+      retire(t);
 }
 
 void HealthChecker::schedule(const std::shared_ptr<Target>& t, Duration after) {

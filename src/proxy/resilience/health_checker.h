@@ -41,7 +41,9 @@ private:
 // schedule: the first check within interval/10 of start, spreading them out, then `interval`
 // after the previous check ended), and the outlier detectors' interval ticks. Results go to
 // the shared ClusterState, which every worker reads. setClusters() switches to a new
-// snapshot's states; checks in flight for the old ones are dropped.
+// snapshot's states: an endpoint that stays (same cluster name, address and check) keeps its
+// schedule and a check in flight reports to the new state, a cluster's outlier tick keeps its
+// schedule; checks in flight for endpoints that are gone are dropped.
 class HealthChecker {
 public:
   HealthChecker(Dispatcher& dispatcher, HealthProber& prober, RandomGenerator& random);

@@ -478,5 +478,31 @@ TEST_F(HealthCheckerTest, ReplacedClustersAreNoLongerChecked) {
   EXPECT_EQ(prober_.probes[c.endpoints[0].address.toString()], before);
 }
 
+TEST_F(HealthCheckerTest, FrequentUpdatesKeepSchedulesSoEjectionsEndAndChecksRun) {
+  // A mesh may replace a cluster's state (same endpoints, new ClusterState inheriting the old
+  // one) far more often than the outlier interval or the check interval.
+  Cluster c = makeCluster(2);
+  c.outlier_detection = outlierConfig();
+  c.health_check = HealthCheck{};
+  c.health_check->interval = 1s;
+  auto state = std::make_shared<ClusterState>(c);
+  HealthChecker hc(d_, prober_, random_);
+  hc.setClusters({state});
+  for (int i = 0; i < 3; ++i)
+    state->reportOutcome(0, Outcome::kLocalFailure, d_.now());
+  ASSERT_EQ(state->state(0), EndpointState::kEjected);
+  const std::string ep1 = c.endpoints[1].address.toString();
+  for (int i = 0; i < 24; ++i) { // 12 s of an update every 500 ms
+    auto next = std::make_shared<ClusterState>(c);
+    next->inheritFrom(*state);
+    state = next;
+    hc.setClusters({state});
+    advance(500ms);
+  }
+  EXPECT_EQ(state->state(0), EndpointState::kHealthy); // base ejection 10 s, ticks went on
+  EXPECT_GE(prober_.probes[ep1], 11); // one check per second throughout
+  EXPECT_LE(prober_.probes[ep1], 13); // and not restarted (spread anew) by every update
+}
+
 } // namespace
 } // namespace trellis::proxy

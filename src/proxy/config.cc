@@ -238,6 +238,8 @@ private:
   Status parseRedirect(const YAML::Node& n, const std::string& path, Redirect& out) const;
   Result<std::shared_ptr<const std::regex>> regex(const YAML::Node& n,
                                                   const std::string& path) const;
+  Status regexMatcher(const YAML::Node& n, const std::string& path, std::string& source,
+                      std::shared_ptr<const std::regex>& out) const;
   Status parseHeaderList(const YAML::Node& h, const std::string& path,
                          std::vector<HeaderValue>& out) const;
   Status parseRetries(const YAML::Node& n, const std::string& path, RetryPolicy& out) const;
@@ -1021,6 +1023,20 @@ Result<std::shared_ptr<const std::regex>> Parser::regex(const YAML::Node& n,
   }
 }
 
+Status Parser::regexMatcher(const YAML::Node& n, const std::string& path, std::string& source,
+                            std::shared_ptr<const std::regex>& out) const {
+  // {regex: SOURCE}
+  TRELLIS_RETURN_IF_ERROR(checkKeys(n, path, {"regex"}));
+  if (!n["regex"].IsDefined())
+    return missing(n, path, "regex");
+  auto rx = regex(n["regex"], path + ".regex");
+  if (!rx.ok())
+    return rx.error();
+  source = n["regex"].Scalar();
+  out = *rx;
+  return okStatus();
+}
+
 Status Parser::parseRedirect(const YAML::Node& n, const std::string& path, Redirect& out) const {
   TRELLIS_RETURN_IF_ERROR(
       checkKeys(n, path, {"scheme", "host", "port", "path", "prefix_rewrite", "status"}));
@@ -1133,15 +1149,8 @@ Status Parser::parseMatch(const YAML::Node& n, const std::string& path, RouteMat
       if (!nm.ok())
         return nm.error();
       HeaderMatcher hm{*nm, "", nullptr};
-      if (it->second.IsMap()) { // {regex: SOURCE}
-        TRELLIS_RETURN_IF_ERROR(checkKeys(it->second, p, {"regex"}));
-        if (!it->second["regex"].IsDefined())
-          return missing(it->second, p, "regex");
-        auto rx = regex(it->second["regex"], p + ".regex");
-        if (!rx.ok())
-          return rx.error();
-        hm.value = it->second["regex"].Scalar();
-        hm.regex = *rx;
+      if (it->second.IsMap()) {
+        TRELLIS_RETURN_IF_ERROR(regexMatcher(it->second, p, hm.value, hm.regex));
       } else if (!it->second.IsNull()) { // `name:` with no value means presence only, like ""
         auto v = headerValue()(it->second, p);
         if (!v.ok())
@@ -1170,14 +1179,7 @@ Status Parser::parseMatch(const YAML::Node& n, const std::string& path, RouteMat
                        "space or control characters");
       QueryMatcher qm{*nm, "", nullptr};
       if (it->second.IsMap()) {
-        TRELLIS_RETURN_IF_ERROR(checkKeys(it->second, p, {"regex"}));
-        if (!it->second["regex"].IsDefined())
-          return missing(it->second, p, "regex");
-        auto rx = regex(it->second["regex"], p + ".regex");
-        if (!rx.ok())
-          return rx.error();
-        qm.value = it->second["regex"].Scalar();
-        qm.regex = *rx;
+        TRELLIS_RETURN_IF_ERROR(regexMatcher(it->second, p, qm.value, qm.regex));
       } else {
         auto v = scalar(it->second, p, "a value (or {regex: ...})");
         if (!v.ok())

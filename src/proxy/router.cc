@@ -1,5 +1,7 @@
 #include "proxy/router.h"
 
+#include "http/chars.h"
+
 #include "proxy/lb/hash.h"
 #include "proxy/lb/random.h"
 
@@ -86,20 +88,12 @@ std::optional<std::string_view> queryParam(std::string_view query, std::string_v
 }
 
 std::string percentDecode(std::string_view s) {
-  auto hex = [](char c) -> int {
-    if (c >= '0' && c <= '9')
-      return c - '0';
-    if (c >= 'a' && c <= 'f')
-      return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-      return c - 'A' + 10;
-    return -1;
-  };
   std::string out;
   out.reserve(s.size());
   for (size_t i = 0; i < s.size(); ++i) {
     int hi, lo;
-    if (s[i] == '%' && i + 2 < s.size() && (hi = hex(s[i + 1])) >= 0 && (lo = hex(s[i + 2])) >= 0) {
+    if (s[i] == '%' && i + 2 < s.size() && (hi = http::chars::hexValue(s[i + 1])) >= 0 &&
+        (lo = http::chars::hexValue(s[i + 2])) >= 0) {
       out.push_back(static_cast<char>(hi * 16 + lo));
       i += 2;
     } else {

@@ -225,20 +225,12 @@ TEST(Load, Limits) {
     deep += "]";
   EXPECT_NE(loadError(deep + "\n").find("nested more than 32 levels deep"), std::string::npos);
 
-  // Nesting far past the limit fails cleanly in the YAML parser itself (no stack overflow).
-  EXPECT_NE(loadError(std::string(100000, '[')).find("test.yaml: invalid YAML"), std::string::npos);
+  // Nesting far past the limit stops at the limit while parsing (no stack overflow), and
+  // aliases that multiply ("billion laughs") stop at the node budget, not at memory: both are
+  // covered with the other hostile inputs in yaml_limits_test.cc.
+  EXPECT_NE(loadError(std::string(100000, '[')).find("nested more than 32 levels deep"),
+            std::string::npos);
   EXPECT_NE(loadError("a: *missing\n").find("test.yaml: invalid YAML"), std::string::npos);
-
-  // Aliases that multiply ("billion laughs") stop at the node budget, not at memory.
-  std::string bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n";
-  for (char c = 'b'; c <= 'j'; ++c)
-    bomb +=
-        fmt::format("{}: &{} [*{}, *{}, *{}, *{}, *{}, *{}, *{}, *{}, *{}, *{}]\n", c, c,
-                    static_cast<char>(c - 1), static_cast<char>(c - 1), static_cast<char>(c - 1),
-                    static_cast<char>(c - 1), static_cast<char>(c - 1), static_cast<char>(c - 1),
-                    static_cast<char>(c - 1), static_cast<char>(c - 1), static_cast<char>(c - 1),
-                    static_cast<char>(c - 1));
-  EXPECT_NE(loadError(bomb).find("more than 500000 values (aliases expanded)"), std::string::npos);
 
   // Hostile keys and values are cut and escaped in messages.
   const std::string long_key = loadError(std::string(kService) + std::string(1000, 'k') + ": 1\n");
@@ -256,8 +248,8 @@ TEST(Load, Limits) {
   std::string many;
   for (size_t i = 0; i <= kMaxDocumentsPerFile; ++i)
     many += "---\n";
-  EXPECT_NE(loadError(many).find("test.yaml: 1001 documents, at most 1000 allowed per file"),
-            std::string::npos);
+  EXPECT_EQ(loadError(many),
+            "test.yaml: document 1001, line 1001: more than 1000 documents, the limit per file");
 
   // File size.
   const std::string huge(kMaxFileBytes + 1, '#');

@@ -267,6 +267,64 @@ std::vector<proxy::Route> compileHttpRoutes(const MeshResources& res,
 
 std::string jsonString(std::string_view s) { return dump(json(s)); }
 
+// An endpoint address as a JSON string: it is SocketAddress::toString() (digits, hex, '.',
+// ':', '[', ']'), which needs no escaping.
+void appendAddress(std::string& out, std::string_view address) {
+  out += '"';
+  out += address;
+  out += '"';
+}
+
+// One endpoint object, as nlohmann would print {"address":..,"weight":..} (keys sorted).
+void appendEndpoint(std::string& out, std::string_view address, uint32_t weight) {
+  out += "{\"address\":";
+  appendAddress(out, address);
+  out += ",\"weight\":";
+  out += std::to_string(weight);
+  out += '}';
+}
+
+// The endpoint-level change from `before` to `after` (both sorted by address, each address
+// once) as `"endpoints_added":[...],"endpoints_removed":[...]` (an empty one left out), or
+// empty when that text would not be shorter than `"endpoints":` + the full list.
+std::string endpointsDiff(const ServiceEntry& before, const ServiceEntry& after) {
+  const auto& a = before.endpoint_list;
+  const auto& b = after.endpoint_list;
+  const size_t full = after.endpoints.size() + sizeof("\"endpoints\":") - 1;
+  std::string added, removed;
+  auto add = [&](const std::pair<std::string, uint32_t>& ep) {
+    if (!added.empty())
+      added += ',';
+    appendEndpoint(added, ep.first, ep.second);
+  };
+  auto remove = [&](const std::string& address) {
+    if (!removed.empty())
+      removed += ',';
+    appendAddress(removed, address);
+  };
+  size_t i = 0, j = 0;
+  while ((i < a.size() || j < b.size()) && added.size() + removed.size() < full) {
+    if (j == b.size() || (i < a.size() && a[i].first < b[j].first)) {
+      remove(a[i++].first);
+    } else if (i == a.size() || b[j].first < a[i].first) {
+      add(b[j++]);
+    } else {
+      if (a[i].second != b[j].second)
+        add(b[j]); // a changed weight: the endpoint again, replacing
+      ++i;
+      ++j;
+    }
+  }
+  std::string out;
+  if (!added.empty())
+    out = "\"endpoints_added\":[" + added + "]";
+  if (!removed.empty())
+    out += (out.empty() ? "" : ",") + std::string("\"endpoints_removed\":[") + removed + "]";
+  if (out.empty() || out.size() >= full)
+    return std::string();
+  return out;
+}
+
 } // namespace
 
 proxy::Cluster meshDefaultCluster() {
@@ -344,15 +402,18 @@ std::optional<ServiceEntry> compileService(const registry::Catalog& catalog,
     eps.emplace_back(net::SocketAddress{ip, inst.service->port}.toString(), uint32_t(w));
   }
   std::sort(eps.begin(), eps.end());
-  json endpoints = json::array();
-  std::string last;
-  for (const auto& [addr, w] : eps) {
-    if (addr == last)
-      continue; // the proxy takes each address once per cluster
-    last = addr;
-    endpoints.push_back({{"address", addr}, {"weight", w}});
+  // The proxy takes each address once per cluster: the lowest weight of a repeated one.
+  eps.erase(std::unique(eps.begin(), eps.end(),
+                        [](const auto& a, const auto& b) { return a.first == b.first; }),
+            eps.end());
+  e.endpoints = "[";
+  for (size_t i = 0; i < eps.size(); ++i) {
+    if (i > 0)
+      e.endpoints += ',';
+    appendEndpoint(e.endpoints, eps[i].first, eps[i].second);
   }
-  e.endpoints = dump(endpoints);
+  e.endpoints += ']';
+  e.endpoint_list = std::move(eps);
 
   std::vector<proxy::Route> routes;
   auto attached = resources.routesForService(name);
@@ -591,7 +652,13 @@ std::shared_ptr<const std::string> MeshCompiler::flush() {
     };
     field("protocol", old->second.protocol, e->protocol);
     field("cluster", old->second.cluster, e->cluster);
-    field("endpoints", old->second.endpoints, e->endpoints);
+    if (old->second.endpoints != e->endpoints) {
+      std::string diff = endpointsDiff(old->second, *e);
+      if (diff.empty())
+        field("endpoints", old->second.endpoints, e->endpoints);
+      else
+        append(fields, diff);
+    }
     field("routes", old->second.routes, e->routes);
     if (!fields.empty()) {
       append(changed, jsonString(name) + ":{" + fields + "}");

@@ -7,6 +7,8 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "control/mesh/resources.h"
 #include "proxy/config.h"
@@ -28,6 +30,9 @@ struct ServiceEntry {
   std::string cluster;   // {"lb":...} without name and endpoints
   std::string endpoints; // [{"address":"ip:port","weight":1},...], sorted by address
   std::string routes;    // [{"match":...},...]
+  // The same endpoints as (address, weight), sorted by address, each address once: what
+  // flush() diffs to send endpoints_added/endpoints_removed instead of the whole list.
+  std::vector<std::pair<std::string, uint32_t>> endpoint_list;
 
   bool operator==(const ServiceEntry&) const = default;
   // The complete entry as a JSON object's text.
@@ -71,14 +76,17 @@ public:
   bool dirty() const { return resources_dirty_ || !dirty_services_.empty(); }
 
   // Recomputes what is dirty, updates the state and returns the delta message (one NDJSON
-  // line, shared by every stream), or null when nothing visible changed.
+  // line, shared by every stream), or null when nothing visible changed. A service that
+  // existed before and whose endpoints changed gets `endpoints_added`/`endpoints_removed`
+  // instead of `endpoints` when that text is shorter (docs/protocol.md "Deltas").
   std::shared_ptr<const std::string> flush();
 
   // The delta from `base`, a version this compiler produced, to the current version: the
   // complete entries of the services and gateways that changed after `base`, and the names
   // of those that existed at `base` and are gone. Applied to the state at `base` it gives the
-  // current state. For a stream that was still busy with an earlier message when deltas were
-  // produced: it gets one of these instead of every delta in between. Null when `base` is
+  // current state (entries are complete, with the full `endpoints` list: what changed in
+  // between is not kept). For a stream that was still busy with an earlier message when
+  // deltas were produced: it gets one of these instead of every delta in between. Null when `base` is
   // older than what the compiler remembers of removals (kMaxTombstones).
   std::shared_ptr<const std::string> deltaSince(uint64_t base) const;
   // Removed services and gateways remembered for deltaSince.

@@ -1,5 +1,7 @@
 #include "proxy/mesh/mesh_state.h"
 
+#include <vector>
+
 namespace trellis::proxy::mesh {
 
 namespace {
@@ -37,6 +39,88 @@ Status checkNameList(const json& body, const char* key) {
       return makeError(ErrorCode::kInvalidArgument, "{}[{}]: must be a string, got {}", key, i,
                        (*it)[i].type_name());
   return okStatus();
+}
+
+// An endpoint's address: the element itself when it is a string, else its string "address";
+// null when it has none.
+const std::string* endpointAddress(const json& ep) {
+  if (ep.is_string())
+    return &ep.get_ref<const std::string&>();
+  if (!ep.is_object())
+    return nullptr;
+  auto address = ep.find("address");
+  if (address == ep.end() || !address->is_string())
+    return nullptr;
+  return &address->get_ref<const std::string&>();
+}
+
+// A delta's endpoint-level change of one service (docs/protocol.md "Deltas"): checked
+// before anything is applied, so a bad one leaves the state as it was.
+Status checkEndpointChanges(const std::string& name, const json& entry) {
+  auto added = entry.find("endpoints_added");
+  auto removed = entry.find("endpoints_removed");
+  if (added == entry.end() && removed == entry.end())
+    return okStatus();
+  if (entry.contains("endpoints"))
+    return makeError(ErrorCode::kInvalidArgument,
+                     "services.{}: \"endpoints\" together with \"{}\" (a delta carries "
+                     "either the whole list or the change)",
+                     name, added != entry.end() ? "endpoints_added" : "endpoints_removed");
+  if (added != entry.end()) {
+    if (!added->is_array())
+      return makeError(ErrorCode::kInvalidArgument,
+                       "services.{}.endpoints_added: must be a list of endpoints, got {}", name,
+                       added->type_name());
+    for (size_t i = 0; i < added->size(); ++i)
+      if (endpointAddress((*added)[i]) == nullptr)
+        return makeError(ErrorCode::kInvalidArgument,
+                         "services.{}.endpoints_added[{}]: must be an address string or an "
+                         "object with a string \"address\", got {}",
+                         name, i, (*added)[i].type_name());
+  }
+  if (removed != entry.end()) {
+    if (!removed->is_array())
+      return makeError(ErrorCode::kInvalidArgument,
+                       "services.{}.endpoints_removed: must be a list of addresses, got {}", name,
+                       removed->type_name());
+    for (size_t i = 0; i < removed->size(); ++i)
+      if (!(*removed)[i].is_string())
+        return makeError(ErrorCode::kInvalidArgument,
+                         "services.{}.endpoints_removed[{}]: must be a string, got {}", name, i,
+                         (*removed)[i].type_name());
+  }
+  return okStatus();
+}
+
+// The stored endpoint list with `removed` addresses taken out and `added` endpoints put in
+// (replacing one of the same address), ordered by address like the server's full list.
+// Costs a map of the stored list, not a parse of it. Stored elements without an address (a
+// list the configuration rejected) are kept, last; a stored value that is no list counts as
+// empty.
+json applyEndpointChanges(const json& stored, const json* added, const json* removed) {
+  std::map<std::string_view, const json*> by_address;
+  std::vector<const json*> other;
+  if (stored.is_array()) {
+    for (const json& ep : stored) {
+      if (const std::string* address = endpointAddress(ep))
+        by_address[*address] = &ep;
+      else
+        other.push_back(&ep);
+    }
+  }
+  if (removed != nullptr)
+    for (const json& address : *removed)
+      by_address.erase(address.get_ref<const std::string&>());
+  if (added != nullptr)
+    for (const json& ep : *added)
+      by_address[*endpointAddress(ep)] = &ep;
+  json out = json::array();
+  out.get_ref<json::array_t&>().reserve(by_address.size() + other.size());
+  for (const auto& [address, ep] : by_address)
+    out.push_back(*ep);
+  for (const json* ep : other)
+    out.push_back(*ep);
+  return out;
 }
 
 Status checkStructure(const json& body) {
@@ -154,6 +238,9 @@ Status MeshState::applyDelta(const Message& msg) {
     return makeError(ErrorCode::kInvalidArgument,
                      "delta version {} is not above the current version {}", msg.version, version_);
   TRELLIS_RETURN_IF_ERROR(checkStructure(msg.body));
+  if (auto it = msg.body.find("services"); it != msg.body.end())
+    for (const auto& [name, entry] : it->items())
+      TRELLIS_RETURN_IF_ERROR(checkEndpointChanges(name, entry));
   // Removals first, so that a name removed and defined again in one delta ends up defined.
   if (auto it = msg.body.find("removed"); it != msg.body.end())
     for (const auto& n : *it)
@@ -178,6 +265,13 @@ Status MeshState::applyDelta(const Message& msg) {
                                                                : e.routes,
                           *f, d);
       }
+      auto added = entry.find("endpoints_added");
+      auto removed = entry.find("endpoints_removed");
+      if (added != entry.end() || removed != entry.end())
+        setField(e.endpoints,
+                 applyEndpointChanges(e.endpoints, added != entry.end() ? &*added : nullptr,
+                                      removed != entry.end() ? &*removed : nullptr),
+                 e.endpoints_rev);
       if (def || e.definition_rev == 0)
         e.definition_rev = next_rev_++;
       if (e.endpoints_rev == 0)

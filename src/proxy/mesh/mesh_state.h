@@ -51,7 +51,9 @@ public:
   // Structural errors (services not an object, ...) leave the state as it was.
   Status applySnapshot(const Message& msg);
   // Applies a delta to the current state. Requires a snapshot first and a version above the
-  // current one. Structural errors leave the state as it was.
+  // current one. A service's `endpoints_added`/`endpoints_removed` change its stored list by
+  // address (removals first; an absent address or a present one is no error); beside
+  // `endpoints` they are an error. Structural errors leave the state as it was.
   Status applyDelta(const Message& msg);
   // Forgets everything (a new stream starts from its snapshot).
   void clear();

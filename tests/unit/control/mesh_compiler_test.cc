@@ -1,3 +1,5 @@
+#include <map>
+
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -51,13 +53,34 @@ registry::CheckUpdateRequest health(const std::string& node, const std::string& 
   return u;
 }
 
+// Applies endpoints_removed then endpoints_added to an endpoint list, by address, keeping it
+// sorted by address (as the server sends it).
+void applyEndpointChanges(json& entry, const json& fields) {
+  EXPECT_FALSE(fields.contains("endpoints")) << "both forms in one entry: " << fields;
+  EXPECT_TRUE(entry.contains("endpoints")) << "a change to a service the receiver lacks";
+  std::map<std::string, json> by_address;
+  for (const auto& ep : entry["endpoints"])
+    by_address[ep["address"].get<std::string>()] = ep;
+  for (const auto& a : fields.value("endpoints_removed", json::array()))
+    EXPECT_EQ(by_address.erase(a.get<std::string>()), 1u) << "removed but absent: " << a;
+  for (const auto& ep : fields.value("endpoints_added", json::array()))
+    by_address[ep["address"].get<std::string>()] = ep;
+  json list = json::array();
+  for (auto& [a, ep] : by_address)
+    list.push_back(ep);
+  entry["endpoints"] = list;
+}
+
 // Applies a delta message to a snapshot's JSON (the proxy's side of the contract).
 void applyDelta(json& state, const json& delta) {
   for (auto& [name, fields] : delta["services"].items()) {
     if (!state["services"].contains(name))
       state["services"][name] = json::object();
     for (auto& [k, v] : fields.items())
-      state["services"][name][k] = v;
+      if (k != "endpoints_added" && k != "endpoints_removed")
+        state["services"][name][k] = v;
+    if (fields.contains("endpoints_added") || fields.contains("endpoints_removed"))
+      applyEndpointChanges(state["services"][name], fields);
   }
   for (const auto& name : delta["removed"])
     state["services"].erase(name.get<std::string>());
@@ -176,8 +199,8 @@ TEST_F(MeshCompilerTest, HealthChangeIsAnEndpointsOnlyDeltaOfThatService) {
   EXPECT_EQ(d["version"], catalog_.index());
   EXPECT_GT(d["version"].get<uint64_t>(), v0);
   EXPECT_EQ(d["services"].size(), 1u);
-  EXPECT_EQ(d["services"]["orders"],
-            json::parse(R"({"endpoints":[{"address":"10.0.0.1:9001","weight":1}]})"));
+  // One instance gone: the change is shorter than the remaining list.
+  EXPECT_EQ(d["services"]["orders"], json::parse(R"({"endpoints_removed":["10.0.0.1:9002"]})"));
   EXPECT_TRUE(d["removed"].empty());
 
   // Nothing visible changed (the output text of a failing check): no delta.
@@ -212,7 +235,73 @@ TEST_F(MeshCompilerTest, RenamedInstanceUpdatesBothServices) {
   apply(instance("n1", "10.0.0.1", "b", "x-1", 1000, CheckStatus::kPassing));
   json d = flush();
   EXPECT_EQ(d["removed"], json::parse(R"(["a"])"));
-  EXPECT_EQ(d["services"]["b"]["endpoints"].size(), 2u);
+  EXPECT_EQ(d["services"]["b"],
+            json::parse(R"({"endpoints_added":[{"address":"10.0.0.1:1000","weight":1}]})"));
+  EXPECT_EQ(snapshotJson(compiler_)["services"]["b"]["endpoints"].size(), 2u);
+}
+
+TEST_F(MeshCompilerTest, EndpointChangesReplaceTheListWhenShorter) {
+  for (int i = 0; i < 20; ++i)
+    apply(instance("n1", "10.0.0.1", "orders", "o-" + std::to_string(i), uint16_t(9000 + i),
+                   CheckStatus::kPassing));
+  apply(instance("n1", "10.0.0.1", "users", "u-1", 7001, CheckStatus::kPassing));
+  compiler_.rebuild();
+
+  // One added, one gone, one whose weight changed (sent again, with the new weight), in one
+  // delta; flush() checks that applying it gives the new snapshot.
+  apply(instance("n1", "10.0.0.1", "orders", "o-new", 8999, CheckStatus::kPassing));
+  apply(health("n1", "o-3", CheckStatus::kCritical));
+  registry::RegisterRequest heavy =
+      instance("n1", "10.0.0.1", "orders", "o-7", 9007, CheckStatus::kPassing);
+  heavy.service->weights.passing = 5;
+  apply(heavy);
+  json d = flush();
+  EXPECT_EQ(d["services"].size(), 1u) << d;
+  EXPECT_EQ(d["services"]["orders"],
+            json::parse(R"({"endpoints_added":[{"address":"10.0.0.1:8999","weight":1},
+                                               {"address":"10.0.0.1:9007","weight":5}],
+                            "endpoints_removed":["10.0.0.1:9003"]})"))
+      << d;
+  EXPECT_EQ(snapshotJson(compiler_)["services"]["orders"]["endpoints"].size(), 20u);
+
+  // Most of the list changed: the full list is shorter, and is sent.
+  for (int i = 0; i < 20; ++i)
+    if (i != 3)
+      apply(health("n1", "o-" + std::to_string(i), CheckStatus::kCritical));
+  d = flush();
+  EXPECT_EQ(d["services"]["orders"],
+            json::parse(R"({"endpoints":[{"address":"10.0.0.1:8999","weight":1}]})"))
+      << d;
+
+  // A definition change beside an endpoint change: both, the endpoints as a change.
+  for (int i = 0; i < 20; ++i)
+    apply(health("n1", "o-" + std::to_string(i), CheckStatus::kPassing));
+  flush();
+  putResource(R"(apiVersion: trellis.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: orders}
+spec:
+  targetRef: {kind: Service, name: orders}
+  connectTimeout: 3s
+)");
+  apply(health("n1", "o-5", CheckStatus::kCritical));
+  d = flush();
+  EXPECT_TRUE(d["services"]["orders"].contains("cluster")) << d;
+  EXPECT_EQ(d["services"]["orders"]["endpoints_removed"], json::parse(R"(["10.0.0.1:9005"])"))
+      << d;
+  EXPECT_FALSE(d["services"]["orders"].contains("endpoints")) << d;
+  EXPECT_FALSE(d["services"].contains("users")) << d;
+
+  // A new service always comes complete, and a catch-up delta carries complete entries.
+  const uint64_t v = compiler_.version();
+  apply(instance("n1", "10.0.0.1", "pay", "p-1", 5000, CheckStatus::kPassing));
+  apply(health("n1", "o-6", CheckStatus::kCritical));
+  d = flush();
+  EXPECT_TRUE(d["services"]["pay"].contains("endpoints")) << d;
+  EXPECT_EQ(d["services"]["orders"], json::parse(R"({"endpoints_removed":["10.0.0.1:9006"]})"));
+  json catchup = json::parse(*compiler_.deltaSince(v));
+  EXPECT_EQ(catchup["services"]["orders"].size(), 4u) << catchup;
+  EXPECT_EQ(catchup["services"]["orders"]["endpoints"].size(), 19u) << catchup;
 }
 
 TEST_F(MeshCompilerTest, CoalescedBatchesGiveOneDelta) {

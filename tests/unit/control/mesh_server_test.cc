@@ -184,6 +184,7 @@ TEST_F(MeshServerTest, StreamStartsWithSnapshotThenCoalescedDelta) {
   EXPECT_EQ(msgs[0]["version"], registry_.catalog().index());
   EXPECT_EQ(msgs[0]["stream"].get<std::string>().size(), 16u);
   EXPECT_EQ(msgs[0]["services"]["orders"]["endpoints"][0]["address"], "10.0.0.1:9001");
+  json state = msgs[0]["services"];
 
   // Three registrations within the coalescing window: one delta, 2ms after the first.
   submit(instance("orders", "orders-2", 9002));
@@ -196,8 +197,19 @@ TEST_F(MeshServerTest, StreamStartsWithSnapshotThenCoalescedDelta) {
   ASSERT_EQ(msgs.size(), 1u);
   EXPECT_EQ(msgs[0]["type"], "delta");
   EXPECT_EQ(msgs[0]["version"], registry_.catalog().index());
-  EXPECT_EQ(msgs[0]["services"]["orders"]["endpoints"].size(), 3u);
+  // orders existed: only its two new endpoints (shorter than the list of three); users is
+  // new: complete.
+  EXPECT_EQ(msgs[0]["services"]["orders"],
+            json::parse(R"({"endpoints_added":[{"address":"10.0.0.1:9002","weight":1},
+                                               {"address":"10.0.0.1:9003","weight":1}]})"));
   EXPECT_TRUE(msgs[0]["services"]["users"].contains("cluster"));
+  EXPECT_EQ(msgs[0]["services"]["users"]["endpoints"].size(), 1u);
+  // Applied to the snapshot (endpoints by address), the delta gives the server's state.
+  state["users"] = msgs[0]["services"]["users"];
+  for (const json& ep : msgs[0]["services"]["orders"]["endpoints_added"])
+    state["orders"]["endpoints"].push_back(ep);
+  json snap = json::parse(request(http::Method::kGet, "snapshot")->body_);
+  EXPECT_EQ(state, snap["services"]);
   EXPECT_EQ(server_->stats().deltas_sent, 1u);
   advance(10ms);
   EXPECT_TRUE(w->messages().empty());

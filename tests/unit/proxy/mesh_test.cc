@@ -153,6 +153,82 @@ TEST(MeshState, DeltaChangesOnlyWhatItCarriesAndKeepsRevisions) {
   EXPECT_EQ(st.services().at("orders").endpoints_rev, ep_rev);
 }
 
+TEST(MeshState, EndpointChangesApplyByAddressAndEqualTheFullList) {
+  MeshState st;
+  json orders = named("orders", service({}));
+  orders["endpoints"] = json::parse(R"([{"address":"10.0.0.1:1001","weight":1},
+                                        {"address":"10.0.0.1:1002","weight":1},
+                                        {"address":"10.0.0.1:1003","weight":1}])");
+  ASSERT_TRUE(st.applySnapshot(parseMessage(snapshotLine(10, {{"orders", orders},
+                                                              {"users", named("users", service(
+                                                                  {"127.0.0.1:2001"}))}}))
+                                   .value())
+                  .ok());
+  const uint64_t def_rev = st.services().at("orders").definition_rev;
+  const uint64_t ep_rev = st.services().at("orders").endpoints_rev;
+  const uint64_t users_ep = st.services().at("users").endpoints_rev;
+  // One removed, one new (sorted in between), one with a new weight (replacing), one removed
+  // address that is not there and one added endpoint that is already there, unchanged.
+  auto d = parseMessage(R"({"type":"delta","version":11,"services":{"orders":{
+      "endpoints_added":[{"address":"10.0.0.1:1003","weight":5},
+                         {"address":"10.0.0.1:1001","weight":1},
+                         {"address":"10.0.0.1:1000","weight":2}],
+      "endpoints_removed":["10.0.0.1:1002","10.0.0.9:9"]}},"removed":[]})");
+  ASSERT_TRUE(d.ok());
+  ASSERT_TRUE(st.applyDelta(*d).ok());
+  EXPECT_EQ(st.services().at("orders").endpoints,
+            json::parse(R"([{"address":"10.0.0.1:1000","weight":2},
+                            {"address":"10.0.0.1:1001","weight":1},
+                            {"address":"10.0.0.1:1003","weight":5}])"));
+  const uint64_t ep_rev2 = st.services().at("orders").endpoints_rev;
+  EXPECT_GT(ep_rev2, ep_rev);
+  EXPECT_EQ(st.services().at("orders").definition_rev, def_rev);
+  EXPECT_EQ(st.services().at("users").endpoints_rev, users_ep);
+
+  // A change that changes nothing (present again, absent removed) keeps the revision; an
+  // address-only element counts as that address.
+  d = parseMessage(R"({"type":"delta","version":12,"services":{"orders":{
+      "endpoints_added":[{"address":"10.0.0.1:1001","weight":1}],
+      "endpoints_removed":["10.0.0.1:1002"]}}})");
+  ASSERT_TRUE(st.applyDelta(*d).ok());
+  EXPECT_EQ(st.services().at("orders").endpoints_rev, ep_rev2);
+  d = parseMessage(R"({"type":"delta","version":13,"services":{
+      "users":{"endpoints_removed":["127.0.0.1:2001"],"endpoints_added":["127.0.0.1:2002"]}}})");
+  ASSERT_TRUE(st.applyDelta(*d).ok());
+  EXPECT_EQ(st.services().at("users").endpoints, json::parse(R"(["127.0.0.1:2002"])"));
+  EXPECT_GT(st.services().at("users").endpoints_rev, users_ep);
+
+  // Errors name the service and field, and leave the whole state as it was (the first
+  // service of the delta is not applied either).
+  const json before = st.services().at("orders").endpoints;
+  auto expectRejected = [&](const std::string& services, const std::string& error) {
+    auto m = parseMessage(R"({"type":"delta","version":14,"services":)" + services + "}");
+    ASSERT_TRUE(m.ok());
+    Status r = st.applyDelta(*m);
+    ASSERT_FALSE(r.ok()) << services;
+    EXPECT_EQ(r.error().message(), error);
+    EXPECT_EQ(st.version(), 13u);
+    EXPECT_EQ(st.services().at("orders").endpoints, before);
+    EXPECT_EQ(st.services().at("users").endpoints, json::parse(R"(["127.0.0.1:2002"])"));
+  };
+  expectRejected(R"({"users":{"endpoints":[]},
+                     "orders":{"endpoints":[],"endpoints_removed":["10.0.0.1:1001"]}})",
+                 "services.orders: \"endpoints\" together with \"endpoints_removed\" (a delta "
+                 "carries either the whole list or the change)");
+  expectRejected(R"({"orders":{"endpoints":[],"endpoints_added":[]}})",
+                 "services.orders: \"endpoints\" together with \"endpoints_added\" (a delta "
+                 "carries either the whole list or the change)");
+  expectRejected(R"({"orders":{"endpoints_added":{"address":"10.0.0.1:1"}}})",
+                 "services.orders.endpoints_added: must be a list of endpoints, got object");
+  expectRejected(R"({"orders":{"endpoints_added":[{"weight":1}]}})",
+                 "services.orders.endpoints_added[0]: must be an address string or an object "
+                 "with a string \"address\", got object");
+  expectRejected(R"({"orders":{"endpoints_removed":"10.0.0.1:1001"}})",
+                 "services.orders.endpoints_removed: must be a list of addresses, got string");
+  expectRejected(R"({"orders":{"endpoints_removed":["10.0.0.1:1001",{"address":"x"}]}})",
+                 "services.orders.endpoints_removed[1]: must be a string, got object");
+}
+
 // ---- session: snapshot, delta, removal, rejection ---------------------------------------------
 
 class SessionTest : public ::testing::Test {
@@ -182,14 +258,37 @@ TEST_F(SessionTest, SnapshotThenDeltasBuildTheConfiguration) {
   EXPECT_EQ(endpointsOf(*applier.current, "orders"), (std::vector<std::string>{"127.0.0.1:1003"}));
   EXPECT_EQ(session.appliedVersion(), 6u);
 
+  // An endpoint-level change rebuilds the cluster with the list it gives.
+  out = session.handleLine(deltaLine(
+      7, {{"orders",
+           {{"endpoints_added", json::parse(R"([{"address":"127.0.0.1:1001","weight":3}])")},
+            {"endpoints_removed", {"127.0.0.1:1003"}}}}}));
+  ASSERT_TRUE(out.ack && out.ack->accepted) << (out.ack ? out.ack->error : "");
+  EXPECT_EQ(endpointsOf(*applier.current, "orders"), (std::vector<std::string>{"127.0.0.1:1001"}));
+  EXPECT_EQ(applier.current->findCluster("orders")->endpoints.at(0).weight, 3u);
+  // Both forms for one service break the stream (the next message must be a snapshot).
+  out = session.handleLine(deltaLine(
+      8, {{"orders", {{"endpoints", json::array()}, {"endpoints_removed", {"127.0.0.1:1001"}}}}}));
+  ASSERT_FALSE(out.stream.ok());
+  ASSERT_TRUE(out.ack);
+  EXPECT_FALSE(out.ack->accepted);
+  EXPECT_NE(out.ack->error.find("services.orders: \"endpoints\" together with"),
+            std::string::npos)
+      << out.ack->error;
+  EXPECT_EQ(endpointsOf(*applier.current, "orders"), (std::vector<std::string>{"127.0.0.1:1001"}));
+  out = session.handleLine(snapshotLine(
+      8, {{"orders", named("orders", service({"127.0.0.1:1003"}))}}));
+  ASSERT_TRUE(out.ack && out.ack->accepted) << (out.ack ? out.ack->error : "");
+  EXPECT_EQ(session.appliedVersion(), 8u);
+
   // Heartbeats produce no ack and change nothing.
   const int calls = applier.calls;
-  out = session.handleLine(R"({"type":"heartbeat","version":6})");
+  out = session.handleLine(R"({"type":"heartbeat","version":8})");
   EXPECT_FALSE(out.ack);
   EXPECT_EQ(applier.calls, calls);
 
   // The removed service's upstream listener still has its cluster: empty, so 503 not 404.
-  out = session.handleLine(deltaLine(7, json::object(), {"orders"}));
+  out = session.handleLine(deltaLine(9, json::object(), {"orders"}));
   ASSERT_TRUE(out.ack && out.ack->accepted);
   EXPECT_TRUE(endpointsOf(*applier.current, "orders").empty());
 }

@@ -420,8 +420,20 @@ private:
     if (services == j.end() || !services->is_object())
       return false;
     auto e = services->find(w.service);
-    if (e == services->end() || !e->contains("endpoints"))
+    if (e == services->end() || !e->is_object())
       return false;
+    // An endpoint-level change (docs/protocol.md "Endpoint changes"): the address is in
+    // endpoints_added (add) or endpoints_removed (remove).
+    if (!e->contains("endpoints")) {
+      const char* key = w.add ? "endpoints_added" : "endpoints_removed";
+      auto list = e->find(key);
+      if (list == e->end() || !list->is_array())
+        return false;
+      for (const auto& ep : *list)
+        if ((ep.is_string() ? ep.get<std::string>() : ep.value("address", "")) == w.address)
+          return true;
+      return false;
+    }
     bool present = false;
     for (const auto& ep : (*e)["endpoints"])
       if (ep.value("address", "") == w.address) {

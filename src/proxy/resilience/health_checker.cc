@@ -60,15 +60,21 @@ void HealthProberImpl::probe(const HealthCheck& check, const std::string& cluste
 
 // ---- scheduling ---------------------------------------------------------------------------
 
+// What a target or ticker needs of the configuration it was made for is copied: the old
+// snapshot (which a ClusterState's config() refers to) may be gone when setClusters() runs.
 struct HealthChecker::Target {
   std::shared_ptr<ClusterState> cluster;
   size_t endpoint = 0;
+  std::string cluster_name;
+  HealthCheck check;
+  net::SocketAddress address;
   std::unique_ptr<Timer> timer;
   bool retired = false; // its snapshot was replaced: results are dropped
 };
 
 struct HealthChecker::Ticker {
   std::shared_ptr<ClusterState> cluster;
+  std::string cluster_name;
   Duration interval{0};
   std::unique_ptr<Timer> timer;
 };
@@ -92,7 +98,7 @@ void HealthChecker::setClusters(std::vector<std::shared_ptr<ClusterState>> clust
   targets_.clear();
   std::unordered_map<std::string, std::unique_ptr<Ticker>> old_tickers;
   for (auto& k : tickers_)
-    old_tickers[k->cluster->config().name] = std::move(k);
+    old_tickers[k->cluster_name] = std::move(k);
   tickers_.clear();
   // The old targets of a cluster that changed, by name; matched by address below.
   std::unordered_map<std::string, std::vector<std::shared_ptr<Target>>> by_name;
@@ -102,9 +108,8 @@ void HealthChecker::setClusters(std::vector<std::shared_ptr<ClusterState>> clust
   for (auto& [state, ts] : by_state) {
     if (kept.count(state) || ts.empty())
       continue;
-    auto& list = by_name[state->config().name];
     for (auto& t : ts)
-      list.push_back(std::move(t));
+      by_name[t->cluster_name].push_back(std::move(t));
     ts.clear();
   }
 
@@ -121,9 +126,7 @@ void HealthChecker::setClusters(std::vector<std::shared_ptr<ClusterState>> clust
         const Duration spread = cfg.health_check->interval / 10;
         for (size_t i = 0; i < cfg.endpoints.size(); ++i) {
           auto old = std::find_if(olds.begin(), olds.end(), [&](const auto& t) {
-            const Cluster& was = t->cluster->config();
-            return *was.health_check == *cfg.health_check &&
-                   was.endpoints[t->endpoint].address == cfg.endpoints[i].address;
+            return t->check == *cfg.health_check && t->address == cfg.endpoints[i].address;
           });
           if (old != olds.end()) {
             auto t = std::move(*old);
@@ -136,6 +139,9 @@ void HealthChecker::setClusters(std::vector<std::shared_ptr<ClusterState>> clust
           auto t = std::make_shared<Target>();
           t->cluster = c;
           t->endpoint = i;
+          t->cluster_name = cfg.name;
+          t->check = *cfg.health_check;
+          t->address = cfg.endpoints[i].address;
           std::weak_ptr<Target> w = t;
           t->timer = dispatcher_.createTimer([this, w] {
             if (auto t = w.lock())
@@ -158,6 +164,7 @@ void HealthChecker::setClusters(std::vector<std::shared_ptr<ClusterState>> clust
       }
       auto k = std::make_unique<Ticker>();
       k->cluster = c;
+      k->cluster_name = cfg.name;
       k->interval = interval;
       Ticker* raw = k.get();
       k->timer = dispatcher_.createTimer([this, raw] {

@@ -1,5 +1,6 @@
 #include "proxy/mesh/mesh_state.h"
 
+#include <algorithm>
 #include <vector>
 
 namespace trellis::proxy::mesh {
@@ -92,35 +93,77 @@ Status checkEndpointChanges(const std::string& name, const json& entry) {
   return okStatus();
 }
 
-// The stored endpoint list with `removed` addresses taken out and `added` endpoints put in
-// (replacing one of the same address), ordered by address like the server's full list.
-// Costs a map of the stored list, not a parse of it. Stored elements without an address (a
-// list the configuration rejected) are kept, last; a stored value that is no list counts as
-// empty.
-json applyEndpointChanges(const json& stored, const json* added, const json* removed) {
-  std::map<std::string_view, const json*> by_address;
-  std::vector<const json*> other;
-  if (stored.is_array()) {
-    for (const json& ep : stored) {
-      if (const std::string* address = endpointAddress(ep))
-        by_address[*address] = &ep;
-      else
-        other.push_back(&ep);
-    }
-  }
+// Changes the stored endpoint list in place: `removed` addresses taken out, `added`
+// endpoints put in (replacing one of the same address), ordered by address like the server's
+// full list. One merge pass that moves the stored elements (no copy, no parse of the list):
+// a proxy applies one of these per changed service per update. Stored elements without an
+// address (a list the configuration rejected) are kept, last; a stored value that is no list
+// counts as empty. Returns whether the list changed.
+bool applyEndpointChanges(json& stored, const json* added, const json* removed) {
+  if (!stored.is_array())
+    stored = json::array();
+  json::array_t& list = stored.get_ref<json::array_t&>();
+  auto key = [](const json& ep) -> std::string_view { return *endpointAddress(ep); };
+  auto by_key = [&](const json& a, const json& b) { return key(a) < key(b); };
+  // The stored list is normally in order already (the server sends it so, and this keeps
+  // it so); restore the order once if it is not.
+  auto addressed_end = std::stable_partition(
+      list.begin(), list.end(), [](const json& ep) { return endpointAddress(ep) != nullptr; });
+  if (!std::is_sorted(list.begin(), addressed_end, by_key))
+    std::stable_sort(list.begin(), addressed_end, by_key);
+
+  std::vector<std::string_view> gone;
   if (removed != nullptr)
     for (const json& address : *removed)
-      by_address.erase(address.get_ref<const std::string&>());
+      gone.push_back(address.get_ref<const std::string&>());
+  std::sort(gone.begin(), gone.end());
+  std::vector<const json*> adds;
   if (added != nullptr)
     for (const json& ep : *added)
-      by_address[*endpointAddress(ep)] = &ep;
-  json out = json::array();
-  out.get_ref<json::array_t&>().reserve(by_address.size() + other.size());
-  for (const auto& [address, ep] : by_address)
-    out.push_back(*ep);
-  for (const json* ep : other)
-    out.push_back(*ep);
-  return out;
+      adds.push_back(&ep);
+  // The last of several additions of one address wins: unique over the reversed range keeps
+  // the first of each run there, and packs what it keeps at the forward range's tail.
+  std::stable_sort(adds.begin(), adds.end(),
+                   [&](const json* a, const json* b) { return key(*a) < key(*b); });
+  adds.erase(adds.begin(),
+             std::unique(adds.rbegin(), adds.rend(), [&](const json* a, const json* b) {
+               return key(*a) == key(*b);
+             }).base());
+
+  json::array_t out;
+  out.reserve(static_cast<size_t>(addressed_end - list.begin()) + adds.size() +
+              static_cast<size_t>(list.end() - addressed_end));
+  bool changed = false;
+  auto is_gone = [&, g = gone.begin()](std::string_view k) mutable {
+    while (g != gone.end() && *g < k)
+      ++g;
+    return g != gone.end() && *g == k;
+  };
+  auto it = list.begin();
+  auto a = adds.begin();
+  while (it != addressed_end || a != adds.end()) {
+    if (a == adds.end() || (it != addressed_end && key(*it) < key(**a))) {
+      if (is_gone(key(*it)))
+        changed = true;
+      else
+        out.push_back(std::move(*it));
+      ++it;
+    } else if (it == addressed_end || key(**a) < key(*it)) {
+      out.push_back(**a);
+      changed = true;
+      ++a;
+    } else { // the same address: the addition replaces it (removals come first)
+      if (**a != *it)
+        changed = true;
+      out.push_back(**a);
+      ++it;
+      ++a;
+    }
+  }
+  for (; it != list.end(); ++it)
+    out.push_back(std::move(*it));
+  list = std::move(out);
+  return changed;
 }
 
 Status checkStructure(const json& body) {
@@ -267,11 +310,10 @@ Status MeshState::applyDelta(const Message& msg) {
       }
       auto added = entry.find("endpoints_added");
       auto removed = entry.find("endpoints_removed");
-      if (added != entry.end() || removed != entry.end())
-        setField(e.endpoints,
-                 applyEndpointChanges(e.endpoints, added != entry.end() ? &*added : nullptr,
-                                      removed != entry.end() ? &*removed : nullptr),
-                 e.endpoints_rev);
+      if ((added != entry.end() || removed != entry.end()) &&
+          applyEndpointChanges(e.endpoints, added != entry.end() ? &*added : nullptr,
+                               removed != entry.end() ? &*removed : nullptr))
+        e.endpoints_rev = next_rev_++;
       if (def || e.definition_rev == 0)
         e.definition_rev = next_rev_++;
       if (e.endpoints_rev == 0)

@@ -6,6 +6,16 @@
 
 namespace trellis::proxy {
 
+namespace {
+
+struct AddressHash {
+  size_t operator()(const net::SocketAddress& a) const {
+    return std::hash<asio::ip::address>()(a.ip) * 31 + a.port;
+  }
+};
+
+} // namespace
+
 const char* limitKindName(LimitKind k) {
   switch (k) {
   case LimitKind::kConnections:
@@ -116,12 +126,15 @@ void ClusterState::inheritFrom(const ClusterState& old) {
   overflow_base_ = old.overflow_base_ + (old.outlier_ ? old.outlier_->overflows() : 0);
   if (!ejected_ || !old.ejected_)
     return;
-  std::unordered_map<std::string, size_t> old_index;
+  // By address as it is (no text): a mesh delta re-creates the state of every changed
+  // cluster, and formatting each endpoint twice was most of the cost.
+  std::unordered_map<net::SocketAddress, size_t, AddressHash> old_index;
+  old_index.reserve(old.n_);
   for (size_t i = 0; i < old.n_; ++i)
-    old_index.emplace(old.cfg_.endpoints[i].address.toString(), i);
+    old_index.emplace(old.cfg_.endpoints[i].address, i);
   bool changed = false;
   for (size_t i = 0; i < n_; ++i) {
-    auto it = old_index.find(cfg_.endpoints[i].address.toString());
+    auto it = old_index.find(cfg_.endpoints[i].address);
     if (it == old_index.end())
       continue;
     const size_t j = it->second;

@@ -1,6 +1,8 @@
 #include <cctype>
 #include <chrono>
 #include <functional>
+#include <map>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -151,6 +153,63 @@ TEST(MeshState, DeltaChangesOnlyWhatItCarriesAndKeepsRevisions) {
   ASSERT_TRUE(st.applySnapshot(parseMessage(snapshotLine(20, {{"orders", full}})).value()).ok());
   EXPECT_EQ(st.services().at("orders").definition_rev, def_rev);
   EXPECT_EQ(st.services().at("orders").endpoints_rev, ep_rev);
+}
+
+// Random endpoint changes against a plain model (a map by address: removals first, then
+// additions, the last addition of an address winning), from stored lists in and out of order.
+TEST(MeshState, EndpointChangesMatchAModel) {
+  std::mt19937 rng(5);
+  auto address = [&] { return "10.0.0." + std::to_string(1 + rng() % 12) + ":80"; };
+  auto endpoint = [&](const std::string& a) {
+    return rng() % 3 == 0 ? json(a) : json{{"address", a}, {"weight", 1 + rng() % 3}};
+  };
+  auto addressOf = [](const json& ep) {
+    return ep.is_string() ? ep.get<std::string>() : ep["address"].get<std::string>();
+  };
+  for (int round = 0; round < 300; ++round) {
+    MeshState st;
+    std::map<std::string, json> model;
+    json stored = json::array();
+    for (int i = 0, n = static_cast<int>(rng() % 8); i < n; ++i) {
+      const std::string a = address();
+      if (model.emplace(a, endpoint(a)).second)
+        stored.push_back(model[a]);
+    }
+    if (rng() % 2 == 0) // the server sorts; another server might not
+      std::shuffle(stored.begin(), stored.end(), rng);
+    json svc = named("orders", service({}));
+    svc["endpoints"] = stored;
+    ASSERT_TRUE(st.applySnapshot(parseMessage(snapshotLine(1, {{"orders", svc}})).value()).ok());
+    for (uint64_t v = 2; v < 8; ++v) {
+      json added = json::array(), removed = json::array();
+      for (int i = 0, n = static_cast<int>(rng() % 5); i < n; ++i)
+        removed.push_back(address());
+      for (int i = 0, n = static_cast<int>(rng() % 5); i < n; ++i)
+        added.push_back(endpoint(address()));
+      const std::map<std::string, json> model_before = model;
+      for (const auto& a : removed)
+        model.erase(a.get<std::string>());
+      for (const auto& ep : added)
+        model[addressOf(ep)] = ep;
+      json change = json::object();
+      if (!added.empty() || rng() % 2 == 0)
+        change["endpoints_added"] = added;
+      if (!removed.empty() || rng() % 2 == 0)
+        change["endpoints_removed"] = removed;
+      if (change.empty())
+        continue;
+      json delta{{"type", "delta"}, {"version", v}, {"services", {{"orders", change}}}};
+      const uint64_t rev = st.services().at("orders").endpoints_rev;
+      ASSERT_TRUE(st.applyDelta(parseMessage(delta.dump()).value()).ok()) << delta.dump();
+      json want = json::array();
+      for (const auto& [a, ep] : model)
+        want.push_back(ep);
+      ASSERT_EQ(st.services().at("orders").endpoints, want) << delta.dump();
+      // The revision moves exactly when the content did (putting a list in order is no change).
+      EXPECT_EQ(st.services().at("orders").endpoints_rev != rev, model_before != model)
+          << delta.dump();
+    }
+  }
 }
 
 TEST(MeshState, EndpointChangesApplyByAddressAndEqualTheFullList) {

@@ -112,7 +112,8 @@ void addServerCommand(CLI::App& app, const GlobalOptions&, Action& action) {
                   "Mesh streams get a heartbeat after this long without a message (100ms..1h)")
       ->capture_default_str();
   cmd->add_option("--mesh-coalesce", f->mesh_coalesce,
-                  "Wait this long after a change for more before pushing one delta (0..1s)")
+                  "Push mesh deltas at most once per this window; a change after a quiet "
+                  "period goes at once (0..1s)")
       ->capture_default_str();
   cmd->footer("SIGINT/SIGTERM stop gracefully.");
   cmd->callback([&action, f] { action = [f] { return runServer(*f); }; });

@@ -131,14 +131,23 @@ void MeshServer::stop() {
 
 void MeshServer::onApplied(const registry::Batch& batch) {
   compiler_.noteBatch(batch);
-  if (compiler_.dirty() && !coalesce_timer_->enabled())
-    coalesce_timer_->enable(settings_.coalesce);
+  if (!compiler_.dirty() || coalesce_timer_->enabled())
+    return;
+  // Leading edge: the first change after a quiet period costs no wait (the timer runs on the
+  // loop's next turn, so batches applied in this turn still join it). One that follows a
+  // delta by less than `coalesce` waits for the window's end, and those after it join it.
+  const MonotonicTime now = loop_.now();
+  Duration wait = Duration::zero();
+  if (last_flush_ && *last_flush_ + settings_.coalesce > now)
+    wait = *last_flush_ + settings_.coalesce - now;
+  coalesce_timer_->enable(wait);
 }
 
 void MeshServer::onCoalesced() {
   auto delta = compiler_.flush();
   if (!delta)
     return;
+  last_flush_ = loop_.now();
   const uint64_t version = compiler_.version();
   catchups_.clear();
   // Copy: a failing write may close (and unlink) a stream during the loop.

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <string_view>
@@ -23,7 +24,8 @@ namespace trellis::control::mesh {
 struct MeshSettings {
   // A heartbeat goes to a stream that was sent nothing for this long.
   Duration heartbeat = std::chrono::seconds(10);
-  // After the first change, how long to wait for more before sending one delta.
+  // Deltas go out at most this often: a change after a quiet period goes at once, changes
+  // that follow within this long of a delta wait for the window's end and go as one.
   Duration coalesce = std::chrono::milliseconds(2);
   // Streams connected at once; more get 503.
   size_t max_streams = 16384;
@@ -159,6 +161,7 @@ private:
   bool in_pump_round_ = false;
   std::unique_ptr<Timer> pump_timer_;
   std::unique_ptr<Timer> coalesce_timer_;
+  std::optional<MonotonicTime> last_flush_; // when the last delta was produced
   std::unique_ptr<Timer> heartbeat_timer_;
   std::mt19937_64 ids_{std::random_device{}()};
   MeshStats stats_;

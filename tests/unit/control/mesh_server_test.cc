@@ -186,22 +186,32 @@ TEST_F(MeshServerTest, StreamStartsWithSnapshotThenCoalescedDelta) {
   EXPECT_EQ(msgs[0]["services"]["orders"]["endpoints"][0]["address"], "10.0.0.1:9001");
   json state = msgs[0]["services"];
 
-  // Three registrations within the coalescing window: one delta, 2ms after the first.
+  // The first change after a quiet period goes out at once, without waiting.
   submit(instance("orders", "orders-2", 9002));
+  msgs = w->messages();
+  ASSERT_EQ(msgs.size(), 1u);
+  EXPECT_EQ(msgs[0]["services"]["orders"],
+            json::parse(R"({"endpoints_added":[{"address":"10.0.0.1:9002","weight":1}]})"));
+  for (const json& ep : msgs[0]["services"]["orders"]["endpoints_added"])
+    state["orders"]["endpoints"].push_back(ep);
+  // Two more within the coalescing window of that delta: one delta at the window's end
+  // (2ms after the first), not before.
   advance(1ms);
   submit(instance("users", "users-1", 7001));
+  advance(500us);
   submit(instance("orders", "orders-3", 9003));
   EXPECT_TRUE(w->messages().empty());
-  advance(1ms);
+  advance(400us);
+  EXPECT_TRUE(w->messages().empty());
+  advance(100us);
   msgs = w->messages();
   ASSERT_EQ(msgs.size(), 1u);
   EXPECT_EQ(msgs[0]["type"], "delta");
   EXPECT_EQ(msgs[0]["version"], registry_.catalog().index());
-  // orders existed: only its two new endpoints (shorter than the list of three); users is
-  // new: complete.
+  // orders existed: only its new endpoint (shorter than the list of three); users is new:
+  // complete.
   EXPECT_EQ(msgs[0]["services"]["orders"],
-            json::parse(R"({"endpoints_added":[{"address":"10.0.0.1:9002","weight":1},
-                                               {"address":"10.0.0.1:9003","weight":1}]})"));
+            json::parse(R"({"endpoints_added":[{"address":"10.0.0.1:9003","weight":1}]})"));
   EXPECT_TRUE(msgs[0]["services"]["users"].contains("cluster"));
   EXPECT_EQ(msgs[0]["services"]["users"]["endpoints"].size(), 1u);
   // Applied to the snapshot (endpoints by address), the delta gives the server's state.
@@ -210,9 +220,12 @@ TEST_F(MeshServerTest, StreamStartsWithSnapshotThenCoalescedDelta) {
     state["orders"]["endpoints"].push_back(ep);
   json snap = json::parse(request(http::Method::kGet, "snapshot")->body_);
   EXPECT_EQ(state, snap["services"]);
-  EXPECT_EQ(server_->stats().deltas_sent, 1u);
+  EXPECT_EQ(server_->stats().deltas_sent, 2u);
   advance(10ms);
   EXPECT_TRUE(w->messages().empty());
+  // Quiet for longer than the window: the next change goes at once again.
+  submit(instance("orders", "orders-4", 9004));
+  EXPECT_EQ(w->messages().size(), 1u);
 }
 
 TEST_F(MeshServerTest, HeartbeatOnlyWhenIdle) {

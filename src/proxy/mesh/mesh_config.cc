@@ -1,5 +1,7 @@
 #include "proxy/mesh/mesh_config.h"
 
+#include <algorithm>
+#include <array>
 #include <cctype>
 #include <set>
 
@@ -133,6 +135,50 @@ Cluster defaultCluster(const std::string& name) {
 
 } // namespace
 
+namespace {
+
+// The index of the first endpoint (in list order) whose address an earlier one already has.
+// Sorting compact keys once costs a fraction of a tree of asio addresses, and a proxy
+// re-validates every endpoint of each service whose endpoints changed.
+std::optional<size_t> firstRepeated(const std::vector<Endpoint>& eps) {
+  struct Key {
+    std::array<unsigned char, 16> ip;
+    uint32_t port_family;
+    uint32_t index;
+    auto sameAddress(const Key& o) const { return ip == o.ip && port_family == o.port_family; }
+    bool operator<(const Key& o) const {
+      if (ip != o.ip)
+        return ip < o.ip;
+      if (port_family != o.port_family)
+        return port_family < o.port_family;
+      return index < o.index;
+    }
+  };
+  std::vector<Key> keys;
+  keys.reserve(eps.size());
+  for (size_t i = 0; i < eps.size(); ++i) {
+    Key k{};
+    const asio::ip::address& ip = eps[i].address.ip;
+    if (ip.is_v4()) {
+      const auto b = ip.to_v4().to_bytes();
+      std::copy(b.begin(), b.end(), k.ip.begin());
+    } else {
+      k.ip = ip.to_v6().to_bytes();
+    }
+    k.port_family = (uint32_t{eps[i].address.port} << 1) | (ip.is_v4() ? 1u : 0u);
+    k.index = static_cast<uint32_t>(i);
+    keys.push_back(k);
+  }
+  std::sort(keys.begin(), keys.end());
+  std::optional<size_t> first;
+  for (size_t i = 1; i < keys.size(); ++i)
+    if (keys[i].sameAddress(keys[i - 1]) && (!first || keys[i].index < *first))
+      first = keys[i].index;
+  return first;
+}
+
+} // namespace
+
 Result<std::vector<Endpoint>> parseEndpoints(const json& eps, const std::string& path) {
   std::vector<Endpoint> out;
   if (eps.is_null())
@@ -141,46 +187,55 @@ Result<std::vector<Endpoint>> parseEndpoints(const json& eps, const std::string&
     return makeError(ErrorCode::kInvalidArgument, "{}: must be a list, got {}", path,
                      eps.type_name());
   out.reserve(eps.size());
-  std::set<std::pair<asio::ip::address, uint16_t>> seen;
+  // Error paths only: formatting them for every endpoint would be most of the cost.
+  auto ep = [&](size_t i) { return fmt::format("{}[{}]", path, i); };
+  auto apath = [&](size_t i) { return eps[i].is_object() ? ep(i) + ".address" : ep(i); };
+  // Errors are reported in list order: a repeated address before the failing element is
+  // the first error.
+  auto repeatedOr = [&](Error e) -> Error {
+    if (auto r = firstRepeated(out))
+      return makeError(ErrorCode::kInvalidArgument, "{}: {} is listed twice", apath(*r),
+                       out[*r].address.toString());
+    return e;
+  };
   for (size_t i = 0; i < eps.size(); ++i) {
     const json& e = eps[i];
-    // Error paths only: formatting them for every endpoint would be most of the cost.
-    auto ep = [&] { return fmt::format("{}[{}]", path, i); };
     const json* addr = &e;
     Endpoint out_ep;
     if (e.is_object()) {
       auto a = e.find("address");
       if (a == e.end())
-        return makeError(ErrorCode::kInvalidArgument, "{}: missing \"address\"", ep());
+        return repeatedOr(
+            makeError(ErrorCode::kInvalidArgument, "{}: missing \"address\"", ep(i)));
       addr = &*a;
       if (auto w = e.find("weight"); w != e.end()) {
         if (!w->is_number_integer() || w->get<int64_t>() < 1 || w->get<int64_t>() > 1000000)
-          return makeError(ErrorCode::kInvalidArgument,
-                           "{}.weight: must be an integer 1..1000000, got {}", ep(),
-                           w->dump(-1, ' ', false, json::error_handler_t::replace));
+          return repeatedOr(makeError(
+              ErrorCode::kInvalidArgument, "{}.weight: must be an integer 1..1000000, got {}",
+              ep(i), w->dump(-1, ' ', false, json::error_handler_t::replace)));
         out_ep.weight = static_cast<uint32_t>(w->get<int64_t>());
       }
     } else if (!e.is_string()) {
-      return makeError(ErrorCode::kInvalidArgument,
-                       "{}: must be an address string or {{address, weight}}, got {}", ep(),
-                       e.type_name());
+      return repeatedOr(makeError(ErrorCode::kInvalidArgument,
+                                  "{}: must be an address string or {{address, weight}}, got {}",
+                                  ep(i), e.type_name()));
     }
-    auto apath = [&] { return e.is_object() ? ep() + ".address" : ep(); };
     if (!addr->is_string())
-      return makeError(ErrorCode::kInvalidArgument, "{}: must be a string, got {}", apath(),
-                       addr->type_name());
+      return repeatedOr(makeError(ErrorCode::kInvalidArgument, "{}: must be a string, got {}",
+                                  apath(i), addr->type_name()));
     auto sa = net::parseSocketAddress(addr->get_ref<const std::string&>());
     if (!sa.ok())
-      return makeError(ErrorCode::kInvalidArgument, "{}: {}", apath(), sa.error().message());
+      return repeatedOr(
+          makeError(ErrorCode::kInvalidArgument, "{}: {}", apath(i), sa.error().message()));
     if (sa->port == 0)
-      return makeError(ErrorCode::kInvalidArgument, "{}: port 0 is not allowed for an endpoint",
-                       apath());
-    if (!seen.emplace(sa->ip, sa->port).second)
-      return makeError(ErrorCode::kInvalidArgument, "{}: {} is listed twice", apath(),
-                       sa->toString());
+      return repeatedOr(makeError(ErrorCode::kInvalidArgument,
+                                  "{}: port 0 is not allowed for an endpoint", apath(i)));
     out_ep.address = *sa;
     out.push_back(out_ep);
   }
+  if (auto r = firstRepeated(out))
+    return makeError(ErrorCode::kInvalidArgument, "{}: {} is listed twice", apath(*r),
+                     out[*r].address.toString());
   return out;
 }
 

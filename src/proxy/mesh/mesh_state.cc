@@ -103,65 +103,89 @@ bool applyEndpointChanges(json& stored, const json* added, const json* removed) 
   if (!stored.is_array())
     stored = json::array();
   json::array_t& list = stored.get_ref<json::array_t&>();
-  auto key = [](const json& ep) -> std::string_view { return *endpointAddress(ep); };
-  auto by_key = [&](const json& a, const json& b) { return key(a) < key(b); };
-  // The stored list is normally in order already (the server sends it so, and this keeps
-  // it so); restore the order once if it is not.
-  auto addressed_end = std::stable_partition(
-      list.begin(), list.end(), [](const json& ep) { return endpointAddress(ep) != nullptr; });
-  if (!std::is_sorted(list.begin(), addressed_end, by_key))
-    std::stable_sort(list.begin(), addressed_end, by_key);
+  // Each stored element's address, looked up once (an object member lookup per comparison
+  // was most of this function's cost); empty for an element without one.
+  std::vector<std::string_view> keys;
+  auto readKeys = [&] {
+    keys.clear();
+    keys.reserve(list.size());
+    for (const json& ep : list) {
+      const std::string* a = endpointAddress(ep);
+      keys.push_back(a != nullptr ? std::string_view(*a) : std::string_view());
+    }
+  };
+  readKeys();
+  // The stored list is normally in order, addressed elements first (the server sends it so,
+  // and this keeps it so); restore that once if it is not.
+  size_t addressed = 0;
+  while (addressed < keys.size() && keys[addressed].data() != nullptr)
+    ++addressed;
+  bool ordered = true;
+  for (size_t i = addressed; i < keys.size() && ordered; ++i)
+    ordered = keys[i].data() == nullptr;
+  for (size_t i = 1; i < addressed && ordered; ++i)
+    ordered = !(keys[i] < keys[i - 1]);
+  if (!ordered) {
+    auto end = std::stable_partition(list.begin(), list.end(), [](const json& ep) {
+      return endpointAddress(ep) != nullptr;
+    });
+    std::stable_sort(list.begin(), end, [](const json& a, const json& b) {
+      return *endpointAddress(a) < *endpointAddress(b);
+    });
+    addressed = static_cast<size_t>(end - list.begin());
+    readKeys();
+  }
 
   std::vector<std::string_view> gone;
   if (removed != nullptr)
     for (const json& address : *removed)
       gone.push_back(address.get_ref<const std::string&>());
   std::sort(gone.begin(), gone.end());
-  std::vector<const json*> adds;
+  std::vector<std::pair<std::string_view, const json*>> adds;
   if (added != nullptr)
     for (const json& ep : *added)
-      adds.push_back(&ep);
+      adds.emplace_back(*endpointAddress(ep), &ep);
   // The last of several additions of one address wins: unique over the reversed range keeps
   // the first of each run there, and packs what it keeps at the forward range's tail.
   std::stable_sort(adds.begin(), adds.end(),
-                   [&](const json* a, const json* b) { return key(*a) < key(*b); });
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
   adds.erase(adds.begin(),
-             std::unique(adds.rbegin(), adds.rend(), [&](const json* a, const json* b) {
-               return key(*a) == key(*b);
+             std::unique(adds.rbegin(), adds.rend(), [](const auto& a, const auto& b) {
+               return a.first == b.first;
              }).base());
 
   json::array_t out;
-  out.reserve(static_cast<size_t>(addressed_end - list.begin()) + adds.size() +
-              static_cast<size_t>(list.end() - addressed_end));
+  out.reserve(list.size() + adds.size());
   bool changed = false;
-  auto is_gone = [&, g = gone.begin()](std::string_view k) mutable {
+  auto g = gone.begin();
+  auto isGone = [&](std::string_view k) {
     while (g != gone.end() && *g < k)
       ++g;
     return g != gone.end() && *g == k;
   };
-  auto it = list.begin();
+  size_t i = 0;
   auto a = adds.begin();
-  while (it != addressed_end || a != adds.end()) {
-    if (a == adds.end() || (it != addressed_end && key(*it) < key(**a))) {
-      if (is_gone(key(*it)))
+  while (i < addressed || a != adds.end()) {
+    if (a == adds.end() || (i < addressed && keys[i] < a->first)) {
+      if (isGone(keys[i]))
         changed = true;
       else
-        out.push_back(std::move(*it));
-      ++it;
-    } else if (it == addressed_end || key(**a) < key(*it)) {
-      out.push_back(**a);
+        out.push_back(std::move(list[i]));
+      ++i;
+    } else if (i == addressed || a->first < keys[i]) {
+      out.push_back(*a->second);
       changed = true;
       ++a;
     } else { // the same address: the addition replaces it (removals come first)
-      if (**a != *it)
+      if (*a->second != list[i])
         changed = true;
-      out.push_back(**a);
-      ++it;
+      out.push_back(*a->second);
+      ++i;
       ++a;
     }
   }
-  for (; it != list.end(); ++it)
-    out.push_back(std::move(*it));
+  for (; i < list.size(); ++i)
+    out.push_back(std::move(list[i]));
   list = std::move(out);
   return changed;
 }

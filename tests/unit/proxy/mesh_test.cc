@@ -566,6 +566,28 @@ TEST(MeshConfig, EndpointValidation) {
   r = parseEndpoints(json{{"a", 1}}, "e");
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().message(), "e: must be a list, got object");
+
+  // Repeated addresses: the first repetition in list order is named, also when a later
+  // element has an error of its own; the same IP on other ports, and an IPv4 address and its
+  // IPv6-mapped form, are different endpoints.
+  ok = parseEndpoints(json::array({"10.0.0.1:80", "10.0.0.1:81", "[::ffff:10.0.0.1]:80",
+                                   "10.0.0.2:80", "[::1]:80", "[::2]:80"}),
+                      "e");
+  ASSERT_TRUE(ok.ok()) << ok.error().message();
+  EXPECT_EQ(ok->size(), 6u);
+  r = parseEndpoints(json::array({"10.0.0.3:80", "10.0.0.1:80", {{"address", "10.0.0.2:80"}},
+                                  "10.0.0.9:9", {{"address", "10.0.0.1:80"}}, "10.0.0.3:80",
+                                  "bad"}),
+                     "e");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().message(), "e[4].address: 10.0.0.1:80 is listed twice");
+  r = parseEndpoints(json::array({"[::1]:5", "10.0.0.1:1", "[0::1]:5"}), "e");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().message(), "e[2]: [::1]:5 is listed twice");
+  // An error before any repetition is that error.
+  r = parseEndpoints(json::array({"10.0.0.1:80", "bad", "10.0.0.1:80"}), "e");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().message(), "e[1]: invalid address \"bad\": expected host:port");
 }
 
 TEST(MeshConfig, RegistrationBody) {

@@ -1,6 +1,7 @@
 // What one mesh update costs a proxy (docs/mesh-proxy.md "Updates"): a state of 100 services
-// x 100 endpoints, then a delta that changes one service's endpoints, through each stage of
-// the apply path and end to end with a running ProxyServer (2 workers, port-0 listeners).
+// x 100 endpoints, then deltas that each remove or restore one endpoint of one service (as the
+// server sends a single registry change), through each stage of the apply path and end to end
+// with a running ProxyServer (2 workers, port-0 listeners).
 //
 //   ninja -C build-x trellis_micro && build-x/trellis_micro --benchmark_filter=Mesh
 //
@@ -31,15 +32,15 @@ constexpr int kEndpoints = 100;
 
 std::string serviceName(int s) { return "svc-" + std::to_string(s); }
 
-json endpointList(int s, int drop) {
+std::string endpointAddress(int s, int e);
+
+json endpointList(int s) {
   json eps = json::array();
   for (int e = 0; e < kEndpoints; ++e)
-    if (e != drop)
-      eps.push_back({{"address", "10." + std::to_string(s / 250) + "." + std::to_string(s % 250) +
-                                     "." + std::to_string(e + 1) + ":8080"},
-                     {"weight", 1}});
+    eps.push_back({{"address", endpointAddress(s, e)}, {"weight", 1}});
   return eps;
 }
+
 
 std::string snapshotLine(uint64_t version) {
   json services = json::object();
@@ -48,7 +49,7 @@ std::string snapshotLine(uint64_t version) {
     services[name] = {
         {"protocol", "http"},
         {"cluster", {{"lb", "least_request"}, {"connect_timeout", "1s"}}},
-        {"endpoints", endpointList(s, -1)},
+        {"endpoints", endpointList(s)},
         {"routes", json::array({{{"match", {{"prefix", "/"}}},
                                  {"cluster", name},
                                  {"timeout", "15s"},
@@ -62,14 +63,25 @@ std::string snapshotLine(uint64_t version) {
       .dump();
 }
 
-// Delta `k` (k >= 0): service k % 100 loses one endpoint, or gets it back, alternately.
+std::string endpointAddress(int s, int e) {
+  return "10." + std::to_string(s / 250) + "." + std::to_string(s % 250) + "." +
+         std::to_string(e + 1) + ":8080";
+}
+
+// Delta `k` (k >= 0): service k % 100 loses one endpoint, or gets it back, alternately, as
+// the server sends a single change: `endpoints_removed` / `endpoints_added` with the one
+// endpoint (docs/protocol.md "Endpoint changes").
 std::string deltaLine(uint64_t version, uint64_t k) {
   const int s = static_cast<int>(k % kServices);
-  const int drop = (k / kServices) % 2 == 0 ? static_cast<int>((k / (2 * kServices)) % kEndpoints)
-                                            : -1;
+  const uint64_t pass = k / kServices;
+  const int e = static_cast<int>((pass / 2) % kEndpoints); // dropped on even passes, back on odd
+  json change = pass % 2 == 0
+                    ? json{{"endpoints_removed", json::array({endpointAddress(s, e)})}}
+                    : json{{"endpoints_added",
+                            json::array({{{"address", endpointAddress(s, e)}, {"weight", 1}}})}};
   return json{{"type", "delta"},
               {"version", version},
-              {"services", {{serviceName(s), {{"endpoints", endpointList(s, drop)}}}}},
+              {"services", {{serviceName(s), change}}},
               {"removed", json::array()}}
       .dump();
 }

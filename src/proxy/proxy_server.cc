@@ -208,20 +208,7 @@ std::shared_ptr<SharedState> ProxyServer::sharedStateFor(const Snapshot& snap, s
     s->clusters.push_back(std::move(cs));
     fresh++;
   }
-  // Token buckets start full with each configuration, as SharedState::build makes them.
-  for (const auto& l : snap.listeners) {
-    bool any = false;
-    for (const auto& r : l.routes)
-      any = any || r.rate_limit.has_value();
-    if (!any)
-      continue;
-    auto& v = s->rate_limits[l.name];
-    for (const auto& r : l.routes)
-      v.push_back(r.rate_limit ? std::make_unique<SharedTokenBucket>(
-                                     r.rate_limit->requests_per_second, r.rate_limit->burst,
-                                     main_.now())
-                               : nullptr);
-  }
+  s->addRateLimits(snap, snapshot_.get(), shared_.get(), main_.now());
   return s;
 }
 

@@ -18,8 +18,9 @@ namespace trellis::proxy {
 // previous one.
 struct SharedState {
   std::vector<std::shared_ptr<ClusterState>> clusters;
-  // listener name -> one entry per route, null where the route has no rate_limit.
-  std::unordered_map<std::string, std::vector<std::unique_ptr<SharedTokenBucket>>> rate_limits;
+  // listener name -> one entry per route, null where the route has no rate_limit. Shared
+  // with the next state while the listener stays the same object (addRateLimits).
+  std::unordered_map<std::string, std::vector<std::shared_ptr<SharedTokenBucket>>> rate_limits;
 
   SharedTokenBucket* rateLimit(const std::string& listener, size_t route) const {
     auto it = rate_limits.find(listener);
@@ -31,6 +32,13 @@ struct SharedState {
   // pass their endpoints' health and ejections on.
   static std::shared_ptr<SharedState> build(const Snapshot& snapshot,
                                             const SharedState* previous, MonotonicTime now);
+
+  // Gives each rate-limited route of `snapshot` its token bucket. A listener that is the
+  // very object `previous_snapshot` had (an update that did not touch it: mesh deltas share
+  // unchanged listeners) keeps the buckets it had in `previous`, so a stream of unrelated
+  // updates does not refill them; any other listener's buckets start full.
+  void addRateLimits(const Snapshot& snapshot, const Snapshot* previous_snapshot,
+                     const SharedState* previous, MonotonicTime now);
 };
 
 inline std::shared_ptr<SharedState> SharedState::build(const Snapshot& snapshot,
@@ -47,19 +55,32 @@ inline std::shared_ptr<SharedState> SharedState::build(const Snapshot& snapshot,
       cs->inheritFrom(*it->second);
     s->clusters.push_back(std::move(cs));
   }
+  s->addRateLimits(snapshot, nullptr, nullptr, now);
+  return s;
+}
+
+inline void SharedState::addRateLimits(const Snapshot& snapshot,
+                                       const Snapshot* previous_snapshot,
+                                       const SharedState* previous, MonotonicTime now) {
   for (const auto& l : snapshot.listeners) {
     bool any = false;
     for (const auto& r : l.routes)
       any = any || r.rate_limit.has_value();
     if (!any)
       continue;
-    auto& v = s->rate_limits[l.name];
+    if (previous_snapshot != nullptr && previous != nullptr &&
+        previous_snapshot->findListener(l.name) == &l) {
+      if (auto it = previous->rate_limits.find(l.name); it != previous->rate_limits.end()) {
+        rate_limits[l.name] = it->second;
+        continue;
+      }
+    }
+    auto& v = rate_limits[l.name];
     for (const auto& r : l.routes)
-      v.push_back(r.rate_limit ? std::make_unique<SharedTokenBucket>(
+      v.push_back(r.rate_limit ? std::make_shared<SharedTokenBucket>(
                                      r.rate_limit->requests_per_second, r.rate_limit->burst, now)
                                : nullptr);
   }
-  return s;
 }
 
 } // namespace trellis::proxy

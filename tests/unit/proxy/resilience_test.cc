@@ -390,6 +390,42 @@ TEST(SharedState, RateLimitedRoutesGetABucketEach) {
   EXPECT_FALSE(s->rateLimit("web", 1)->tryTake(at(0s)));
 }
 
+// An update that leaves a listener as it is (the same object, as mesh deltas share unchanged
+// listeners) keeps its routes' buckets: updates every few milliseconds must not refill them.
+// A listener that changed starts with full buckets.
+TEST(SharedState, UnchangedListenerKeepsItsBuckets) {
+  Listener l;
+  l.name = "web";
+  Route limited;
+  limited.rate_limit = RateLimit{1, 2, 429};
+  l.routes = {limited};
+  Snapshot s1;
+  s1.clusters.push_back(makeCluster(1));
+  s1.listeners.push_back(l);
+  auto st1 = SharedState::build(s1, nullptr, at(0s));
+  EXPECT_TRUE(st1->rateLimit("web", 0)->tryTake(at(0s)));
+  EXPECT_TRUE(st1->rateLimit("web", 0)->tryTake(at(0s)));
+  EXPECT_FALSE(st1->rateLimit("web", 0)->tryTake(at(0s)));
+
+  Snapshot s2; // another cluster changed; the listener is shared
+  s2.clusters.push_back(makeCluster(2));
+  s2.listeners.push_back(s1.listeners.shared(0));
+  SharedState st2;
+  st2.addRateLimits(s2, &s1, st1.get(), at(100ms));
+  EXPECT_EQ(st2.rateLimit("web", 0), st1->rateLimit("web", 0));
+  EXPECT_FALSE(st2.rateLimit("web", 0)->tryTake(at(100ms)));
+
+  Snapshot s3; // the listener itself changed (an equal copy is a new object)
+  s3.clusters.push_back(makeCluster(2));
+  s3.listeners.push_back(l);
+  SharedState st3;
+  st3.addRateLimits(s3, &s2, &st2, at(200ms));
+  ASSERT_NE(st3.rateLimit("web", 0), nullptr);
+  EXPECT_NE(st3.rateLimit("web", 0), st2.rateLimit("web", 0));
+  EXPECT_TRUE(st3.rateLimit("web", 0)->tryTake(at(200ms)));
+  EXPECT_TRUE(st3.rateLimit("web", 0)->tryTake(at(200ms)));
+}
+
 // ---- health checker schedule --------------------------------------------------------------
 
 // Answers each probe as told per address, synchronously through the dispatcher.

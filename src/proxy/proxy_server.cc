@@ -197,6 +197,15 @@ std::shared_ptr<SharedState> ProxyServer::sharedStateFor(const Snapshot& snap, s
       s->clusters.push_back(shared_->clusters[i]);
       continue;
     }
+    // New content in the same place (a mesh delta that changed this cluster): cluster names
+    // are unique, so it can be nowhere else; no index of the whole list is needed.
+    if (snapshot_ && i < snapshot_->clusters.size() && snapshot_->clusters[i].name == c.name) {
+      auto cs = std::make_shared<ClusterState>(c);
+      cs->inheritFrom(*shared_->clusters[i]);
+      s->clusters.push_back(std::move(cs));
+      fresh++;
+      continue;
+    }
     index();
     if (auto it = by_object.find(&c); it != by_object.end()) {
       s->clusters.push_back(shared_->clusters[it->second]);

@@ -232,7 +232,12 @@ void Worker::apply(std::shared_ptr<const Snapshot> snapshot,
   for (size_t i = 0; i < snapshot->clusters.size(); ++i) {
     const Cluster& c = snapshot->clusters[i];
     size_t j = i;
-    if (j >= old_clusters.size() || &old_clusters[j]->cfg != &c) {
+    // Same object in the same place: kept. New content under the same name in the same
+    // place (a changed cluster): names are unique, so no other old runtime can be it.
+    const bool here = j < old_clusters.size();
+    if (here && &old_clusters[j]->cfg != &c && old_clusters[j]->cfg.name == c.name) {
+      j = old_clusters.size();
+    } else if (!here || &old_clusters[j]->cfg != &c) {
       if (old_index.empty())
         for (size_t k = 0; k < old_clusters.size(); ++k)
           old_index.emplace(&old_clusters[k]->cfg, k);

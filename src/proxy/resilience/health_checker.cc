@@ -87,50 +87,72 @@ HealthChecker::~HealthChecker() {
     t->retired = true;
 }
 
+namespace {
+
+// (cluster name, address): what identifies an endpoint's check across configurations.
+struct TargetKeyHash {
+  size_t operator()(const std::pair<std::string_view, net::SocketAddress>& k) const {
+    return std::hash<std::string_view>()(k.first) * 31 +
+           std::hash<asio::ip::address>()(k.second.ip) * 7 + k.second.port;
+  }
+};
+
+} // namespace
+
 void HealthChecker::setClusters(std::vector<std::shared_ptr<ClusterState>> clusters) {
   // What stays keeps its schedule: a mesh may update many times per interval, and restarting
   // every timer on each update would postpone checks and outlier ticks (so ejections would
   // never end) for as long as updates keep coming. A check of an endpoint that stays (same
   // cluster name, address and check) goes on, and a check in flight reports to the new state.
+  //
+  // Old targets by the state they checked (a cluster that is the very same object keeps
+  // them as they are) and by (cluster name, address) for a cluster with new content.
   std::unordered_map<const ClusterState*, std::vector<std::shared_ptr<Target>>> by_state;
-  for (auto& t : targets_)
-    by_state[t->cluster.get()].push_back(std::move(t));
+  std::unordered_map<std::pair<std::string_view, net::SocketAddress>, std::shared_ptr<Target>,
+                     TargetKeyHash>
+      by_address;
+  std::vector<std::shared_ptr<Target>> old_targets = std::move(targets_);
   targets_.clear();
-  std::unordered_map<std::string, std::unique_ptr<Ticker>> old_tickers;
-  for (auto& k : tickers_)
-    old_tickers[k->cluster_name] = std::move(k);
+  for (auto& t : old_targets)
+    by_state[t->cluster.get()].push_back(t);
+  // Old tickers in cluster order: while the order holds (an update that changed clusters in
+  // place) each one is found at the cursor, and the name index is built only if it is not.
+  std::vector<std::unique_ptr<Ticker>> old_tickers = std::move(tickers_);
   tickers_.clear();
-  // The old targets of a cluster that changed, by name; matched by address below.
-  std::unordered_map<std::string, std::vector<std::shared_ptr<Target>>> by_name;
-  std::unordered_set<const ClusterState*> kept;
-  for (const auto& c : clusters)
-    kept.insert(c.get());
-  for (auto& [state, ts] : by_state) {
-    if (kept.count(state) || ts.empty())
-      continue;
-    for (auto& t : ts)
-      by_name[t->cluster_name].push_back(std::move(t));
-    ts.clear();
-  }
+  size_t cursor = 0;
+  std::unordered_map<std::string_view, size_t> ticker_index;
+  auto oldTicker = [&](const std::string& name) -> std::unique_ptr<Ticker>* {
+    if (cursor < old_tickers.size() && old_tickers[cursor]->cluster_name == name)
+      return &old_tickers[cursor++];
+    if (ticker_index.empty())
+      for (size_t k = 0; k < old_tickers.size(); ++k)
+        if (old_tickers[k])
+          ticker_index.emplace(old_tickers[k]->cluster_name, k);
+    auto it = ticker_index.find(name);
+    return it == ticker_index.end() || !old_tickers[it->second] ? nullptr
+                                                                : &old_tickers[it->second];
+  };
 
   clusters_ = std::move(clusters);
   for (const auto& c : clusters_) {
     const Cluster& cfg = c->config();
     if (cfg.health_check) {
-      if (auto same = by_state.find(c.get()); same != by_state.end() && !same->second.empty()) {
+      if (auto same = by_state.find(c.get()); same != by_state.end()) {
         for (auto& t : same->second) // the very same cluster: its targets as they are
-          targets_.push_back(std::move(t));
-        same->second.clear();
+          targets_.push_back(t);
+        by_state.erase(same);
       } else {
-        auto& olds = by_name[cfg.name];
+        if (by_address.empty() && !by_state.empty()) {
+          for (auto& [state, ts] : by_state)
+            for (auto& t : ts)
+              by_address.emplace(std::make_pair(std::string_view(t->cluster_name), t->address),
+                                 t);
+        }
         const Duration spread = cfg.health_check->interval / 10;
         for (size_t i = 0; i < cfg.endpoints.size(); ++i) {
-          auto old = std::find_if(olds.begin(), olds.end(), [&](const auto& t) {
-            return t->check == *cfg.health_check && t->address == cfg.endpoints[i].address;
-          });
-          if (old != olds.end()) {
-            auto t = std::move(*old);
-            olds.erase(old);
+          auto old = by_address.find({cfg.name, cfg.endpoints[i].address});
+          if (old != by_address.end() && old->second && old->second->check == *cfg.health_check) {
+            auto t = std::move(old->second);
             t->cluster = c;
             t->endpoint = i;
             targets_.push_back(std::move(t));
@@ -155,11 +177,9 @@ void HealthChecker::setClusters(std::vector<std::shared_ptr<ClusterState>> clust
     }
     if (cfg.outlier_detection) {
       const Duration interval = cfg.outlier_detection->interval;
-      if (auto old = old_tickers.find(cfg.name);
-          old != old_tickers.end() && old->second->interval == interval) {
-        old->second->cluster = c; // the next tick, when it was due, ticks the new state
-        tickers_.push_back(std::move(old->second));
-        old_tickers.erase(old);
+      if (auto* old = oldTicker(cfg.name); old != nullptr && (*old)->interval == interval) {
+        (*old)->cluster = c; // the next tick, when it was due, ticks the new state
+        tickers_.push_back(std::move(*old));
         continue;
       }
       auto k = std::make_unique<Ticker>();
@@ -175,19 +195,18 @@ void HealthChecker::setClusters(std::vector<std::shared_ptr<ClusterState>> clust
       tickers_.push_back(std::move(k));
     }
   }
-  // What is gone: results of its checks in flight are dropped.
-  auto retire = [](std::shared_ptr<Target>& t) {
-    if (!t)
-      return;
+  // What is gone: results of its checks in flight are dropped. A target taken over by the
+  // new configuration is in targets_ again (and no longer retired-to-be).
+  std::unordered_set<const Target*> live;
+  if (!old_targets.empty())
+    for (const auto& t : targets_)
+      live.insert(t.get());
+  for (auto& t : old_targets) {
+    if (live.count(t.get()))
+      continue;
     t->retired = true;
     t->timer->disable();
-  };
-  for (auto& [state, ts] : by_state)
-    for (auto& t : ts)
-      retire(t);
-  for (auto& [name, ts] : by_name)
-    for (auto& t : ts)
-      retire(t);
+  }
 }
 
 void HealthChecker::schedule(const std::shared_ptr<Target>& t, Duration after) {

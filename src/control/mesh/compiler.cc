@@ -284,13 +284,31 @@ void appendEndpoint(std::string& out, std::string_view address, uint32_t weight)
   out += '}';
 }
 
+// The length of `"endpoints":` + the full list of `e`: what endpoint-level changes must beat.
+size_t fullEndpointsSize(const ServiceEntry& e) {
+  return e.endpoints.size() + sizeof("\"endpoints\":") - 1;
+}
+
+// `"endpoints_added":[added],"endpoints_removed":[removed]` (an empty one left out), or empty
+// when both are empty or the text would not be shorter than `full`.
+std::string endpointChanges(const std::string& added, const std::string& removed, size_t full) {
+  std::string out;
+  if (!added.empty())
+    out = "\"endpoints_added\":[" + added + "]";
+  if (!removed.empty())
+    out += (out.empty() ? "" : ",") + std::string("\"endpoints_removed\":[") + removed + "]";
+  if (out.empty() || out.size() >= full)
+    return std::string();
+  return out;
+}
+
 // The endpoint-level change from `before` to `after` (both sorted by address, each address
 // once) as `"endpoints_added":[...],"endpoints_removed":[...]` (an empty one left out), or
 // empty when that text would not be shorter than `"endpoints":` + the full list.
 std::string endpointsDiff(const ServiceEntry& before, const ServiceEntry& after) {
   const auto& a = before.endpoint_list;
   const auto& b = after.endpoint_list;
-  const size_t full = after.endpoints.size() + sizeof("\"endpoints\":") - 1;
+  const size_t full = fullEndpointsSize(after);
   std::string added, removed;
   auto add = [&](const std::pair<std::string, uint32_t>& ep) {
     if (!added.empty())
@@ -315,14 +333,7 @@ std::string endpointsDiff(const ServiceEntry& before, const ServiceEntry& after)
       ++j;
     }
   }
-  std::string out;
-  if (!added.empty())
-    out = "\"endpoints_added\":[" + added + "]";
-  if (!removed.empty())
-    out += (out.empty() ? "" : ",") + std::string("\"endpoints_removed\":[") + removed + "]";
-  if (out.empty() || out.size() >= full)
-    return std::string();
-  return out;
+  return endpointChanges(added, removed, full);
 }
 
 } // namespace
@@ -441,7 +452,8 @@ std::optional<GatewayEntry> compileGateway(const MeshResources& resources,
 // ---------------------------------------------------------------------------------------------
 // MeshCompiler
 
-MeshCompiler::MeshCompiler(const registry::Catalog& catalog) : catalog_(catalog) {}
+MeshCompiler::MeshCompiler(const registry::Catalog& catalog, size_t max_endpoint_tombstones)
+    : catalog_(catalog), max_endpoint_tombstones_(max_endpoint_tombstones) {}
 
 void MeshCompiler::indexInstance(const registry::Service& s) {
   instances_[fold(s.node)][fold(s.id)] = fold(s.name);
@@ -478,25 +490,31 @@ void MeshCompiler::rebuild() {
   gateway_versions_.clear();
   service_tombstones_.clear();
   gateway_tombstones_.clear();
-  for (const auto& [name, e] : services_)
-    service_versions_[name] = {version_, version_};
+  endpoint_history_.clear();
+  for (const auto& [name, e] : services_) {
+    service_versions_[name] = {version_, version_, version_};
+    resetHistory(endpoint_history_[name], e, version_);
+  }
   for (const auto& [name, g] : gateways_)
-    gateway_versions_[name] = {version_, version_};
+    gateway_versions_[name] = {version_, version_, version_};
   horizon_ = version_;
 }
 
 void MeshCompiler::noteCreated(std::map<std::string, Versions>& live,
                                std::map<std::string, Versions>& tombstones,
                                const std::string& name, uint64_t v) {
-  live[name] = {v, v};
-  tombstones.erase(name);
+  auto t = tombstones.find(name);
+  live[name] = {v, v, t != tombstones.end() ? t->second.since : v};
+  if (t != tombstones.end())
+    tombstones.erase(t);
 }
 
 void MeshCompiler::noteRemoved(std::map<std::string, Versions>& live,
                                std::map<std::string, Versions>& tombstones,
                                const std::string& name, uint64_t v) {
   auto it = live.find(name);
-  tombstones[name] = {it != live.end() ? it->second.created : v, v};
+  tombstones[name] =
+      it != live.end() ? Versions{it->second.created, v, it->second.since} : Versions{v, v, v};
   if (it != live.end())
     live.erase(it);
   if (tombstones.size() <= kMaxTombstones)
@@ -510,6 +528,107 @@ void MeshCompiler::noteRemoved(std::map<std::string, Versions>& live,
   tombstones.erase(oldest);
 }
 
+void MeshCompiler::resetHistory(EndpointHistory& h, const ServiceEntry& e, uint64_t v) {
+  h.definition = v;
+  h.horizon = 0; // bases before `v` predate the service: they get its complete entry anyway
+  h.changed.assign(e.endpoint_list.size(), v);
+  h.removed.clear();
+}
+
+void MeshCompiler::noteEndpoints(EndpointHistory& h, const ServiceEntry& before,
+                                 const ServiceEntry& after, uint64_t v) const {
+  const auto& a = before.endpoint_list;
+  const auto& b = after.endpoint_list;
+  if (h.changed.size() != a.size()) {
+    // Cannot happen (the history follows every change of the list); if it does, forget it
+    // rather than send a wrong change: bases before `v` get the full list.
+    TLOG_ERROR("mesh: endpoint history out of step ({} versions, {} endpoints); reset",
+               h.changed.size(), a.size());
+    h.changed.assign(a.size(), v);
+    h.removed.clear();
+    h.horizon = v;
+  }
+  std::vector<uint64_t> changed;
+  changed.reserve(b.size());
+  std::vector<std::string_view> gone, back; // sorted by address
+  size_t i = 0, j = 0;
+  while (i < a.size() || j < b.size()) {
+    if (j == b.size() || (i < a.size() && a[i].first < b[j].first)) {
+      gone.push_back(a[i++].first);
+    } else if (i == a.size() || b[j].first < a[i].first) {
+      back.push_back(b[j++].first);
+      changed.push_back(v);
+    } else {
+      changed.push_back(a[i].second == b[j].second ? h.changed[i] : v);
+      ++i;
+      ++j;
+    }
+  }
+  h.changed = std::move(changed);
+  if (gone.empty() && back.empty())
+    return;
+
+  // Tombstones: the old ones less the addresses that came back, plus the ones gone now (never
+  // live before, so never among the old ones).
+  std::vector<std::pair<std::string, uint64_t>> removed;
+  removed.reserve(h.removed.size() + gone.size());
+  size_t r = 0, g = 0, k = 0;
+  while (r < h.removed.size() || g < gone.size()) {
+    if (g == gone.size() || (r < h.removed.size() && h.removed[r].first < gone[g])) {
+      while (k < back.size() && back[k] < h.removed[r].first)
+        ++k;
+      if (k == back.size() || back[k] != h.removed[r].first)
+        removed.push_back(std::move(h.removed[r]));
+      ++r;
+    } else {
+      removed.emplace_back(std::string(gone[g++]), v);
+    }
+  }
+  if (removed.size() > max_endpoint_tombstones_) {
+    // Forget the oldest removals, and with them every one at least as old (a base before the
+    // newest forgotten one needs the full list anyway): that raises the service's horizon.
+    std::vector<uint64_t> when;
+    when.reserve(removed.size());
+    for (const auto& t : removed)
+      when.push_back(t.second);
+    const size_t drop = removed.size() - max_endpoint_tombstones_;
+    std::nth_element(when.begin(), when.begin() + ptrdiff_t(drop - 1), when.end());
+    const uint64_t cutoff = when[drop - 1];
+    std::erase_if(removed, [cutoff](const auto& t) { return t.second <= cutoff; });
+    h.horizon = std::max(h.horizon, cutoff);
+  }
+  h.removed = std::move(removed);
+}
+
+std::string MeshCompiler::endpointsSince(const ServiceEntry& e, const EndpointHistory& h,
+                                         uint64_t base) {
+  if (h.definition > base || h.horizon > base || h.changed.size() != e.endpoint_list.size())
+    return std::string();
+  const size_t full = fullEndpointsSize(e);
+  std::string added, removed;
+  for (size_t i = 0; i < h.changed.size(); ++i) {
+    if (h.changed[i] <= base)
+      continue;
+    if (!added.empty())
+      added += ',';
+    appendEndpoint(added, e.endpoint_list[i].first, e.endpoint_list[i].second);
+    if (added.size() >= full)
+      return std::string();
+  }
+  // An address added and removed again since `base` is among these: the receiver never had
+  // it and ignores its removal (docs/protocol.md), cheaper than remembering when it came.
+  for (const auto& [address, when] : h.removed) {
+    if (when <= base)
+      continue;
+    if (!removed.empty())
+      removed += ',';
+    appendAddress(removed, address);
+    if (added.size() + removed.size() >= full)
+      return std::string();
+  }
+  return endpointChanges(added, removed, full);
+}
+
 std::shared_ptr<const std::string> MeshCompiler::deltaSince(uint64_t base) const {
   if (base < horizon_ || base >= version_)
     return nullptr;
@@ -519,17 +638,24 @@ std::shared_ptr<const std::string> MeshCompiler::deltaSince(uint64_t base) const
       list += ',';
     list += item;
   };
-  for (const auto& [name, v] : service_versions_)
-    if (v.changed > base)
-      append(changed, jsonString(name) + ":" + services_.at(name).json());
+  for (const auto& [name, v] : service_versions_) {
+    if (v.changed <= base)
+      continue;
+    const ServiceEntry& e = services_.at(name);
+    std::string diff;
+    if (v.created <= base) // the receiver has the service: its endpoint change may do
+      if (auto h = endpoint_history_.find(name); h != endpoint_history_.end())
+        diff = endpointsSince(e, h->second, base);
+    append(changed, jsonString(name) + ":" + (diff.empty() ? e.json() : "{" + diff + "}"));
+  }
   for (const auto& [name, t] : service_tombstones_)
-    if (t.changed > base && t.created <= base)
+    if (t.changed > base && t.since <= base)
       append(removed, jsonString(name));
   for (const auto& [name, v] : gateway_versions_)
     if (v.changed > base)
       append(changed_gw, jsonString(name) + ":" + gateways_.at(name).json());
   for (const auto& [name, t] : gateway_tombstones_)
-    if (t.changed > base && t.created <= base)
+    if (t.changed > base && t.since <= base)
       append(removed_gw, jsonString(name));
   return std::make_shared<const std::string>(
       fmt::format("{{\"type\":\"delta\",\"version\":{},\"services\":{{{}}},\"removed\":[{}],"
@@ -633,12 +759,14 @@ std::shared_ptr<const std::string> MeshCompiler::flush() {
       if (old != services_.end()) {
         append(removed, jsonString(name));
         services_.erase(old);
+        endpoint_history_.erase(name);
         noteRemoved(service_versions_, service_tombstones_, name, next);
       }
       continue;
     }
     if (old == services_.end()) {
       append(changed, jsonString(name) + ":" + e->json());
+      resetHistory(endpoint_history_[name], *e, next);
       services_.emplace(name, std::move(*e));
       noteCreated(service_versions_, service_tombstones_, name, next);
       continue;
@@ -662,6 +790,12 @@ std::shared_ptr<const std::string> MeshCompiler::flush() {
     field("routes", old->second.routes, e->routes);
     if (!fields.empty()) {
       append(changed, jsonString(name) + ":{" + fields + "}");
+      EndpointHistory& h = endpoint_history_[name];
+      if (old->second.protocol != e->protocol || old->second.cluster != e->cluster ||
+          old->second.routes != e->routes)
+        h.definition = next;
+      if (old->second.endpoints != e->endpoints)
+        noteEndpoints(h, old->second, *e, next);
       old->second = std::move(*e);
       service_versions_[name].changed = next;
     }

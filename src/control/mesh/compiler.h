@@ -66,7 +66,12 @@ struct CompilerStats {
 // loop thread only (it reads the catalog).
 class MeshCompiler {
 public:
-  explicit MeshCompiler(const registry::Catalog& catalog);
+  // Removed endpoint addresses remembered per service for deltaSince's endpoint-level changes
+  // (the default of the constructor's `max_endpoint_tombstones`).
+  static constexpr size_t kMaxEndpointTombstones = 1024;
+
+  explicit MeshCompiler(const registry::Catalog& catalog,
+                        size_t max_endpoint_tombstones = kMaxEndpointTombstones);
 
   // Compiles everything from scratch (start); version becomes the catalog's index.
   void rebuild();
@@ -81,13 +86,20 @@ public:
   // instead of `endpoints` when that text is shorter (docs/protocol.md "Deltas").
   std::shared_ptr<const std::string> flush();
 
-  // The delta from `base`, a version this compiler produced, to the current version: the
-  // complete entries of the services and gateways that changed after `base`, and the names
-  // of those that existed at `base` and are gone. Applied to the state at `base` it gives the
-  // current state (entries are complete, with the full `endpoints` list: what changed in
-  // between is not kept). For a stream that was still busy with an earlier message when
-  // deltas were produced: it gets one of these instead of every delta in between. Null when `base` is
-  // older than what the compiler remembers of removals (kMaxTombstones).
+  // The delta from `base`, a version this compiler produced, to the current version, for a
+  // stream that was still busy with an earlier message when deltas were produced: it gets
+  // one of these instead of every delta in between. Applied to the state at `base` it gives
+  // the current state. It carries the services and gateways that changed after `base` and
+  // the names of those that existed at `base` and are gone (possibly also a name gone before
+  // `base`, re-created and gone again since, which the receiver ignores). A service that
+  // existed at `base`
+  // and whose protocol, cluster and routes did not change since, but whose endpoints did,
+  // gets `endpoints_added` (endpoints added or reweighted since) / `endpoints_removed`
+  // (addresses removed since; possibly also ones added and removed since, which the receiver
+  // ignores) when that text is shorter than its full list, and when `base` is not older than
+  // the removals the service remembers (max_endpoint_tombstones); every other one its
+  // complete entry. Null when `base` is older than what the compiler remembers of removed
+  // services and gateways (kMaxTombstones).
   std::shared_ptr<const std::string> deltaSince(uint64_t base) const;
   // Removed services and gateways remembered for deltaSince.
   static constexpr size_t kMaxTombstones = 4096;
@@ -109,8 +121,11 @@ private:
   // When each service and gateway entry was created and last changed, and when the removed
   // ones were (for deltaSince).
   struct Versions {
-    uint64_t created = 0;
+    uint64_t created = 0; // this incarnation of the name
     uint64_t changed = 0; // the removal, for a tombstone
+    // The first creation of the name over the removals and re-creations remembered: a
+    // removal is sent to a base at or after it (the receiver may have an earlier incarnation).
+    uint64_t since = 0;
   };
   void noteCreated(std::map<std::string, Versions>& live,
                    std::map<std::string, Versions>& tombstones, const std::string& name,
@@ -119,7 +134,28 @@ private:
                    std::map<std::string, Versions>& tombstones, const std::string& name,
                    uint64_t v);
 
+  // What deltaSince needs, beyond the entry, to send a live service's endpoint-level change:
+  // one version per live endpoint and a bounded list of removed addresses.
+  struct EndpointHistory {
+    uint64_t definition = 0; // protocol, cluster or routes last changed (or service created)
+    uint64_t horizon = 0;    // a base below this gets the full list (removals were forgotten)
+    std::vector<uint64_t> changed; // entry.endpoint_list[i] was added or reweighted at [i]
+    // Removed addresses, never live ones, sorted by address: (address, when removed).
+    std::vector<std::pair<std::string, uint64_t>> removed;
+  };
+  // `h` starts afresh for `e` at version `v` (service created, or rebuild).
+  static void resetHistory(EndpointHistory& h, const ServiceEntry& e, uint64_t v);
+  // Records the change of the service's endpoints from `before` to `after` at version `v`.
+  void noteEndpoints(EndpointHistory& h, const ServiceEntry& before, const ServiceEntry& after,
+                     uint64_t v) const;
+  // `"endpoints_added":[..],"endpoints_removed":[..]` (an empty one left out) since `base` for
+  // the live service `e`, or empty when the full list is shorter or the history cannot say.
+  static std::string endpointsSince(const ServiceEntry& e, const EndpointHistory& h,
+                                    uint64_t base);
+
   const registry::Catalog& catalog_;
+  const size_t max_endpoint_tombstones_;
+  std::map<std::string, EndpointHistory> endpoint_history_; // live services, folded name
   std::map<std::string, Versions> service_versions_, gateway_versions_;
   std::map<std::string, Versions> service_tombstones_, gateway_tombstones_;
   uint64_t horizon_ = 0; // deltaSince needs a base at least this

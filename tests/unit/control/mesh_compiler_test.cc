@@ -1,5 +1,8 @@
+#include <cstdio>
 #include <map>
+#include <random>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -53,16 +56,25 @@ registry::CheckUpdateRequest health(const std::string& node, const std::string& 
   return u;
 }
 
+// How strictly the applier reads endpoints_removed: a flush() delta only removes addresses
+// the receiver has; a catch-up delta may also name one added and removed again after its base,
+// which the receiver never had (a proxy ignores it, docs/protocol.md).
+enum class Removals { kPresent, kMayBeAbsent };
+
 // Applies endpoints_removed then endpoints_added to an endpoint list, by address, keeping it
 // sorted by address (as the server sends it).
-void applyEndpointChanges(json& entry, const json& fields) {
+void applyEndpointChanges(json& entry, const json& fields, Removals removals) {
   EXPECT_FALSE(fields.contains("endpoints")) << "both forms in one entry: " << fields;
   EXPECT_TRUE(entry.contains("endpoints")) << "a change to a service the receiver lacks";
   std::map<std::string, json> by_address;
   for (const auto& ep : entry["endpoints"])
     by_address[ep["address"].get<std::string>()] = ep;
-  for (const auto& a : fields.value("endpoints_removed", json::array()))
-    EXPECT_EQ(by_address.erase(a.get<std::string>()), 1u) << "removed but absent: " << a;
+  for (const auto& a : fields.value("endpoints_removed", json::array())) {
+    const size_t erased = by_address.erase(a.get<std::string>());
+    if (removals == Removals::kPresent) {
+      EXPECT_EQ(erased, 1u) << "removed but absent: " << a;
+    }
+  }
   for (const auto& ep : fields.value("endpoints_added", json::array()))
     by_address[ep["address"].get<std::string>()] = ep;
   json list = json::array();
@@ -71,8 +83,13 @@ void applyEndpointChanges(json& entry, const json& fields) {
   entry["endpoints"] = list;
 }
 
-// Applies a delta message to a snapshot's JSON (the proxy's side of the contract).
-void applyDelta(json& state, const json& delta) {
+// Applies a delta message to a snapshot's JSON (the proxy's side of the contract): removals
+// first, then the services' fields.
+void applyDelta(json& state, const json& delta, Removals removals = Removals::kPresent) {
+  for (const auto& name : delta["removed"])
+    state["services"].erase(name.get<std::string>());
+  for (const auto& name : delta["removed_gateways"])
+    state["gateways"].erase(name.get<std::string>());
   for (auto& [name, fields] : delta["services"].items()) {
     if (!state["services"].contains(name))
       state["services"][name] = json::object();
@@ -80,14 +97,10 @@ void applyDelta(json& state, const json& delta) {
       if (k != "endpoints_added" && k != "endpoints_removed")
         state["services"][name][k] = v;
     if (fields.contains("endpoints_added") || fields.contains("endpoints_removed"))
-      applyEndpointChanges(state["services"][name], fields);
+      applyEndpointChanges(state["services"][name], fields, removals);
   }
-  for (const auto& name : delta["removed"])
-    state["services"].erase(name.get<std::string>());
   for (auto& [name, g] : delta["gateways"].items())
     state["gateways"][name] = g;
-  for (const auto& name : delta["removed_gateways"])
-    state["gateways"].erase(name.get<std::string>());
   state["version"] = delta["version"];
 }
 
@@ -292,7 +305,8 @@ spec:
   EXPECT_FALSE(d["services"]["orders"].contains("endpoints")) << d;
   EXPECT_FALSE(d["services"].contains("users")) << d;
 
-  // A new service always comes complete, and a catch-up delta carries complete entries.
+  // A new service always comes complete, in a delta and in a catch-up delta; a catch-up
+  // delta past the definition change carries the endpoint change too.
   const uint64_t v = compiler_.version();
   apply(instance("n1", "10.0.0.1", "pay", "p-1", 5000, CheckStatus::kPassing));
   apply(health("n1", "o-6", CheckStatus::kCritical));
@@ -300,8 +314,10 @@ spec:
   EXPECT_TRUE(d["services"]["pay"].contains("endpoints")) << d;
   EXPECT_EQ(d["services"]["orders"], json::parse(R"({"endpoints_removed":["10.0.0.1:9006"]})"));
   json catchup = json::parse(*compiler_.deltaSince(v));
-  EXPECT_EQ(catchup["services"]["orders"].size(), 4u) << catchup;
-  EXPECT_EQ(catchup["services"]["orders"]["endpoints"].size(), 19u) << catchup;
+  EXPECT_EQ(catchup["services"]["orders"],
+            json::parse(R"({"endpoints_removed":["10.0.0.1:9006"]})"))
+      << catchup;
+  EXPECT_EQ(catchup["services"]["pay"].size(), 4u) << catchup;
 }
 
 TEST_F(MeshCompilerTest, CoalescedBatchesGiveOneDelta) {
@@ -358,15 +374,45 @@ TEST_F(MeshCompilerTest, DeltaSinceAnOlderVersionCatchesUpInOneStep) {
     EXPECT_FALSE(delta["services"].contains("same")) << *d;
     EXPECT_FALSE(delta["services"].contains("brief")) << *d;
     EXPECT_EQ(delta["removed"], json::parse(R"(["gone"])")) << *d;
-    EXPECT_EQ(delta["services"]["back"].size(), 4u) << "complete entries";
+    EXPECT_EQ(delta["services"]["back"].size(), 4u) << "re-created: complete entry";
+    // keep-2 came after both bases and is gone again: its address is not among the added.
+    EXPECT_FALSE(delta["services"]["keep"].contains("endpoints")) << *d;
+    EXPECT_FALSE(delta["services"]["keep"].contains("endpoints_added")) << *d;
     json state = from;
-    applyDelta(state, delta);
+    applyDelta(state, delta, Removals::kMayBeAbsent);
     EXPECT_EQ(state, now) << *d;
   }
   // From the version before the last flush: only the last flush's changes.
   json last = json::parse(*compiler_.deltaSince(v4));
   EXPECT_EQ(last["services"].size(), 1u) << last; // keep (its health)
   EXPECT_EQ(last["removed"], json::parse(R"(["brief"])")) << last;
+}
+
+TEST_F(MeshCompilerTest, CatchUpRemovesAServiceGoneTwiceSinceItsBase) {
+  apply(instance("n1", "10.0.0.1", "flaky", "f-1", 1000, CheckStatus::kPassing));
+  apply(instance("n1", "10.0.0.1", "keep", "k-1", 2000, CheckStatus::kPassing));
+  compiler_.rebuild();
+  const json at_base = snapshotJson(compiler_);
+  const uint64_t base = compiler_.version();
+  registry::DeregisterRequest del;
+  del.node = "n1";
+  del.service_id = "f-1";
+  apply(del);
+  flush();
+  apply(instance("n1", "10.0.0.1", "flaky", "f-1", 1000, CheckStatus::kPassing));
+  flush();
+  const uint64_t recreated = compiler_.version();
+  apply(del);
+  flush();
+  // The stream still has the first incarnation: it must learn that the name is gone.
+  json d = json::parse(*compiler_.deltaSince(base));
+  EXPECT_EQ(d["removed"], json::parse(R"(["flaky"])")) << d;
+  json state = at_base;
+  applyDelta(state, d);
+  EXPECT_EQ(state, snapshotJson(compiler_)) << d;
+  // One that got the second incarnation as well.
+  d = json::parse(*compiler_.deltaSince(recreated));
+  EXPECT_EQ(d["removed"], json::parse(R"(["flaky"])")) << d;
 }
 
 TEST_F(MeshCompilerTest, TrafficPolicyAndServiceResourceShapeTheEntry) {
@@ -480,6 +526,310 @@ TEST_F(MeshCompilerTest, InvalidStoredResourceIsSkipped) {
   ASSERT_EQ(compiler_.resources().errors().size(), 1u);
   EXPECT_NE(compiler_.resources().errors()[0].find("broken"), std::string::npos);
   EXPECT_EQ(snapshotJson(compiler_)["services"]["web"]["cluster"]["connect_timeout"], "1s");
+}
+
+// A second compiler on the fixture's catalog, with its own bound of endpoint tombstones.
+class BoundedCompiler {
+public:
+  BoundedCompiler(registry::Catalog& catalog, size_t max_endpoint_tombstones)
+      : catalog_(catalog), compiler_(catalog, max_endpoint_tombstones), forwarder_(compiler_) {
+    catalog_.addObserver(&forwarder_);
+  }
+  ~BoundedCompiler() { catalog_.removeObserver(&forwarder_); }
+  MeshCompiler& operator*() { return compiler_; }
+  MeshCompiler* operator->() { return &compiler_; }
+
+private:
+  registry::Catalog& catalog_;
+  MeshCompiler compiler_;
+  Forwarder forwarder_;
+};
+
+// deltaSince(base) applied to the snapshot at `base` must give the current snapshot.
+json checkCatchUp(MeshCompiler& c, const json& at_base, uint64_t base) {
+  auto d = c.deltaSince(base);
+  EXPECT_NE(d, nullptr) << "base " << base;
+  if (!d)
+    return json();
+  EXPECT_EQ(std::count(d->begin(), d->end(), '\n'), 1);
+  json delta = json::parse(*d);
+  json state = at_base;
+  applyDelta(state, delta, Removals::kMayBeAbsent);
+  EXPECT_EQ(state, snapshotJson(c)) << "base " << base << ": " << *d;
+  return delta;
+}
+
+TEST_F(MeshCompilerTest, CatchUpAfterABurstIsEndpointLevel) {
+  // 100 services of 100 instances; a burst of 1,000 registrations (10 per service) in 10
+  // flushes, as a slow stream misses them; its catch-up carries only the new endpoints.
+  constexpr int kServices = 100, kInstances = 100, kBurst = 10;
+  for (int s = 0; s < kServices; ++s)
+    for (int i = 0; i < kInstances; ++i)
+      apply(instance("n1", "10.0.0.1", "svc" + std::to_string(s),
+                     "svc" + std::to_string(s) + "-" + std::to_string(i), uint16_t(20000 + i),
+                     CheckStatus::kPassing, "10.1." + std::to_string(s) + ".1"));
+  compiler_.rebuild();
+  const json at_base = snapshotJson(compiler_);
+  const uint64_t base = compiler_.version();
+  for (int b = 0; b < kBurst; ++b) {
+    for (int s = 0; s < kServices; ++s)
+      apply(instance("n1", "10.0.0.1", "svc" + std::to_string(s),
+                     "svc" + std::to_string(s) + "-new" + std::to_string(b),
+                     uint16_t(30000 + b), CheckStatus::kPassing,
+                     "10.1." + std::to_string(s) + ".1"));
+    compiler_.flush();
+  }
+  const std::string text = *compiler_.deltaSince(base);
+  json delta = checkCatchUp(compiler_, at_base, base);
+  ASSERT_EQ(delta["services"].size(), size_t(kServices));
+  size_t complete_entries = 0; // what a catch-up of complete entries carried
+  for (auto& [name, fields] : delta["services"].items()) {
+    complete_entries += name.size() + 3 + compiler_.services().at(name).json().size();
+    ASSERT_EQ(fields.size(), 1u) << name << ": " << fields;
+    ASSERT_EQ(fields["endpoints_added"].size(), size_t(kBurst)) << name;
+  }
+  EXPECT_EQ(delta["services"]["svc7"]["endpoints_added"][0],
+            json::parse(R"({"address":"10.1.7.1:30000","weight":1})"));
+  std::printf("catch-up after %d registrations over %d services of %d: %zu bytes "
+              "(complete entries: %zu bytes)\n",
+              kServices * kBurst, kServices, kInstances, text.size(), complete_entries);
+  EXPECT_LT(text.size() * 5, complete_entries);
+
+  // One more flush changes a single service: a stream one flush behind gets only that.
+  const uint64_t last = compiler_.version();
+  apply(health("n1", "svc3-new4", CheckStatus::kCritical));
+  compiler_.flush();
+  json one = json::parse(*compiler_.deltaSince(last));
+  EXPECT_EQ(one["services"], json::parse(R"({"svc3":{"endpoints_removed":["10.1.3.1:30004"]}})"));
+}
+
+TEST_F(MeshCompilerTest, CatchUpPastTheEndpointTombstoneBoundSendsTheFullList) {
+  BoundedCompiler c(catalog_, 4);
+  for (int i = 0; i < 20; ++i) {
+    apply(instance("n1", "10.0.0.1", "orders", "o-" + std::to_string(i), uint16_t(9000 + i),
+                   CheckStatus::kPassing));
+    apply(instance("n1", "10.0.0.1", "users", "u-" + std::to_string(i), uint16_t(7000 + i),
+                   CheckStatus::kPassing));
+  }
+  c->rebuild();
+  std::map<uint64_t, json> at;
+  auto record = [&] { at[c->version()] = snapshotJson(*c); };
+  auto down = [&](std::initializer_list<int> ids) {
+    for (int i : ids)
+      apply(health("n1", "o-" + std::to_string(i), CheckStatus::kCritical));
+  };
+  record();
+  const uint64_t v0 = c->version();
+  down({0});
+  apply(health("n1", "u-0", CheckStatus::kCritical));
+  ASSERT_NE(c->flush(), nullptr);
+  record();
+  const uint64_t v1 = c->version();
+  down({1});
+  c->flush();
+  record();
+  const uint64_t v2 = c->version();
+  down({2, 3});
+  c->flush();
+  record();
+  const uint64_t v3 = c->version();
+  // Four removals remembered, the bound: the oldest base still gets them.
+  json d = checkCatchUp(*c, at[v0], v0);
+  EXPECT_EQ(d["services"]["orders"],
+            json::parse(R"({"endpoints_removed":["10.0.0.1:9000","10.0.0.1:9001",
+                                                 "10.0.0.1:9002","10.0.0.1:9003"]})"));
+
+  // A fifth: the oldest (o-0, at v1) is forgotten, so a base before v1 gets orders' full
+  // list; users (which has its own removals) and later bases stay endpoint-level.
+  down({4});
+  c->flush();
+  record();
+  d = checkCatchUp(*c, at[v0], v0);
+  EXPECT_EQ(d["services"]["orders"].size(), 4u) << d;
+  EXPECT_EQ(d["services"]["orders"]["endpoints"].size(), 15u) << d;
+  EXPECT_EQ(d["services"]["users"], json::parse(R"({"endpoints_removed":["10.0.0.1:7000"]})"));
+  d = checkCatchUp(*c, at[v1], v1);
+  EXPECT_EQ(d["services"]["orders"]["endpoints_removed"].size(), 4u) << d;
+
+  // Two at once (six remembered): the two oldest go, and with them every removal as old as
+  // the newer of them (o-2 and o-3, both at v3): bases before v3 get the full list.
+  down({5, 6});
+  c->flush();
+  record();
+  for (uint64_t base : {v1, v2}) {
+    d = checkCatchUp(*c, at[base], base);
+    EXPECT_TRUE(d["services"]["orders"].contains("endpoints")) << base << ": " << d;
+  }
+  d = checkCatchUp(*c, at[v3], v3);
+  EXPECT_EQ(d["services"]["orders"],
+            json::parse(R"({"endpoints_removed":["10.0.0.1:9004","10.0.0.1:9005",
+                                                 "10.0.0.1:9006"]})"));
+
+  // An address that comes back is no longer a removal; it is an addition.
+  apply(health("n1", "o-5", CheckStatus::kPassing));
+  c->flush();
+  d = checkCatchUp(*c, at[v3], v3);
+  EXPECT_EQ(d["services"]["orders"],
+            json::parse(R"({"endpoints_added":[{"address":"10.0.0.1:9005","weight":1}],
+                            "endpoints_removed":["10.0.0.1:9004","10.0.0.1:9006"]})"));
+}
+
+// The property: for random changes, deltaSince(base) applied to the state at `base` gives the
+// current snapshot for every earlier version, with the default bound and with a tiny one.
+TEST_F(MeshCompilerTest, CatchUpFromEveryEarlierVersionGivesTheSnapshot) {
+  constexpr int kServices = 4, kIds = 8;
+  for (uint32_t seed = 1; seed <= 6; ++seed) {
+    SCOPED_TRACE(::testing::Message() << "seed " << seed);
+    std::mt19937 rng(seed);
+    auto pick = [&](int n) { return int(std::uniform_int_distribution<int>(0, n - 1)(rng)); };
+    registry::Catalog catalog;
+    BoundedCompiler wide_compiler(catalog, MeshCompiler::kMaxEndpointTombstones);
+    BoundedCompiler tight_compiler(catalog, 2);
+    MeshCompiler& wide = *wide_compiler;
+    MeshCompiler& tight = *tight_compiler;
+    auto write = [&](const registry::WriteRequest& r) {
+      auto res = catalog.apply(r);
+      ASSERT_TRUE(res.ok()) << res.error().message();
+    };
+    auto writeResource = [&](const std::string& yaml, bool put) {
+      auto rs = manifest::loadString(yaml, "test.yaml");
+      ASSERT_TRUE(rs.ok()) << rs.error().message();
+      for (const auto& r : *rs) {
+        if (put) {
+          registry::KvPutRequest kv;
+          kv.key = resourceKey(r.id());
+          kv.value = manifest::toJson(r).dump();
+          write(kv);
+        } else {
+          registry::KvDeleteRequest kv;
+          kv.key = resourceKey(r.id());
+          write(kv);
+        }
+      }
+    };
+    std::map<std::string, std::string> registered; // instance id -> node
+    auto id = [](int s, int i) { return "s" + std::to_string(s) + "-" + std::to_string(i); };
+    auto registerOne = [&](int s, int i) {
+      const std::string node = pick(2) == 0 ? "n1" : "n2";
+      if (registered.count(id(s, i)) && registered[id(s, i)] != node) {
+        registry::DeregisterRequest del;
+        del.node = registered[id(s, i)];
+        del.service_id = id(s, i);
+        write(del);
+      }
+      // Few ports and addresses: re-registrations move, reweight or share an address.
+      registry::RegisterRequest r =
+          instance(node, node == "n1" ? "10.0.0.1" : "10.0.0.2", "s" + std::to_string(s),
+                   id(s, i), uint16_t(1000 * (s + 1) + pick(6)),
+                   pick(4) == 0 ? CheckStatus::kCritical : CheckStatus::kPassing,
+                   pick(3) == 0 ? "10.9.0." + std::to_string(pick(2) + 1) : "");
+      r.service->weights.passing = 1 + pick(3);
+      write(r);
+      registered[id(s, i)] = node;
+    };
+    for (int s = 0; s < kServices; ++s)
+      for (int i = 0; i < kIds / 2; ++i)
+        registerOne(s, i);
+    wide.rebuild();
+    tight.rebuild();
+    std::map<uint64_t, json> wide_at, tight_at;
+    wide_at[wide.version()] = snapshotJson(wide);
+    tight_at[tight.version()] = snapshotJson(tight);
+    size_t endpoint_level = 0, full_entries_of_kept = 0;
+
+    for (int step = 0; step < 60; ++step) {
+      for (int ops = 1 + pick(3); ops > 0; --ops) {
+        const int s = pick(kServices), i = pick(kIds);
+        switch (pick(10)) {
+        case 0:
+        case 1:
+        case 2:
+          registerOne(s, i); // new, moved or reweighted
+          break;
+        case 3:
+        case 4:
+          if (registered.count(id(s, i)))
+            write(health(registered[id(s, i)], id(s, i),
+                         pick(2) == 0 ? CheckStatus::kCritical : CheckStatus::kPassing));
+          break;
+        case 5:
+        case 6:
+          if (registered.count(id(s, i))) {
+            registry::DeregisterRequest del;
+            del.node = registered[id(s, i)];
+            del.service_id = id(s, i);
+            write(del);
+            registered.erase(id(s, i));
+          }
+          break;
+        case 7: { // the service goes (unless a resource keeps it)
+          for (int k = 0; k < kIds; ++k) {
+            if (!registered.count(id(s, k)))
+              continue;
+            registry::DeregisterRequest del;
+            del.node = registered[id(s, k)];
+            del.service_id = id(s, k);
+            write(del);
+            registered.erase(id(s, k));
+          }
+          break;
+        }
+        case 8: // a definition change (or the service defined without instances)
+          writeResource(fmt::format(R"(apiVersion: trellis.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {{name: pol-s{}}}
+spec:
+  targetRef: {{kind: Service, name: s{}}}
+  connectTimeout: {}s
+)",
+                                    s, s, 1 + pick(3)),
+                        pick(3) != 0);
+          break;
+        case 9: { // a node check: every instance of n2 at once
+          registry::RegisterRequest r;
+          r.node.name = "n2";
+          r.node.address = "10.0.0.2";
+          registry::Check c;
+          c.id = "serfHealth";
+          c.name = "serfHealth";
+          c.status = pick(2) == 0 ? CheckStatus::kCritical : CheckStatus::kPassing;
+          r.checks.push_back(c);
+          write(r);
+          break;
+        }
+        }
+      }
+      auto wd = wide.flush();
+      auto td = tight.flush();
+      ASSERT_EQ(wd == nullptr, td == nullptr);
+      if (!wd)
+        continue;
+      ASSERT_EQ(wide.version(), tight.version());
+      wide_at[wide.version()] = snapshotJson(wide);
+      tight_at[tight.version()] = snapshotJson(tight);
+      for (auto* run : {&wide_at, &tight_at}) {
+        MeshCompiler& c = run == &wide_at ? wide : tight;
+        for (const auto& [base, state] : *run) {
+          if (base == c.version())
+            continue;
+          json delta = checkCatchUp(c, state, base);
+          if (::testing::Test::HasFailure())
+            return;
+          for (auto& [name, fields] : delta["services"].items()) {
+            if (!state["services"].contains(name))
+              continue;
+            if (fields.contains("endpoints_added") || fields.contains("endpoints_removed"))
+              ++endpoint_level;
+            else
+              ++full_entries_of_kept;
+          }
+        }
+      }
+    }
+    // The runs went through both kinds (else the property above would prove little).
+    EXPECT_GT(endpoint_level, 0u);
+    EXPECT_GT(full_entries_of_kept, 0u);
+  }
 }
 
 } // namespace

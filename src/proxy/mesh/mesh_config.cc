@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <tuple>
 #include <cctype>
 #include <set>
 
@@ -142,16 +143,14 @@ namespace {
 // re-validates every endpoint of each service whose endpoints changed.
 std::optional<size_t> firstRepeated(const std::vector<Endpoint>& eps) {
   struct Key {
-    std::array<unsigned char, 16> ip;
-    uint32_t port_family;
+    uint64_t hi, lo;      // the address bytes (IPv4 in lo)
+    uint32_t family_port; // port << 1 | 1 for IPv4: a v4 address and its v4-mapped v6 differ
     uint32_t index;
-    auto sameAddress(const Key& o) const { return ip == o.ip && port_family == o.port_family; }
+    bool sameAddress(const Key& o) const {
+      return hi == o.hi && lo == o.lo && family_port == o.family_port;
+    }
     bool operator<(const Key& o) const {
-      if (ip != o.ip)
-        return ip < o.ip;
-      if (port_family != o.port_family)
-        return port_family < o.port_family;
-      return index < o.index;
+      return std::tie(hi, lo, family_port, index) < std::tie(o.hi, o.lo, o.family_port, o.index);
     }
   };
   std::vector<Key> keys;
@@ -160,12 +159,16 @@ std::optional<size_t> firstRepeated(const std::vector<Endpoint>& eps) {
     Key k{};
     const asio::ip::address& ip = eps[i].address.ip;
     if (ip.is_v4()) {
-      const auto b = ip.to_v4().to_bytes();
-      std::copy(b.begin(), b.end(), k.ip.begin());
+      k.lo = ip.to_v4().to_uint();
+      k.family_port = (uint32_t{eps[i].address.port} << 1) | 1u;
     } else {
-      k.ip = ip.to_v6().to_bytes();
+      const auto b = ip.to_v6().to_bytes();
+      for (size_t j = 0; j < 8; ++j) {
+        k.hi = k.hi << 8 | b[j];
+        k.lo = k.lo << 8 | b[8 + j];
+      }
+      k.family_port = uint32_t{eps[i].address.port} << 1;
     }
-    k.port_family = (uint32_t{eps[i].address.port} << 1) | (ip.is_v4() ? 1u : 0u);
     k.index = static_cast<uint32_t>(i);
     keys.push_back(k);
   }

@@ -459,13 +459,31 @@ void MeshCompiler::indexInstance(const registry::Service& s) {
   instances_[fold(s.node)][fold(s.id)] = fold(s.name);
 }
 
+void MeshCompiler::indexCheck(const registry::Check& c) {
+  if (c.service_id.empty())
+    return;
+  const std::string node = fold(c.node);
+  std::string svc = fold(c.service_name);
+  if (svc.empty()) { // the instance's service, when the check does not name it
+    auto n = instances_.find(node);
+    if (n != instances_.end())
+      if (auto i = n->second.find(fold(c.service_id)); i != n->second.end())
+        svc = i->second;
+  }
+  if (!svc.empty())
+    service_checks_[node][fold(c.id)] = std::move(svc);
+}
+
 void MeshCompiler::rebuild() {
   instances_.clear();
+  service_checks_.clear();
   for (const auto& n : catalog_.nodes().value) {
     auto ns = catalog_.nodeServices(n->name);
     if (ns.value)
       for (const auto& s : ns.value->services)
         indexInstance(*s);
+    for (const auto& c : catalog_.nodeChecks(n->name).value)
+      indexCheck(*c);
   }
   resources_.load(catalog_);
   services_.clear();
@@ -681,6 +699,7 @@ void MeshCompiler::noteBatch(const registry::Batch& batch) {
           } else if constexpr (std::is_same_v<T, registry::NodeDelete>) {
             markNode(fold(mu.node));
             instances_.erase(fold(mu.node));
+            service_checks_.erase(fold(mu.node));
           } else if constexpr (std::is_same_v<T, registry::ServicePut>) {
             auto& slot = instances_[fold(mu.service->node)][fold(mu.service->id)];
             if (!slot.empty())
@@ -700,6 +719,7 @@ void MeshCompiler::noteBatch(const registry::Batch& batch) {
             }
           } else if constexpr (std::is_same_v<T, registry::CheckPut>) {
             const registry::Check& c = *mu.check;
+            indexCheck(c);
             if (c.service_id.empty()) {
               markNode(fold(c.node)); // a node check gates every instance of the node
             } else {
@@ -713,7 +733,20 @@ void MeshCompiler::noteBatch(const registry::Batch& batch) {
                 dirty_services_.insert(fold(c.service_name));
             }
           } else if constexpr (std::is_same_v<T, registry::CheckDelete>) {
-            markNode(fold(mu.node)); // which instance it belonged to is gone with it
+            // A service check's service is remembered; a node check (or one not known)
+            // gates every instance of the node.
+            bool known = false;
+            if (auto n = service_checks_.find(fold(mu.node)); n != service_checks_.end()) {
+              if (auto c = n->second.find(fold(mu.id)); c != n->second.end()) {
+                dirty_services_.insert(c->second);
+                n->second.erase(c);
+                if (n->second.empty())
+                  service_checks_.erase(n);
+                known = true;
+              }
+            }
+            if (!known)
+              markNode(fold(mu.node));
           } else if constexpr (std::is_same_v<T, registry::KvPut>) {
             if (mu.entry->key.rfind(kResourcePrefix, 0) == 0)
               resources_dirty_ = true;

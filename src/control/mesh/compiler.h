@@ -166,6 +166,11 @@ private:
   // folded node -> folded instance ID -> folded service name: which services a node, instance
   // or check mutation touches (the old name too when an instance was renamed).
   std::map<std::string, std::map<std::string, std::string>> instances_;
+  // folded node -> folded check ID -> folded service name, for service checks: a check's
+  // deletion names only its node and ID, and without this every service of the node (on one
+  // machine: all of them) would be recompiled for one instance's deregistration.
+  std::map<std::string, std::map<std::string, std::string>> service_checks_;
+  void indexCheck(const registry::Check& c);
   std::set<std::string> dirty_services_;
   bool resources_dirty_ = false;
   std::shared_ptr<const std::string> snapshot_;

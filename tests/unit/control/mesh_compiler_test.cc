@@ -223,6 +223,46 @@ TEST_F(MeshCompilerTest, HealthChangeIsAnEndpointsOnlyDeltaOfThatService) {
   EXPECT_EQ(compiler_.flush(), nullptr);
 }
 
+// Deregistering an instance deletes its check; that names only the node and the check ID,
+// and must recompute the instance's service alone, not every service of the node.
+TEST_F(MeshCompilerTest, DeregisteredInstanceWithCheckRecomputesOnlyItsService) {
+  for (int s = 0; s < 5; ++s)
+    apply(instance("n1", "10.0.0.1", "svc" + std::to_string(s), "i-" + std::to_string(s),
+                   uint16_t(9000 + s), CheckStatus::kPassing));
+  apply(instance("n1", "10.0.0.1", "svc0", "i-extra", 9100, CheckStatus::kPassing));
+  compiler_.rebuild(); // the check index is built from the catalog too
+  apply(instance("n1", "10.0.0.1", "svc1", "i-late", 9101, CheckStatus::kPassing));
+  flush();
+  for (const char* id : {"i-extra", "i-late"}) {
+    registry::DeregisterRequest del;
+    del.node = "n1";
+    del.service_id = id;
+    apply(del);
+    const uint64_t compiled = compiler_.stats().services_compiled;
+    json d = flush();
+    EXPECT_EQ(compiler_.stats().services_compiled, compiled + 1) << id << ": " << d;
+    EXPECT_EQ(d["services"].size(), 1u) << d;
+  }
+  // A node check's deletion still gates every instance of the node.
+  registry::RegisterRequest nc;
+  nc.node.name = "n1";
+  nc.node.address = "10.0.0.1";
+  registry::Check c;
+  c.id = "node-ok";
+  c.name = c.id;
+  c.status = CheckStatus::kPassing;
+  nc.checks.push_back(c);
+  apply(nc);
+  flush();
+  registry::DeregisterRequest del;
+  del.node = "n1";
+  del.check_id = "node-ok";
+  apply(del);
+  const uint64_t compiled = compiler_.stats().services_compiled;
+  flush();
+  EXPECT_EQ(compiler_.stats().services_compiled, compiled + 5);
+}
+
 TEST_F(MeshCompilerTest, NewServiceIsCompleteAndLastInstanceGoneRemovesIt) {
   compiler_.rebuild();
   apply(instance("n1", "10.0.0.1", "pay", "pay-1", 5000, CheckStatus::kPassing));

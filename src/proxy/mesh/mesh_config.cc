@@ -244,21 +244,29 @@ Result<std::vector<Endpoint>> parseEndpoints(const json& eps, const std::string&
 
 Result<std::shared_ptr<const Snapshot>> ConfigBuilder::build(const MeshState& state) {
   const bool sidecar = spec_.kind == ProxySpec::Kind::kSidecar;
-  // Refresh what changed.
+  // Refresh what changed. The state and the cache are both ordered by name, so the cache
+  // entry of each service is found by walking a cursor along, without a lookup per service
+  // (a delta touches one service; every update still visits all of them).
+  auto cursor = services_.begin();
   for (const auto& [name, entry] : state.services()) {
-    if (!isConfigName(name))
-      return makeError(ErrorCode::kInvalidArgument,
-                       "services: \"{}\" is not a valid name (1..128 of letters, digits, "
-                       "'-', '_', '.')",
-                       name);
-    if (sidecar && name == kLocalAppCluster)
-      return makeError(ErrorCode::kInvalidArgument,
-                       "services.{}: the name is reserved for the sidecar's local app cluster",
-                       name);
-    auto [def_it, new_name] = definitions_.try_emplace(name);
-    ParsedDefinition& def = def_it->second;
-    if (new_name)
+    while (cursor != services_.end() && cursor->first < name)
+      ++cursor; // a service gone from the state: erased below
+    if (cursor == services_.end() || cursor->first != name) {
+      // New names are checked once; a cached one was valid.
+      if (!isConfigName(name))
+        return makeError(ErrorCode::kInvalidArgument,
+                         "services: \"{}\" is not a valid name (1..128 of letters, digits, "
+                         "'-', '_', '.')",
+                         name);
+      if (sidecar && name == kLocalAppCluster)
+        return makeError(ErrorCode::kInvalidArgument,
+                         "services.{}: the name is reserved for the sidecar's local app cluster",
+                         name);
+      cursor = services_.emplace_hint(cursor, name, ServiceCache{});
       layout_valid_ = false;
+    }
+    ServiceCache& cache = (cursor++)->second;
+    ParsedDefinition& def = cache.def;
     if (def.rev != entry.definition_rev) {
       const std::string path = "services." + name;
       layout_valid_ = false;
@@ -299,7 +307,7 @@ Result<std::shared_ptr<const Snapshot>> ConfigBuilder::build(const MeshState& st
     }
     if (def.error)
       return *def.error;
-    ParsedEndpoints& eps = endpoints_[name];
+    ParsedEndpoints& eps = cache.eps;
     if (eps.rev != entry.endpoints_rev) {
       eps = ParsedEndpoints{};
       eps.rev = entry.endpoints_rev;
@@ -312,10 +320,8 @@ Result<std::shared_ptr<const Snapshot>> ConfigBuilder::build(const MeshState& st
     if (eps.error)
       return *eps.error;
   }
-  auto gone = [&](const auto& kv) { return !state.services().count(kv.first); };
-  if (definitions_.size() != state.services().size()) {
-    std::erase_if(definitions_, gone);
-    std::erase_if(endpoints_, gone);
+  if (services_.size() != state.services().size()) {
+    std::erase_if(services_, [&](const auto& kv) { return !state.services().count(kv.first); });
     layout_valid_ = false;
   }
 
@@ -359,13 +365,16 @@ Result<std::shared_ptr<const Snapshot>> ConfigBuilder::build(const MeshState& st
   // One cluster per service, in name order; only a service whose definition or endpoints
   // changed gets a new one.
   snap->clusters.reserve(state.services().size() + layout_clusters_.size() + 1);
+  // services_ now has exactly the state's names, in the same order.
+  auto cached = services_.begin();
   for (const auto& [name, entry] : state.services()) {
-    AssembledCluster& a = assembled_[name];
+    ServiceCache& cache = (cached++)->second;
+    AssembledCluster& a = cache.assembled;
     if (!a.cluster || a.definition_rev != entry.definition_rev ||
         a.endpoints_rev != entry.endpoints_rev) {
-      Cluster c = definitions_.find(name)->second.cluster;
+      Cluster c = cache.def.cluster;
       c.name = name;
-      c.endpoints = endpoints_.find(name)->second.endpoints;
+      c.endpoints = cache.eps.endpoints;
       if (c.lb.policy == LbPolicy::kMaglev && c.endpoints.size() >= c.lb.maglev_table_size)
         return makeError(ErrorCode::kInvalidArgument,
                          "services.{}.cluster.maglev.table_size: {} is not above the {} endpoints",
@@ -376,8 +385,6 @@ Result<std::shared_ptr<const Snapshot>> ConfigBuilder::build(const MeshState& st
     }
     snap->clusters.push_back(a.cluster);
   }
-  if (assembled_.size() != state.services().size())
-    std::erase_if(assembled_, gone);
   if (!layout_valid_) {
     assembleLayout(state, gateway_routes);
     layout_gateway_rev_ = gateway_rev;
@@ -406,14 +413,14 @@ void ConfigBuilder::assembleLayout(const MeshState& state,
   };
   // Routes of a known service, or the default route when the server has not described it.
   auto routesOf = [&](const std::string& svc) -> std::vector<Route> {
-    auto d = definitions_.find(svc);
-    if (d == definitions_.end())
+    auto d = services_.find(svc);
+    if (d == services_.end())
       return {defaultRoute(svc)};
-    return d->second.routes;
+    return d->second.def.routes;
   };
   auto protocolOf = [&](const std::string& svc) {
-    auto d = definitions_.find(svc);
-    return d == definitions_.end() ? Protocol::kHttp : d->second.protocol;
+    auto d = services_.find(svc);
+    return d == services_.end() ? Protocol::kHttp : d->second.def.protocol;
   };
 
   std::vector<Listener> listeners;
@@ -454,7 +461,8 @@ void ConfigBuilder::assembleLayout(const MeshState& state,
       Listener l;
       l.name = kHttpProxyListener;
       l.address = *spec_.http_proxy;
-      for (const auto& [name, def] : definitions_) {
+      for (const auto& [name, cache] : services_) {
+        const ParsedDefinition& def = cache.def;
         if (def.protocol != Protocol::kHttp)
           continue;
         for (Route r : def.routes) {

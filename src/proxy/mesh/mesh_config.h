@@ -93,15 +93,20 @@ private:
   void assembleLayout(const MeshState& state, const std::vector<Route>* gateway_routes);
 
   ProxySpec spec_;
-  std::map<std::string, AssembledCluster, std::less<>> assembled_;
+
   // The listeners and trailing clusters depend only on the services' names and definitions
   // and the gateway's routes (not on endpoints), so a delta that moves endpoints reuses them.
   bool layout_valid_ = false;
   uint64_t layout_gateway_rev_ = 0;
   std::vector<std::shared_ptr<const Listener>> layout_listeners_;
   std::vector<std::shared_ptr<const Cluster>> layout_clusters_;
-  std::map<std::string, ParsedDefinition, std::less<>> definitions_;
-  std::map<std::string, ParsedEndpoints, std::less<>> endpoints_;
+  // Per service of the state (by name, in the state's order): what was parsed and assembled.
+  struct ServiceCache {
+    ParsedDefinition def;
+    ParsedEndpoints eps;
+    AssembledCluster assembled;
+  };
+  std::map<std::string, ServiceCache, std::less<>> services_;
   std::map<std::string, ParsedGateway, std::less<>> gateways_;
 };
 

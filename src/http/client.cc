@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <array>
+#include <list>
+#include <map>
+#include <optional>
 
 #include <asio/ip/tcp.hpp>
 #include <asio/write.hpp>
@@ -29,13 +32,144 @@ ClientErrorKind clientErrorKind(const Error& e) {
   }
 }
 
-// One request on its own connection: connect, write, parse the response, report once.
+// Idle keep-alive connections by address. Each idle socket keeps a readiness wait outstanding:
+// an HTTP/1.1 server has nothing to say on an idle connection, so readable means closed (EOF),
+// reset or misbehaving, and the socket is dropped. Each also has a timer that closes it after
+// pool_idle_timeout.
+class ConnectionPool : public std::enable_shared_from_this<ConnectionPool> {
+public:
+  using Socket = asio::ip::tcp::socket;
+  using Endpoint = asio::ip::tcp::endpoint;
+
+  ConnectionPool(Dispatcher& d, ClientSettings settings) : dispatcher_(d), settings_(settings) {}
+  ~ConnectionPool() { closeAll(); }
+
+  // Hands over an idle connection to `to` that still looks alive (the most recently used).
+  std::optional<Socket> take(const Endpoint& to) {
+    auto it = idle_.find(to);
+    if (it == idle_.end())
+      return std::nullopt;
+    auto& list = it->second;
+    std::optional<Socket> found;
+    while (!found && !list.empty()) {
+      std::shared_ptr<Idle> c = std::move(list.back());
+      list.pop_back();
+      c->pooled = false;
+      c->timer->disable();
+      asio::error_code ec;
+      c->sock.cancel(ec); // the readiness wait ends with operation_aborted
+      if (!ec && stillOpen(c->sock))
+        found.emplace(std::move(c->sock));
+      else
+        c->sock.close(ec);
+    }
+    if (list.empty())
+      idle_.erase(it);
+    return found;
+  }
+
+  // Keeps `sock` (connected to `to`, nothing outstanding on it) for a later take().
+  void put(const Endpoint& to, Socket sock) {
+    if (settings_.max_idle_per_address == 0 || settings_.pool_idle_timeout <= Duration::zero()) {
+      asio::error_code ignore;
+      sock.close(ignore);
+      return;
+    }
+    auto c = std::make_shared<Idle>(std::move(sock), to);
+    Idle* raw = c.get();
+    // The timer belongs to the entry, so it cannot fire once the entry is gone.
+    c->timer = dispatcher_.createTimer([this, raw] { drop(raw); });
+    c->timer->enable(settings_.pool_idle_timeout);
+    c->sock.async_wait(Socket::wait_read, [weak = weak_from_this(), c](const asio::error_code& ec) {
+      if (ec == asio::error::operation_aborted || !c->pooled)
+        return;
+      if (auto pool = weak.lock())
+        pool->drop(c.get());
+    });
+    auto& list = idle_[to];
+    list.push_back(std::move(c));
+    while (list.size() > settings_.max_idle_per_address)
+      drop(list.front().get());
+  }
+
+  void closeAll() {
+    auto all = std::move(idle_);
+    idle_.clear();
+    for (auto& [to, list] : all)
+      for (auto& c : list)
+        closeEntry(*c);
+  }
+
+  size_t idleCount() const {
+    size_t n = 0;
+    for (const auto& [to, list] : idle_)
+      n += list.size();
+    return n;
+  }
+  size_t idleCount(const Endpoint& to) const {
+    auto it = idle_.find(to);
+    return it == idle_.end() ? 0 : it->second.size();
+  }
+
+private:
+  struct Idle {
+    Idle(Socket s, Endpoint e) : sock(std::move(s)), to(std::move(e)) {}
+    Socket sock;
+    Endpoint to;
+    std::unique_ptr<Timer> timer;
+    bool pooled = true;
+  };
+
+  // True when a read would block: no EOF, error or unexpected byte is waiting.
+  static bool stillOpen(Socket& sock) {
+    asio::error_code ec;
+    char byte;
+    sock.non_blocking(true, ec);
+    if (ec)
+      return false;
+    const size_t n = sock.receive(asio::buffer(&byte, 1), Socket::message_peek, ec);
+    asio::error_code ignore;
+    sock.non_blocking(false, ignore);
+    return n == 0 && ec == asio::error::would_block;
+  }
+
+  static void closeEntry(Idle& c) {
+    c.pooled = false;
+    c.timer->disable();
+    asio::error_code ignore;
+    c.sock.close(ignore);
+  }
+
+  // Closes an idle connection and forgets it (may destroy `c`).
+  void drop(Idle* c) {
+    auto it = idle_.find(c->to);
+    if (it == idle_.end())
+      return;
+    auto& list = it->second;
+    auto pos = std::find_if(list.begin(), list.end(),
+                            [c](const std::shared_ptr<Idle>& p) { return p.get() == c; });
+    if (pos == list.end())
+      return;
+    std::shared_ptr<Idle> keep = std::move(*pos);
+    list.erase(pos);
+    if (list.empty())
+      idle_.erase(it);
+    closeEntry(*keep);
+  }
+
+  Dispatcher& dispatcher_;
+  ClientSettings settings_;
+  std::map<Endpoint, std::list<std::shared_ptr<Idle>>> idle_;
+};
+
+// One request: connect (or take a pooled connection), write, parse the response, report once.
 class ClientExchange : public std::enable_shared_from_this<ClientExchange>, public ParserCallbacks {
 public:
   ClientExchange(Dispatcher& d, const net::SocketAddress& addr, ClientRequest req,
-                 RequestOptions opts)
-      : dispatcher_(d), addr_(addr), req_(std::move(req)), opts_(std::move(opts)), sock_(d.io()),
-        parser_(ParserMode::kResponse, *this, opts_.parser) {}
+                 RequestOptions opts, std::weak_ptr<ConnectionPool> pool)
+      : dispatcher_(d), addr_(addr), req_(std::move(req)), opts_(std::move(opts)),
+        pool_(std::move(pool)), sock_(d.io()), parser_(ParserMode::kResponse, *this, opts_.parser) {
+  }
 
   Client::ResponseCallback callback;
   Client::StreamCallbacks stream_callbacks;
@@ -66,11 +200,20 @@ public:
       dispatcher_.post([self, e = valid.error()] { self->fail(e.code(), e.message()); });
       return;
     }
-    if (opts_.connect_timeout > Duration::zero())
-      connect_timer_->enable(opts_.connect_timeout);
     if (opts_.timeout > Duration::zero())
       total_timer_->enable(opts_.timeout);
-    sock_.async_connect(addr_.tcp(), [self](const asio::error_code& ec) { self->onConnect(ec); });
+    if (pooling()) {
+      if (auto pool = pool_.lock()) {
+        if (auto sock = pool->take(addr_.tcp())) {
+          sock_ = std::move(*sock);
+          retryable_ = true;
+          // Sending now is fine: completion callbacks still run on a later turn.
+          send();
+          return;
+        }
+      }
+    }
+    connect();
   }
 
   void cancel() {
@@ -134,7 +277,8 @@ public:
   Action onMessageComplete() override {
     if (parser_.head().interim)
       return Action::kContinue;
-    complete();
+    // Completed by the caller of execute()/finish(), which knows whether bytes follow.
+    message_complete_ = true;
     return Action::kPause;
   }
 
@@ -163,15 +307,30 @@ private:
     if (!req_.body.empty() || method == Method::kPost || method == Method::kPut ||
         method == Method::kPatch)
       h.add("Content-Length", std::to_string(req_.body.size()));
-    if (!h.contains("Connection"))
+    if (listHasToken(h.getAll("Connection"), "close"))
+      close_requested_ = true;
+    else if (!pooling() && !h.contains("Connection"))
       h.add("Connection", "close");
     out_.reserve(m.size() + t.size() + h.byteSize() + 4 * h.size() + 32 + req_.body.size());
     serializeRequestHead(m, t, Version::kHttp11, h, out_);
     out_.append(req_.body);
     req_.body.clear();
     req_.body.shrink_to_fit();
+    method_ = method;
     parser_.expectResponseTo(method);
     return okStatus();
+  }
+
+  bool pooling() const { return opts_.keep_alive && !streaming; }
+
+  void connect() {
+    if (opts_.connect_timeout > Duration::zero())
+      connect_timer_->enable(opts_.connect_timeout);
+    sock_.async_connect(addr_.tcp(),
+                        [self = shared_from_this(), gen = gen_](const asio::error_code& ec) {
+                          if (gen == self->gen_)
+                            self->onConnect(ec);
+                        });
   }
 
   void onConnect(const asio::error_code& ec) {
@@ -185,34 +344,74 @@ private:
     }
     asio::error_code ignore;
     sock_.set_option(asio::ip::tcp::no_delay(true), ignore);
+    send();
+  }
+
+  void send() {
     armIdle();
+    write_done_ = false;
     asio::async_write(sock_, asio::buffer(out_),
-                      [self = shared_from_this()](const asio::error_code& wec, size_t) {
+                      [self = shared_from_this(), gen = gen_](const asio::error_code& wec, size_t) {
                         // A failed write is not reported by itself: the server may have
                         // answered already (e.g. 413 before reading the body). The read
                         // side sees the reset if there is no answer.
                         (void)wec;
-                        self->out_.clear();
-                        self->out_.shrink_to_fit();
+                        if (gen != self->gen_)
+                          return;
+                        self->write_done_ = true;
+                        self->releaseOutput();
                       });
     read();
   }
 
+  // The request bytes are kept while they may have to be sent again.
+  void releaseOutput() {
+    if (write_done_ && !retryable_) {
+      out_.clear();
+      out_.shrink_to_fit();
+    }
+  }
+
+  // A reused connection failed before any response byte: the server most likely closed it
+  // while it sat idle, so send the request again on a fresh connection (once).
+  void retryOnFreshConnection() {
+    retryable_ = false;
+    ++gen_; // handlers still queued for the old socket are ignored
+    asio::error_code ignore;
+    sock_.close(ignore);
+    sock_ = asio::ip::tcp::socket(dispatcher_.io());
+    idle_timer_->disable();
+    parser_.reset();
+    parser_.expectResponseTo(method_);
+    rsp_ = ClientResponse{};
+    connect();
+  }
+
   void read() {
-    sock_.async_read_some(
-        asio::buffer(rbuf_),
-        [self = shared_from_this()](const asio::error_code& ec, size_t n) { self->onRead(ec, n); });
+    sock_.async_read_some(asio::buffer(rbuf_), [self = shared_from_this(),
+                                                gen = gen_](const asio::error_code& ec, size_t n) {
+      if (gen == self->gen_)
+        self->onRead(ec, n);
+    });
   }
 
   void onRead(const asio::error_code& ec, size_t n) {
     if (done_)
       return;
+    if (ec && retryable_ && ec != asio::error::operation_aborted) {
+      retryOnFreshConnection();
+      return;
+    }
     if (ec) {
       if (ec == asio::error::eof) {
         const bool nothing = parser_.idle();
         const ParseStatus st = parser_.finish(); // completes a close-delimited body
         if (done_)
           return;
+        if (message_complete_) {
+          complete();
+          return;
+        }
         if (st == ParseStatus::kError || !nothing)
           fail(ErrorCode::kIo, fmt::format("connection to {} closed before the response was "
                                            "complete",
@@ -225,6 +424,10 @@ private:
       fail(ErrorCode::kIo,
            fmt::format("connection to {} failed: {}", addr_.toString(), ec.message()));
       return;
+    }
+    if (retryable_ && n > 0) {
+      retryable_ = false; // the server answered on this connection: never send twice
+      releaseOutput();
     }
     armIdle();
     ParseResult r = parser_.execute(std::string_view(rbuf_.data(), n));
@@ -240,6 +443,8 @@ private:
       complete();
       return;
     case ParseStatus::kPaused:
+      if (message_complete_ && r.consumed == n && reusable())
+        returnToPool();
       complete();
       return;
     case ParseStatus::kError:
@@ -248,6 +453,27 @@ private:
                        parseErrorName(parser_.error())));
       return;
     }
+  }
+
+  // The connection may carry the next request (RFC 9112 9.3): the parser's keep_alive covers
+  // the version, "Connection: close" and close-delimited bodies.
+  bool reusable() const {
+    const MessageHead& head = parser_.head();
+    return pooling() && write_done_ && !close_requested_ && head.keep_alive && !head.upgrade &&
+           head.version == Version::kHttp11 && head.framing != BodyFraming::kUntilClose &&
+           rsp_.status >= 200;
+  }
+
+  void returnToPool() {
+    auto pool = pool_.lock();
+    if (!pool)
+      return;
+    connect_timer_->disable();
+    total_timer_->disable();
+    idle_timer_->disable();
+    ++gen_;
+    pool->put(addr_.tcp(), std::move(sock_));
+    sock_ = asio::ip::tcp::socket(dispatcher_.io());
   }
 
   void armIdle() {
@@ -312,6 +538,7 @@ private:
   net::SocketAddress addr_;
   ClientRequest req_;
   RequestOptions opts_;
+  std::weak_ptr<ConnectionPool> pool_;
   asio::ip::tcp::socket sock_;
   Parser parser_;
   ClientResponse rsp_;
@@ -320,7 +547,16 @@ private:
   std::unique_ptr<Timer> connect_timer_;
   std::unique_ptr<Timer> total_timer_;
   std::unique_ptr<Timer> idle_timer_;
+  Method method_ = Method::kGet;
+  // Bumped whenever the socket is replaced or handed to the pool; handlers of an older
+  // generation find nothing to do.
+  uint64_t gen_ = 0;
   bool done_ = false;
+  bool message_complete_ = false;
+  bool write_done_ = false;
+  // On a reused connection until the first response byte: a failure is retried once.
+  bool retryable_ = false;
+  bool close_requested_ = false; // the caller's own "Connection: close"
 };
 
 void RequestHandle::cancel() {
@@ -333,12 +569,14 @@ bool RequestHandle::active() const {
   return ex && ex->active();
 }
 
-Client::Client(Dispatcher& dispatcher) : dispatcher_(dispatcher) {}
+Client::Client(Dispatcher& dispatcher, ClientSettings settings)
+    : dispatcher_(dispatcher), pool_(std::make_shared<ConnectionPool>(dispatcher, settings)) {}
 
 Client::~Client() {
   for (auto& w : exchanges_)
     if (auto ex = w.lock())
       ex->cancel();
+  pool_->closeAll();
 }
 
 RequestHandle Client::request(const net::SocketAddress& address, std::string_view method,
@@ -356,16 +594,16 @@ RequestHandle Client::request(const net::SocketAddress& address, std::string_vie
 
 RequestHandle Client::request(const net::SocketAddress& address, ClientRequest req,
                               RequestOptions options, ResponseCallback callback) {
-  auto ex =
-      std::make_shared<ClientExchange>(dispatcher_, address, std::move(req), std::move(options));
+  auto ex = std::make_shared<ClientExchange>(dispatcher_, address, std::move(req),
+                                             std::move(options), pool_);
   ex->callback = std::move(callback);
   return start(std::move(ex));
 }
 
 RequestHandle Client::stream(const net::SocketAddress& address, ClientRequest req,
                              RequestOptions options, StreamCallbacks callbacks) {
-  auto ex =
-      std::make_shared<ClientExchange>(dispatcher_, address, std::move(req), std::move(options));
+  auto ex = std::make_shared<ClientExchange>(dispatcher_, address, std::move(req),
+                                             std::move(options), pool_);
   ex->streaming = true;
   ex->stream_callbacks = std::move(callbacks);
   return start(std::move(ex));
@@ -383,6 +621,14 @@ RequestHandle Client::start(std::shared_ptr<ClientExchange> ex) {
   exchanges_.push_back(ex);
   ex->start();
   return RequestHandle(ex);
+}
+
+size_t Client::idleConnections() const {
+  return pool_->idleCount();
+}
+
+size_t Client::idleConnections(const net::SocketAddress& address) const {
+  return pool_->idleCount(address.tcp());
 }
 
 size_t Client::activeRequests() const {

@@ -14,9 +14,19 @@
 #include "net/address.h"
 
 // A small asynchronous HTTP/1.1 client on a Dispatcher, for health checks and for sidecars
-// talking to the control plane: one connection per request (sent with "Connection: close"),
-// Content-Length, chunked and close-delimited responses, and a streaming mode for long-lived
-// watch responses.
+// talking to the control plane: Content-Length, chunked and close-delimited responses, and a
+// streaming mode for long-lived watch responses.
+//
+// By default each request has its own connection (sent with "Connection: close"). A request()
+// with RequestOptions::keep_alive is sent as a persistent HTTP/1.1 request; when its response
+// leaves the connection reusable (HTTP/1.1, no "Connection: close", body framed by
+// Content-Length or chunked, no extra bytes after it) the socket waits in the Client's idle
+// pool (ClientSettings) for the next keep_alive request to the same address. An idle socket
+// that the server closes (or sends anything on) is dropped at once. Because a server may close
+// an idle connection just as a request goes out on it, a request on a reused connection that
+// fails before any response byte arrives is sent again, once, on a fresh connection: use
+// keep_alive only for requests that are safe to send twice (idempotent ones, such as the mesh
+// ack). stream() never uses or fills the pool.
 namespace trellis::http {
 
 struct ClientRequest {
@@ -35,6 +45,20 @@ struct RequestOptions {
   // Largest body buffered by request(); larger is an error. (stream() does not buffer.)
   uint64_t max_response_body_bytes = 64 * 1024 * 1024;
   ParserLimits parser;
+  // request() only: reuse an idle pooled connection and leave this one in the pool afterwards
+  // when it can be (see the comment at the top). The request may be sent twice; see there.
+  bool keep_alive = false;
+};
+
+// The Client's pool of idle keep-alive connections.
+struct ClientSettings {
+  // Idle connections kept per address; past it the longest-idle one is closed. Zero: none
+  // are kept (keep_alive requests still go out without "Connection: close").
+  uint32_t max_idle_per_address = 4;
+  // An idle connection unused for this long is closed. Keep it below the servers' own idle
+  // timeout (the control plane's is 15 min) so the client is usually the one closing. Zero:
+  // none are kept.
+  Duration pool_idle_timeout = std::chrono::seconds(30);
 };
 
 struct ClientResponseHead {
@@ -62,6 +86,7 @@ enum class ClientErrorKind : uint8_t {
 ClientErrorKind clientErrorKind(const Error& e);
 
 class ClientExchange;
+class ConnectionPool;
 
 // Cancels its request when asked (never by itself going out of scope). A cancelled
 // request's callbacks are not called.
@@ -93,8 +118,9 @@ public:
     std::function<void(Status)> on_done;
   };
 
-  explicit Client(Dispatcher& dispatcher);
-  // Cancels every outstanding request (their callbacks are not called).
+  explicit Client(Dispatcher& dispatcher, ClientSettings settings = {});
+  // Cancels every outstanding request (their callbacks are not called) and closes the idle
+  // pooled connections.
   ~Client();
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
@@ -111,11 +137,17 @@ public:
 
   // Requests started and not yet finished.
   size_t activeRequests() const;
+  // Idle pooled connections, in all and to one address.
+  size_t idleConnections() const;
+  size_t idleConnections(const net::SocketAddress& address) const;
 
 private:
   RequestHandle start(std::shared_ptr<ClientExchange> ex);
 
   Dispatcher& dispatcher_;
+  // Shared so that exchanges still finishing can tell whether the Client (and so its pool)
+  // is gone.
+  std::shared_ptr<ConnectionPool> pool_;
   std::vector<std::weak_ptr<ClientExchange>> exchanges_;
 };
 

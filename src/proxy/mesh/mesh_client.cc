@@ -348,9 +348,16 @@ void MeshClient::sendAck(const Ack& ack) {
   if (!options_.token.empty())
     h.add("x-consul-token", options_.token);
   const net::SocketAddress to = currentServer();
-  http_.request(to, "POST", "/v1/mesh/ack", std::move(h),
-                body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
-                options_.ack_timeout, [to, v = ack.version](Result<http::ClientResponse> r) {
+  http::ClientRequest req{"POST", "/v1/mesh/ack", std::move(h),
+                          body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
+  http::RequestOptions opts;
+  opts.timeout = options_.ack_timeout;
+  // One persistent connection per proxy instead of a connect per ack. An ack may then be sent
+  // twice (the client retries once when a reused connection was closed under it): harmless,
+  // acks are idempotent and cumulative.
+  opts.keep_alive = true;
+  http_.request(to, std::move(req), std::move(opts),
+                [to, v = ack.version](Result<http::ClientResponse> r) {
                   if (!r.ok())
                     TLOG_WARN("mesh: ack of version {} to {} failed: {}", v, to.toString(),
                               r.error().message());

@@ -508,9 +508,15 @@ void MeshServer::ack(http::ServerRequest& req, const Writer& w) {
     return reply(w, 400,
                  fmt::format("version: {} was not sent on this stream (latest {})\n", version,
                              s.sent_version));
-  s.acked = true;
-  s.acked_version = version;
-  s.last_accepted = accepted;
+  // Acks are cumulative, and two may travel on different connections: one for an older
+  // version than the stream's latest ack is recorded and counted, but does not take the
+  // stream's state back.
+  const bool late = s.acked && version < s.acked_version;
+  if (!late) {
+    s.acked = true;
+    s.acked_version = version;
+    s.last_accepted = accepted;
+  }
   if (settings_.ack_history > 0) {
     const auto now = loop_.timeSource().systemTime().time_since_epoch();
     const Stream::AckRecord rec{
@@ -530,7 +536,8 @@ void MeshServer::ack(http::ServerRequest& req, const Writer& w) {
     ++s.rejected;
     acks_rejected_.inc();
     rejected_.inc();
-    s.last_error = error;
+    if (!late)
+      s.last_error = error;
     TLOG_WARN("mesh: {} rejected version {}: {}", node, version, error);
   }
   reply(w, 200, "{}\n", "application/json");

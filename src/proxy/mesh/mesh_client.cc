@@ -337,6 +337,22 @@ void MeshClient::retry(const std::string& why) {
 }
 
 void MeshClient::sendAck(const Ack& ack) {
+  if (ack.accepted && !acks_.empty() && acks_.back().accepted)
+    acks_.back() = ack;
+  else
+    acks_.push_back(ack);
+  if (acks_.size() > kMaxQueuedAcks)
+    acks_.pop_front(); // only rejections pile up, and the newest say most
+  if (!ack_in_flight_)
+    sendNextAck();
+}
+
+void MeshClient::sendNextAck() {
+  if (acks_.empty())
+    return;
+  const Ack ack = std::move(acks_.front());
+  acks_.pop_front();
+  ack_in_flight_ = true;
   nlohmann::json body{{"node", options_.node},
                       {"stream", ack.stream},
                       {"version", ack.version},
@@ -356,14 +372,17 @@ void MeshClient::sendAck(const Ack& ack) {
   // twice (the client retries once when a reused connection was closed under it): harmless,
   // acks are idempotent and cumulative.
   opts.keep_alive = true;
+  // The callback runs only while http_ (a member) lives: destroying it cancels requests.
   http_.request(to, std::move(req), std::move(opts),
-                [to, v = ack.version](Result<http::ClientResponse> r) {
+                [this, to, v = ack.version](Result<http::ClientResponse> r) {
+                  ack_in_flight_ = false;
                   if (!r.ok())
                     TLOG_WARN("mesh: ack of version {} to {} failed: {}", v, to.toString(),
                               r.error().message());
                   else if (r->status != 200 && r->status != 404)
                     TLOG_WARN("mesh: ack of version {} to {} answered {}", v, to.toString(),
                               r->status);
+                  sendNextAck();
                 });
 }
 

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -150,7 +151,11 @@ private:
   void onDone(const Status& st);
   // Drops the stream (if any) and tries again after a backoff.
   void retry(const std::string& why);
+  // Queues an ack; acks go one at a time, in order (on different connections a late older
+  // one could overtake a newer one). An accepted ack replaces a queued accepted one (acks are
+  // cumulative); rejections are kept, so the server sees each.
   void sendAck(const Ack& ack);
+  void sendNextAck();
   // Handles the complete lines received so far (all that one read delivered) as one batch.
   void drainLines();
   void setConnected(bool c);
@@ -162,6 +167,9 @@ private:
   ReconnectBackoff backoff_;
   http::Client http_;
   http::RequestHandle stream_;
+  std::deque<Ack> acks_; // not sent yet, oldest first; at most kMaxQueuedAcks
+  bool ack_in_flight_ = false;
+  static constexpr size_t kMaxQueuedAcks = 16;
   size_t server_ = 0;
   std::string buffer_;  // the partial line
   // Complete lines not handled yet: onBody() queues them and apply_timer_ (due at once, so it

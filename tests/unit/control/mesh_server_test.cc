@@ -245,6 +245,31 @@ TEST_F(MeshServerTest, HeartbeatOnlyWhenIdle) {
                                              registry_.catalog().index())));
 }
 
+// Acks are cumulative: a late ack of an older version (it travelled on another connection)
+// is counted but does not take the stream's acked version back.
+TEST_F(MeshServerTest, LateOlderAckDoesNotTakeTheStreamBack) {
+  startServer(settings());
+  auto w = stream("sidecar-1");
+  auto snap = w->messages().at(0);
+  const std::string id = snap["stream"];
+  const uint64_t v1 = snap["version"];
+  submit(instance("orders", "orders-2", 9002));
+  advance(2ms);
+  const uint64_t v2 = w->messages().at(0)["version"];
+  ASSERT_GT(v2, v1);
+  EXPECT_EQ(request(http::Method::kPost, "ack", {}, ackBody("sidecar-1", id, v2, true))->status_,
+            200);
+  EXPECT_EQ(request(http::Method::kPost, "ack", {}, ackBody("sidecar-1", id, v1, false))->status_,
+            200);
+  json list = json::parse(request(http::Method::kGet, "proxies")->body_);
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0]["acked_version"], v2);
+  EXPECT_EQ(list[0]["accepted"], true);
+  EXPECT_FALSE(list[0].contains("last_error"));
+  EXPECT_EQ(server_->stats().acks_accepted, 1u);
+  EXPECT_EQ(server_->stats().acks_rejected, 1u);
+}
+
 TEST_F(MeshServerTest, AcksAreCheckedAndCounted) {
   startServer(settings());
   auto w = stream("sidecar-1");

@@ -122,6 +122,8 @@ void HealthChecker::setClusters(std::vector<std::shared_ptr<ClusterState>> clust
   size_t cursor = 0;
   std::unordered_map<std::string_view, size_t> ticker_index;
   auto oldTicker = [&](const std::string& name) -> std::unique_ptr<Ticker>* {
+    while (cursor < old_tickers.size() && !old_tickers[cursor])
+      ++cursor; // taken through the index already
     if (cursor < old_tickers.size() && old_tickers[cursor]->cluster_name == name)
       return &old_tickers[cursor++];
     if (ticker_index.empty())

@@ -2,6 +2,7 @@
 // rule, retry backoff bounds and budget accounting, the token bucket, health-check
 // thresholds, the shared cluster state and the health checker's schedule, all on a
 // simulated clock.
+#include <deque>
 #include <map>
 #include <set>
 
@@ -538,6 +539,34 @@ TEST_F(HealthCheckerTest, FrequentUpdatesKeepSchedulesSoEjectionsEndAndChecksRun
   EXPECT_EQ(state->state(0), EndpointState::kHealthy); // base ejection 10 s, ticks went on
   EXPECT_GE(prober_.probes[ep1], 11); // one check per second throughout
   EXPECT_LE(prober_.probes[ep1], 13); // and not restarted (spread anew) by every update
+}
+
+// Clusters whose order changes between updates (a service added in front, two swapped):
+// each outlier ticker follows its cluster by name, whatever the order, and keeps its
+// schedule; no ticker is lost or duplicated.
+TEST_F(HealthCheckerTest, TickersFollowTheirClustersWhenTheOrderChanges) {
+  std::deque<Cluster> configs; // a ClusterState refers to its configuration: keep them
+  auto named = [&](const std::string& name) {
+    Cluster& c = configs.emplace_back(makeCluster(1));
+    c.name = name;
+    c.outlier_detection = outlierConfig();
+    return std::make_shared<ClusterState>(c);
+  };
+  auto a = named("a"), b = named("b"), c = named("c"), x = named("x");
+  HealthChecker hc(d_, prober_, random_);
+  hc.setClusters({a, b, c});
+  for (int i = 0; i < 3; ++i)
+    c->reportOutcome(0, Outcome::kLocalFailure, d_.now());
+  ASSERT_EQ(c->state(0), EndpointState::kEjected);
+  // b first (found through the index), then a (at the cursor), then c after a taken entry.
+  hc.setClusters({b, a, c});
+  advance(3s);
+  hc.setClusters({x, c, b, a});
+  advance(3s);
+  hc.setClusters({c, a});
+  EXPECT_EQ(c->state(0), EndpointState::kEjected);
+  advance(4100ms); // 10 s after the ejection: c's ticker kept its schedule through it all
+  EXPECT_EQ(c->state(0), EndpointState::kHealthy);
 }
 
 } // namespace

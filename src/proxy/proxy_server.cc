@@ -197,23 +197,24 @@ std::shared_ptr<SharedState> ProxyServer::sharedStateFor(const Snapshot& snap, s
       s->clusters.push_back(shared_->clusters[i]);
       continue;
     }
-    // New content in the same place (a mesh delta that changed this cluster): cluster names
-    // are unique, so it can be nowhere else; no index of the whole list is needed.
+    // The state new content inherits endpoint health from: the same name in the same place
+    // (a mesh delta that changed this cluster; names are unique, so it can be nowhere else
+    // and no index of the whole list is needed), else the same name anywhere.
+    const ClusterState* from = nullptr;
     if (snapshot_ && i < snapshot_->clusters.size() && snapshot_->clusters[i].name == c.name) {
-      auto cs = std::make_shared<ClusterState>(c);
-      cs->inheritFrom(*shared_->clusters[i]);
-      s->clusters.push_back(std::move(cs));
-      fresh++;
-      continue;
-    }
-    index();
-    if (auto it = by_object.find(&c); it != by_object.end()) {
-      s->clusters.push_back(shared_->clusters[it->second]);
-      continue;
+      from = shared_->clusters[i].get();
+    } else {
+      index();
+      if (auto it = by_object.find(&c); it != by_object.end()) {
+        s->clusters.push_back(shared_->clusters[it->second]);
+        continue;
+      }
+      if (auto it = by_name.find(c.name); it != by_name.end())
+        from = shared_->clusters[it->second].get();
     }
     auto cs = std::make_shared<ClusterState>(c);
-    if (auto it = by_name.find(c.name); it != by_name.end())
-      cs->inheritFrom(*shared_->clusters[it->second]);
+    if (from != nullptr)
+      cs->inheritFrom(*from);
     s->clusters.push_back(std::move(cs));
     fresh++;
   }

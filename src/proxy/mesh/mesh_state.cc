@@ -11,6 +11,10 @@ using json = nlohmann::json;
 
 constexpr const char* kServiceFields[] = {"protocol", "cluster", "endpoints", "routes"};
 
+// Endpoint changes to an ordered list are put in one by one (binary search, insert or erase)
+// while they number at most 1/kInPlaceShare of the list; more take one merge pass over it.
+constexpr size_t kInPlaceShare = 4;
+
 Status checkObjectOfObjects(const json& body, const char* key) {
   auto it = body.find(key);
   if (it == body.end())
@@ -95,14 +99,77 @@ Status checkEndpointChanges(const std::string& name, const json& entry) {
 
 // Changes the stored endpoint list in place: `removed` addresses taken out, `added`
 // endpoints put in (replacing one of the same address), ordered by address like the server's
-// full list. One merge pass that moves the stored elements (no copy, no parse of the list):
-// a proxy applies one of these per changed service per update. Stored elements without an
-// address (a list the configuration rejected) are kept, last; a stored value that is no list
-// counts as empty. Returns whether the list changed.
-bool applyEndpointChanges(json& stored, const json* added, const json* removed) {
-  if (!stored.is_array())
+// full list. Stored elements without an address (a list the configuration rejected) are kept,
+// last; a stored value that is no list counts as empty. Returns whether the list changed.
+//
+// `in_order` says the list is known to be in that order (this function left it so and
+// nothing replaced it since). Then a few changes, the usual case (a single registration
+// touches one endpoint of one service), are each put in by binary search; otherwise one merge
+// pass moves the whole list (no copy, no parse), after putting it in order if it was not.
+bool applyEndpointChanges(json& stored, bool& in_order, const json* added, const json* removed) {
+  if (!stored.is_array()) {
     stored = json::array();
+    in_order = false;
+  }
   json::array_t& list = stored.get_ref<json::array_t&>();
+  std::vector<std::string_view> gone;
+  if (removed != nullptr)
+    for (const json& address : *removed)
+      gone.push_back(address.get_ref<const std::string&>());
+  std::sort(gone.begin(), gone.end());
+  std::vector<std::pair<std::string_view, const json*>> adds;
+  if (added != nullptr)
+    for (const json& ep : *added)
+      adds.emplace_back(*endpointAddress(ep), &ep);
+  // The last of several additions of one address wins: unique over the reversed range keeps
+  // the first of each run there, and packs what it keeps at the forward range's tail.
+  std::stable_sort(adds.begin(), adds.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  adds.erase(adds.begin(),
+             std::unique(adds.rbegin(), adds.rend(), [](const auto& a, const auto& b) {
+               return a.first == b.first;
+             }).base());
+  auto byKey = [](const auto& a, std::string_view k) { return a.first < k; };
+
+  if (in_order && (gone.size() + adds.size()) * kInPlaceShare <= list.size()) {
+    // The first element whose address is not below `k` (addressed elements come first).
+    auto lower = [&](std::string_view k) {
+      return std::partition_point(list.begin(), list.end(), [&](const json& ep) {
+        const std::string* a = endpointAddress(ep);
+        return a != nullptr && std::string_view(*a) < k;
+      });
+    };
+    auto at = [&](json::array_t::iterator it, std::string_view k) {
+      if (it == list.end())
+        return false;
+      const std::string* a = endpointAddress(*it);
+      return a != nullptr && *a == k;
+    };
+    bool changed = false;
+    for (std::string_view k : gone) {
+      auto a = std::lower_bound(adds.begin(), adds.end(), k, byKey);
+      if (a != adds.end() && a->first == k)
+        continue; // its addition replaces it below (an unchanged one is no change)
+      if (auto it = lower(k); at(it, k)) {
+        list.erase(it);
+        changed = true;
+      }
+    }
+    for (const auto& [k, ep] : adds) {
+      auto it = lower(k);
+      if (at(it, k)) {
+        if (*it != *ep) {
+          *it = *ep;
+          changed = true;
+        }
+      } else {
+        list.insert(it, *ep);
+        changed = true;
+      }
+    }
+    return changed;
+  }
+  in_order = true; // the merge below leaves it so
   // Each stored element's address, looked up once (an object member lookup per comparison
   // was most of this function's cost); empty for an element without one.
   std::vector<std::string_view> keys;
@@ -136,23 +203,6 @@ bool applyEndpointChanges(json& stored, const json* added, const json* removed) 
     readKeys();
   }
 
-  std::vector<std::string_view> gone;
-  if (removed != nullptr)
-    for (const json& address : *removed)
-      gone.push_back(address.get_ref<const std::string&>());
-  std::sort(gone.begin(), gone.end());
-  std::vector<std::pair<std::string_view, const json*>> adds;
-  if (added != nullptr)
-    for (const json& ep : *added)
-      adds.emplace_back(*endpointAddress(ep), &ep);
-  // The last of several additions of one address wins: unique over the reversed range keeps
-  // the first of each run there, and packs what it keeps at the forward range's tail.
-  std::stable_sort(adds.begin(), adds.end(),
-                   [](const auto& a, const auto& b) { return a.first < b.first; });
-  adds.erase(adds.begin(),
-             std::unique(adds.rbegin(), adds.rend(), [](const auto& a, const auto& b) {
-               return a.first == b.first;
-             }).base());
 
   json::array_t out;
   out.reserve(list.size() + adds.size());
@@ -274,7 +324,8 @@ Status MeshState::applySnapshot(const Message& msg) {
       def |= setField(e.routes, fieldOrNull(entry, "routes"), d);
       if (def)
         e.definition_rev = next_rev_++;
-      setField(e.endpoints, fieldOrNull(entry, "endpoints"), e.endpoints_rev);
+      if (setField(e.endpoints, fieldOrNull(entry, "endpoints"), e.endpoints_rev))
+        e.endpoints_in_order = false;
       services.emplace(name, std::move(e));
     }
   }
@@ -324,8 +375,10 @@ Status MeshState::applyDelta(const Message& msg) {
         auto f = entry.find(key);
         if (f == entry.end())
           continue;
-        if (std::string_view(key) == "endpoints")
-          setField(e.endpoints, *f, e.endpoints_rev);
+        if (std::string_view(key) == "endpoints") {
+          if (setField(e.endpoints, *f, e.endpoints_rev))
+            e.endpoints_in_order = false;
+        }
         else
           def |= setField(std::string_view(key) == "protocol"  ? e.protocol
                           : std::string_view(key) == "cluster" ? e.cluster
@@ -335,7 +388,8 @@ Status MeshState::applyDelta(const Message& msg) {
       auto added = entry.find("endpoints_added");
       auto removed = entry.find("endpoints_removed");
       if ((added != entry.end() || removed != entry.end()) &&
-          applyEndpointChanges(e.endpoints, added != entry.end() ? &*added : nullptr,
+          applyEndpointChanges(e.endpoints, e.endpoints_in_order,
+                               added != entry.end() ? &*added : nullptr,
                                removed != entry.end() ? &*removed : nullptr))
         e.endpoints_rev = next_rev_++;
       if (def || e.definition_rev == 0)

@@ -38,6 +38,9 @@ struct ServiceEntry {
   nlohmann::json routes;
   uint64_t definition_rev = 0; // protocol, cluster or routes changed
   uint64_t endpoints_rev = 0;  // endpoints changed
+  // `endpoints` is known to be ordered by address (endpoint changes left it so); a new
+  // complete list is not, until the next change puts it in order.
+  bool endpoints_in_order = false;
 };
 
 struct GatewayEntry {

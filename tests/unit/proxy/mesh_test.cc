@@ -158,9 +158,14 @@ TEST(MeshState, DeltaChangesOnlyWhatItCarriesAndKeepsRevisions) {
 
 // Random endpoint changes against a plain model (a map by address: removals first, then
 // additions, the last addition of an address winning), from stored lists in and out of order.
-TEST(MeshState, EndpointChangesMatchAModel) {
+// Small lists take mostly the merge pass; long ones with few changes mostly the in-place path
+// (binary search per change).
+class EndpointChangesModel : public ::testing::TestWithParam<std::pair<int, int>> {};
+
+TEST_P(EndpointChangesModel, MatchesAModel) {
+  const auto [addresses, max_initial] = GetParam();
   std::mt19937 rng(5);
-  auto address = [&] { return "10.0.0." + std::to_string(1 + rng() % 12) + ":80"; };
+  auto address = [&] { return "10.0.0." + std::to_string(1 + rng() % addresses) + ":80"; };
   auto endpoint = [&](const std::string& a) {
     return rng() % 3 == 0 ? json(a) : json{{"address", a}, {"weight", 1 + rng() % 3}};
   };
@@ -171,7 +176,7 @@ TEST(MeshState, EndpointChangesMatchAModel) {
     MeshState st;
     std::map<std::string, json> model;
     json stored = json::array();
-    for (int i = 0, n = static_cast<int>(rng() % 8); i < n; ++i) {
+    for (int i = 0, n = static_cast<int>(rng() % max_initial); i < n; ++i) {
       const std::string a = address();
       if (model.emplace(a, endpoint(a)).second)
         stored.push_back(model[a]);
@@ -181,7 +186,7 @@ TEST(MeshState, EndpointChangesMatchAModel) {
     json svc = named("orders", service({}));
     svc["endpoints"] = stored;
     ASSERT_TRUE(st.applySnapshot(parseMessage(snapshotLine(1, {{"orders", svc}})).value()).ok());
-    for (uint64_t v = 2; v < 8; ++v) {
+    for (uint64_t v = 2; v < 12; ++v) {
       json added = json::array(), removed = json::array();
       for (int i = 0, n = static_cast<int>(rng() % 5); i < n; ++i)
         removed.push_back(address());
@@ -212,6 +217,9 @@ TEST(MeshState, EndpointChangesMatchAModel) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(MeshState, EndpointChangesModel,
+                         ::testing::Values(std::pair{12, 8}, std::pair{60, 48}));
 
 TEST(MeshState, EndpointChangesApplyByAddressAndEqualTheFullList) {
   MeshState st;

@@ -220,6 +220,43 @@ void BM_MeshEndToEnd(benchmark::State& st) {
 }
 BENCHMARK(BM_MeshEndToEnd)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
+// One version of a burst as the server sends it (docs/protocol.md "Endpoint changes"): every
+// service gains or loses one endpoint in the same delta, so every cluster changes. This is
+// what a proxy pays per version during a burst of registrations (bench/propagation).
+std::string everyServiceLine(uint64_t version, uint64_t pass) {
+  json services = json::object();
+  const int e = static_cast<int>((pass / 2) % kEndpoints);
+  for (int s = 0; s < kServices; ++s)
+    services[serviceName(s)] =
+        pass % 2 == 0
+            ? json{{"endpoints_removed", json::array({endpointAddress(s, e)})}}
+            : json{{"endpoints_added",
+                    json::array({{{"address", endpointAddress(s, e)}, {"weight", 1}}})}};
+  return json{{"type", "delta"}, {"version", version}, {"services", services}, {"removed", json::array()}}
+      .dump();
+}
+
+void BM_MeshEveryServiceDelta(benchmark::State& st) {
+  RunningProxy p(false);
+  std::vector<std::string> lines;
+  for (uint64_t k = 0; k < 2000; ++k)
+    lines.push_back(everyServiceLine(2 + k, k));
+  size_t next = 0;
+  p.snapshot(1);
+  for (auto _ : st) {
+    if (next == lines.size()) {
+      st.PauseTiming();
+      next = 0;
+      p.snapshot(1);
+      st.ResumeTiming();
+    }
+    auto out = p.session.handleLine(lines[next++]);
+    if (!out.ack || !out.ack->accepted)
+      st.SkipWithError("delta rejected");
+  }
+}
+BENCHMARK(BM_MeshEveryServiceDelta)->Unit(benchmark::kMicrosecond)->UseRealTime();
+
 // A burst: `range(1)` deltas that arrived together, handed over one line at a time
 // (range(2) = 0, as MeshClient did before bursts were coalesced) or as one batch (1, as
 // MeshClient does now: one build and switch, one ack).

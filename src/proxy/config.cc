@@ -45,10 +45,13 @@ const char* hashSourceName(HashSource s) {
 }
 
 std::vector<LbEndpoint> lbEndpoints(const Cluster& cluster) {
+  // Only the hashing policies read keys; formatting every address for the others was most
+  // of the cost of a worker's new cluster (a mesh update re-creates each changed one).
+  const bool keyed = cluster.lb.policy == LbPolicy::kRingHash || cluster.lb.policy == LbPolicy::kMaglev;
   std::vector<LbEndpoint> out;
   out.reserve(cluster.endpoints.size());
   for (const Endpoint& ep : cluster.endpoints)
-    out.push_back({ep.address.toString(), ep.weight});
+    out.push_back({keyed ? ep.address.toString() : std::string(), ep.weight});
   return out;
 }
 

@@ -288,7 +288,9 @@ struct Cluster {
   bool operator==(const Cluster&) const = default;
 };
 
-// The endpoints in the form load balancers take (key = "ip:port"), in the same order.
+// The endpoints in the form load balancers take, in the same order. Keys ("ip:port") are
+// set for the hashing policies (ring_hash, maglev), which place endpoints by them; empty for
+// the others, which never read them.
 std::vector<LbEndpoint> lbEndpoints(const Cluster& cluster);
 
 // ---- the whole configuration ---------------------------------------------------------------

@@ -17,7 +17,8 @@ enum class EndpointState : uint8_t {
 const char* endpointStateName(EndpointState s);
 
 // An endpoint as load balancers see it. `key` identifies it for consistent hashing (the
-// address, "10.0.0.7:8080"), so an endpoint keeps its ring positions when others come and go.
+// address, "10.0.0.7:8080"), so an endpoint keeps its ring positions when others come and go;
+// policies that do not hash leave it empty (lbEndpoints).
 struct LbEndpoint {
   std::string key;
   uint32_t weight = 1;

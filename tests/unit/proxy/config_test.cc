@@ -237,8 +237,11 @@ TEST(Config, FullFileLoadsIntoSnapshot) {
   EXPECT_EQ(s.findListener("db"), &s.listeners[1]);
   auto lbeps = lbEndpoints(api);
   ASSERT_EQ(lbeps.size(), 2u);
-  EXPECT_EQ(lbeps[0].key, "127.0.0.1:8081");
+  EXPECT_EQ(lbeps[0].key, ""); // round robin never reads keys
   EXPECT_EQ(lbeps[0].weight, 3u);
+  auto hashed = lbEndpoints(s.clusters[2]); // maglev places endpoints by their address
+  ASSERT_FALSE(hashed.empty());
+  EXPECT_EQ(hashed[0].key, s.clusters[2].endpoints[0].address.toString());
 }
 
 TEST(Config, MinimalFileGetsDefaults) {

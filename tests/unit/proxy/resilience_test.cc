@@ -2,8 +2,10 @@
 // rule, retry backoff bounds and budget accounting, the token bucket, health-check
 // thresholds, the shared cluster state and the health checker's schedule, all on a
 // simulated clock.
+#include <algorithm>
 #include <deque>
 #include <map>
+#include <random>
 #include <set>
 
 #include <gtest/gtest.h>
@@ -371,6 +373,50 @@ TEST(ClusterState, AReloadKeepsTheStateOfEndpointsThatStay) {
   EXPECT_EQ(fresh.ejections(EjectReason::kConsecutiveGatewayFailure), 1u);
   fresh.tick(at(10s));
   EXPECT_EQ(fresh.state(1), EndpointState::kHealthy);
+}
+
+// Endpoint state follows the address whatever happens to the list: a few endpoints added or
+// removed in order (the walk in step), or the list reordered (the index).
+TEST(ClusterState, InheritedStateFollowsTheAddressInAnyOrder) {
+  std::mt19937 rng(11);
+  for (int round = 0; round < 200; ++round) {
+    Cluster a = makeCluster(2 + rng() % 30);
+    a.outlier_detection = outlierConfig();
+    a.outlier_detection->max_ejection_percent = 100;
+    ClusterState old(a);
+    std::set<uint16_t> ejected;
+    for (size_t i = 0; i < a.endpoints.size(); ++i) {
+      if (rng() % 3 != 0)
+        continue;
+      for (int k = 0; k < 3; ++k)
+        old.reportOutcome(i, Outcome::kLocalFailure, at(0s));
+      ASSERT_EQ(old.state(i), EndpointState::kEjected);
+      ejected.insert(a.endpoints[i].address.port);
+    }
+    Cluster b = a;
+    for (int k = 0, n = static_cast<int>(rng() % 4); k < n && !b.endpoints.empty(); ++k)
+      b.endpoints.erase(b.endpoints.begin() + rng() % b.endpoints.size());
+    for (int k = 0, n = static_cast<int>(rng() % 4); k < n; ++k) {
+      const uint16_t port = static_cast<uint16_t>(9100 + rng() % 50);
+      if (std::none_of(b.endpoints.begin(), b.endpoints.end(),
+                       [&](const Endpoint& e) { return e.address.port == port; }))
+        b.endpoints.insert(b.endpoints.begin() + rng() % (b.endpoints.size() + 1),
+                           Endpoint{*net::parseSocketAddress("127.0.0.1:" + std::to_string(port)), 1});
+    }
+    if (round % 3 == 0)
+      std::shuffle(b.endpoints.begin(), b.endpoints.end(), rng);
+    ClusterState fresh(b);
+    fresh.inheritFrom(old);
+    for (size_t i = 0; i < b.endpoints.size(); ++i)
+      EXPECT_EQ(fresh.state(i), ejected.count(b.endpoints[i].address.port) != 0
+                                    ? EndpointState::kEjected
+                                    : EndpointState::kHealthy)
+          << "round " << round << " endpoint " << b.endpoints[i].address.toString();
+    EXPECT_EQ(fresh.activeEjections(),
+              static_cast<size_t>(std::count_if(b.endpoints.begin(), b.endpoints.end(), [&](const Endpoint& e) {
+                return ejected.count(e.address.port) != 0;
+              })));
+  }
 }
 
 TEST(SharedState, RateLimitedRoutesGetABucketEach) {

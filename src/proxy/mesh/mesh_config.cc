@@ -182,8 +182,15 @@ std::optional<size_t> firstRepeated(const std::vector<Endpoint>& eps) {
 
 } // namespace
 
-Result<std::vector<Endpoint>> parseEndpoints(const json& eps, const std::string& path) {
+Result<std::vector<Endpoint>> parseEndpoints(const json& eps, const std::string& path,
+                                             EndpointTexts* reuse) {
   std::vector<Endpoint> out;
+  EndpointTexts last;
+  if (reuse != nullptr) {
+    last = std::move(*reuse);
+    reuse->text.clear();
+    reuse->address.clear();
+  }
   if (eps.is_null())
     return out;
   if (!eps.is_array())
@@ -201,6 +208,10 @@ Result<std::vector<Endpoint>> parseEndpoints(const json& eps, const std::string&
                        out[*r].address.toString());
     return e;
   };
+  size_t next = 0;                       // in `last`
+  std::vector<const std::string*> texts; // each address as written, for `reuse`
+  if (reuse != nullptr)
+    texts.reserve(eps.size());
   for (size_t i = 0; i < eps.size(); ++i) {
     const json& e = eps[i];
     const json* addr = &e;
@@ -210,10 +221,11 @@ Result<std::vector<Endpoint>> parseEndpoints(const json& eps, const std::string&
       // members other than these two are ignored.
       const json* a = nullptr;
       const json* w = nullptr;
+      using namespace std::string_view_literals;
       for (const auto& [key, value] : e.get_ref<const json::object_t&>()) {
-        if (key == "address")
+        if (std::string_view(key) == "address"sv) // sizes first: no memcmp for the other
           a = &value;
-        else if (key == "weight")
+        else if (std::string_view(key) == "weight"sv)
           w = &value;
       }
       if (a == nullptr)
@@ -235,19 +247,39 @@ Result<std::vector<Endpoint>> parseEndpoints(const json& eps, const std::string&
     if (!addr->is_string())
       return repeatedOr(makeError(ErrorCode::kInvalidArgument, "{}: must be a string, got {}",
                                   apath(i), addr->type_name()));
-    auto sa = net::parseSocketAddress(addr->get_ref<const std::string&>());
-    if (!sa.ok())
-      return repeatedOr(
-          makeError(ErrorCode::kInvalidArgument, "{}: {}", apath(i), sa.error().message()));
-    if (sa->port == 0)
-      return repeatedOr(makeError(ErrorCode::kInvalidArgument,
-                                  "{}: port 0 is not allowed for an endpoint", apath(i)));
-    out_ep.address = *sa;
+    const std::string& text = addr->get_ref<const std::string&>();
+    if (reuse != nullptr)
+      texts.push_back(&text);
+    // The last parse's list, walked in step: skip what sorts before this address (gone from
+    // the list), take it if it is the next one there.
+    int order = 1; // of last.text[next] against text
+    while (next < last.text.size() && (order = last.text[next].compare(text)) < 0)
+      ++next;
+    if (next < last.text.size() && order == 0) {
+      out_ep.address = last.address[next++]; // was valid, port not 0
+    } else {
+      auto sa = net::parseSocketAddress(text);
+      if (!sa.ok())
+        return repeatedOr(
+            makeError(ErrorCode::kInvalidArgument, "{}: {}", apath(i), sa.error().message()));
+      if (sa->port == 0)
+        return repeatedOr(makeError(ErrorCode::kInvalidArgument,
+                                    "{}: port 0 is not allowed for an endpoint", apath(i)));
+      out_ep.address = *sa;
+    }
     out.push_back(out_ep);
   }
   if (auto r = firstRepeated(out))
     return makeError(ErrorCode::kInvalidArgument, "{}: {} is listed twice", apath(*r),
                      out[*r].address.toString());
+  if (reuse != nullptr) {
+    reuse->text.reserve(out.size());
+    reuse->address.reserve(out.size());
+    for (size_t i = 0; i < out.size(); ++i) {
+      reuse->text.push_back(*texts[i]);
+      reuse->address.push_back(out[i].address);
+    }
+  }
   return out;
 }
 
@@ -320,7 +352,8 @@ Result<std::shared_ptr<const Snapshot>> ConfigBuilder::build(const MeshState& st
     if (eps.rev != entry.endpoints_rev) {
       eps = ParsedEndpoints{};
       eps.rev = entry.endpoints_rev;
-      auto parsed = parseEndpoints(entry.endpoints, "services." + name + ".endpoints");
+      auto parsed =
+          parseEndpoints(entry.endpoints, "services." + name + ".endpoints", &cache.texts);
       if (parsed.ok())
         eps.endpoints = std::move(parsed).value();
       else

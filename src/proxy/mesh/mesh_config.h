@@ -47,6 +47,14 @@ struct ProxySpec {
   std::optional<AccessLogConfig> access_log;
 };
 
+// What one parse of a list leaves for the next parse of the same service's list: each
+// address as written and as parsed, in list order. A delta changes a few endpoints of a long
+// list; the addresses that were there before are then not parsed again.
+struct EndpointTexts {
+  std::vector<std::string> text;
+  std::vector<net::SocketAddress> address;
+};
+
 // Keeps what it parsed per service (by revision) and what it assembled, so a delta that only
 // moves one service's endpoints costs their validation and one new Cluster: every other
 // cluster and every listener of the new Snapshot is shared with the previous one.
@@ -104,6 +112,7 @@ private:
   struct ServiceCache {
     ParsedDefinition def;
     ParsedEndpoints eps;
+    EndpointTexts texts; // of the last good parse of eps
     AssembledCluster assembled;
   };
   std::map<std::string, ServiceCache, std::less<>> services_;
@@ -111,7 +120,11 @@ private:
 };
 
 // Validates a service's endpoints list (`[{"address": "ip:port", "weight": 1}, ...]` or
-// address strings). `path` prefixes errors.
-Result<std::vector<Endpoint>> parseEndpoints(const nlohmann::json& eps, const std::string& path);
+// address strings). `path` prefixes errors. With `reuse`, addresses written as in the last
+// parse are taken from it (the lists are walked in step, so this works for lists in the same
+// order, as the server sends them) and it is replaced by this parse's; the result and the
+// errors are the same as without.
+Result<std::vector<Endpoint>> parseEndpoints(const nlohmann::json& eps, const std::string& path,
+                                             EndpointTexts* reuse = nullptr);
 
 } // namespace trellis::proxy::mesh

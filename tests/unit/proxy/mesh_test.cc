@@ -647,6 +647,49 @@ TEST(MeshConfig, EndpointValidation) {
   EXPECT_EQ(r.error().message(), "e[1]: invalid address \"bad\": expected host:port");
 }
 
+// Parsing with the last parse's addresses to reuse gives what parsing afresh gives, value or
+// error, over random changes (mostly sorted lists with a few changes, as the server sends;
+// sometimes shuffled; sometimes with bad or repeated addresses).
+TEST(MeshConfig, EndpointReuseGivesTheSameResult) {
+  std::mt19937 rng(7);
+  auto address = [&]() -> json {
+    const int k = static_cast<int>(rng() % 40);
+    std::string a = k % 7 == 0 ? "[::" + std::to_string(k) + "]:80"
+                               : "10.0.0." + std::to_string(k) + ":" + std::to_string(80 + k % 3);
+    if (rng() % 60 == 0)
+      a = rng() % 2 ? "bad" : "10.0.0.1:0";
+    return rng() % 2 ? json(a) : json{{"address", a}, {"weight", 1 + rng() % 4}};
+  };
+  auto text = [](const json& e) {
+    return e.is_string() ? e.get<std::string>() : e["address"].get<std::string>();
+  };
+  EndpointTexts reuse;
+  json list = json::array();
+  for (int step = 0; step < 600; ++step) {
+    for (int k = 0, n = static_cast<int>(rng() % 4); k < n && !list.empty(); ++k)
+      list.erase(list.begin() + static_cast<long>(rng() % list.size()));
+    for (int k = 0, n = static_cast<int>(rng() % 4); k < n; ++k)
+      list.push_back(address());
+    if (step % 10 == 0)
+      std::shuffle(list.begin(), list.end(), rng);
+    else
+      std::sort(list.begin(), list.end(),
+                [&](const json& a, const json& b) { return text(a) < text(b); });
+    auto fresh = parseEndpoints(list, "e");
+    auto reused = parseEndpoints(list, "e", &reuse);
+    ASSERT_EQ(fresh.ok(), reused.ok()) << list.dump();
+    if (!fresh.ok()) {
+      EXPECT_EQ(fresh.error().message(), reused.error().message());
+      EXPECT_TRUE(reuse.text.empty()); // nothing kept from a bad list
+      if (rng() % 2 == 0)
+        list = json::array(); // sometimes start over, sometimes fix it by more changes
+      continue;
+    }
+    ASSERT_EQ(*fresh, *reused) << list.dump();
+    ASSERT_EQ(reuse.text.size(), list.size());
+  }
+}
+
 TEST(MeshConfig, RegistrationBody) {
   InstanceRegistration reg;
   reg.id = "web-1";

@@ -9,6 +9,7 @@
 //   valgrind --tool=callgrind build-x/trellis_micro --benchmark_filter=MeshEndToEnd/...
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -34,10 +35,15 @@ std::string serviceName(int s) { return "svc-" + std::to_string(s); }
 
 std::string endpointAddress(int s, int e);
 
+// Ordered by address text, as the server sends endpoint lists (docs/protocol.md).
 json endpointList(int s) {
-  json eps = json::array();
+  std::vector<std::string> addresses;
   for (int e = 0; e < kEndpoints; ++e)
-    eps.push_back({{"address", endpointAddress(s, e)}, {"weight", 1}});
+    addresses.push_back(endpointAddress(s, e));
+  std::sort(addresses.begin(), addresses.end());
+  json eps = json::array();
+  for (const auto& a : addresses)
+    eps.push_back({{"address", a}, {"weight", 1}});
   return eps;
 }
 

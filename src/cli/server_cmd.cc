@@ -20,6 +20,7 @@ struct ServerFlags {
   std::string node_name;
   std::string mesh_heartbeat = "10s";
   std::string mesh_coalesce = "2ms";
+  int64_t mesh_endpoint_tombstones = 1024;
 };
 
 int usage(const std::string& msg) {
@@ -58,6 +59,10 @@ int runServer(const ServerFlags& f) {
   if (*coalesce > std::chrono::seconds(1))
     return usage("--mesh-coalesce: must be 0..1s, got " + f.mesh_coalesce);
   o.mesh_coalesce = *coalesce;
+  if (f.mesh_endpoint_tombstones < 1 || f.mesh_endpoint_tombstones > 1000000)
+    return usage("--mesh-endpoint-tombstones: must be 1..1000000, got " +
+                 std::to_string(f.mesh_endpoint_tombstones));
+  o.mesh_endpoint_tombstones = static_cast<size_t>(f.mesh_endpoint_tombstones);
 
   Dispatcher main("main", realTimeSource());
   int rc = kExitOk;
@@ -114,6 +119,10 @@ void addServerCommand(CLI::App& app, const GlobalOptions&, Action& action) {
   cmd->add_option("--mesh-coalesce", f->mesh_coalesce,
                   "Push mesh deltas at most once per this window; a change after a quiet "
                   "period goes at once (0..1s)")
+      ->capture_default_str();
+  cmd->add_option("--mesh-endpoint-tombstones", f->mesh_endpoint_tombstones,
+                  "Removed endpoints remembered per service for catch-up deltas; a proxy "
+                  "further behind gets that service's full list (1..1000000)")
       ->capture_default_str();
   cmd->footer("SIGINT/SIGTERM stop gracefully.");
   cmd->callback([&action, f] { action = [f] { return runServer(*f); }; });

@@ -67,7 +67,8 @@ struct CompilerStats {
 class MeshCompiler {
 public:
   // Removed endpoint addresses remembered per service for deltaSince's endpoint-level changes
-  // (the default of the constructor's `max_endpoint_tombstones`).
+  // (the default of the constructor's `max_endpoint_tombstones`; the server's
+  // --mesh-endpoint-tombstones, MeshSettings::endpoint_tombstones).
   static constexpr size_t kMaxEndpointTombstones = 1024;
 
   explicit MeshCompiler(const registry::Catalog& catalog,

@@ -57,7 +57,7 @@ const char* kHelpKinds = "HTTPRoute, TrafficPolicy or Service";
 MeshServer::MeshServer(Dispatcher& loop, registry::Registry& registry,
                        telemetry::Registry& metrics, MeshSettings settings)
     : loop_(loop), registry_(registry), metrics_(metrics), settings_(settings),
-      compiler_(registry.catalog()) {
+      compiler_(registry.catalog(), settings.endpoint_tombstones) {
   pump_timer_ = loop_.createTimer([this] { pumpBacklogged(); });
   coalesce_timer_ = loop_.createTimer([this] { onCoalesced(); });
   heartbeat_timer_ = loop_.createTimer([this] { onHeartbeat(); });

@@ -47,6 +47,10 @@ struct MeshSettings {
   // GET /v1/mesh/proxies?history=true: when each proxy applied each version
   // (bench/propagation). 24 bytes each.
   size_t ack_history = 64;
+  // Removed endpoint addresses remembered per service, so that a catch-up delta from an older
+  // version can name them (docs/protocol.md "Deltas"); a catch-up from before the oldest one
+  // carries that service's complete list instead. 16 bytes + the address each.
+  size_t endpoint_tombstones = 1024;
 };
 
 struct MeshStats {

@@ -532,6 +532,38 @@ TEST_F(MeshServerTest, LaggingStreamIsClosed) {
   EXPECT_EQ(msgs[0]["version"], registry_.catalog().index());
 }
 
+// --mesh-endpoint-tombstones bounds the removed addresses a service remembers: a catch-up
+// from before the ones it forgot carries the service's complete list instead.
+TEST_F(MeshServerTest, EndpointTombstonesAreASetting) {
+  for (size_t bound : {size_t{1}, size_t{8}}) {
+    MeshSettings s = settings();
+    s.endpoint_tombstones = bound;
+    startServer(s);
+    for (int i = 2; i <= 4; ++i)
+      submit(instance("orders", fmt::format("orders-{}", i), uint16_t(9000 + i)));
+    advance(2ms);
+    const uint64_t base = server_->compiler().version();
+    for (int i = 2; i <= 3; ++i) // two removals since `base`
+      submit(registry::DeregisterRequest{"n1", fmt::format("orders-{}", i), ""});
+    advance(2ms);
+    auto delta = server_->compiler().deltaSince(base);
+    ASSERT_TRUE(delta);
+    const json orders = json::parse(*delta)["services"]["orders"];
+    if (bound == 1) {
+      EXPECT_FALSE(orders.contains("endpoints_removed")) << orders.dump();
+      ASSERT_TRUE(orders.contains("endpoints")) << orders.dump();
+      EXPECT_EQ(orders["endpoints"].size(), 2u) << orders.dump(); // orders-1, orders-4
+    } else {
+      ASSERT_TRUE(orders.contains("endpoints_removed")) << orders.dump();
+      EXPECT_EQ(orders["endpoints_removed"].size(), 2u) << orders.dump();
+      EXPECT_FALSE(orders.contains("endpoints")) << orders.dump();
+    }
+    server_.reset();
+    for (int i = 2; i <= 4; ++i) // back to one instance for the next bound
+      submit(registry::DeregisterRequest{"n1", fmt::format("orders-{}", i), ""});
+  }
+}
+
 TEST_F(MeshServerTest, ResourcesPutGetDelete) {
   startServer(settings());
   auto w = stream("sidecar-1");

@@ -141,6 +141,10 @@ namespace {
 // The index of the first endpoint (in list order) whose address an earlier one already has.
 // Sorting compact keys once costs a fraction of a tree of asio addresses, and a proxy
 // re-validates every endpoint of each service whose endpoints changed.
+// Parsed (not reused) addresses up to which parseEndpoints checks repetitions by comparing
+// them with the list instead of sorting it.
+constexpr size_t kDirectRepeatCheck = 8;
+
 std::optional<size_t> firstRepeated(const std::vector<Endpoint>& eps) {
   struct Key {
     uint64_t hi, lo;      // the address bytes (IPv4 in lo)
@@ -210,6 +214,7 @@ Result<std::vector<Endpoint>> parseEndpoints(const json& eps, const std::string&
   };
   size_t next = 0;                       // in `last`
   std::vector<const std::string*> texts; // each address as written, for `reuse`
+  std::vector<size_t> parsed;            // indexes whose address was parsed, not reused
   if (reuse != nullptr)
     texts.reserve(eps.size());
   for (size_t i = 0; i < eps.size(); ++i) {
@@ -266,10 +271,21 @@ Result<std::vector<Endpoint>> parseEndpoints(const json& eps, const std::string&
         return repeatedOr(makeError(ErrorCode::kInvalidArgument,
                                     "{}: port 0 is not allowed for an endpoint", apath(i)));
       out_ep.address = *sa;
+      parsed.push_back(i);
     }
     out.push_back(out_ep);
   }
-  if (auto r = firstRepeated(out))
+  // Reused addresses are distinct (each comes from a different element of a list that had no
+  // repetition), so with few parsed ones it is enough to compare those with the rest; the
+  // sort finds the first repetition in list order for the error.
+  bool maybe_repeated = true;
+  if (reuse != nullptr && parsed.size() <= kDirectRepeatCheck) {
+    maybe_repeated = false;
+    for (size_t p : parsed)
+      for (size_t j = 0; j < out.size() && !maybe_repeated; ++j)
+        maybe_repeated = j != p && out[j].address == out[p].address;
+  }
+  if (auto r = maybe_repeated ? firstRepeated(out) : std::nullopt)
     return makeError(ErrorCode::kInvalidArgument, "{}: {} is listed twice", apath(*r),
                      out[*r].address.toString());
   if (reuse != nullptr) {

@@ -654,7 +654,9 @@ TEST(MeshConfig, EndpointReuseGivesTheSameResult) {
   std::mt19937 rng(7);
   auto address = [&]() -> json {
     const int k = static_cast<int>(rng() % 40);
-    std::string a = k % 7 == 0 ? "[::" + std::to_string(k) + "]:80"
+    // IPv6 sometimes spelled another way: another text, the same address (a repetition the
+    // texts do not show).
+    std::string a = k % 7 == 0 ? (rng() % 3 == 0 ? "[0::" : "[::") + std::to_string(k) + "]:80"
                                : "10.0.0." + std::to_string(k) + ":" + std::to_string(80 + k % 3);
     if (rng() % 60 == 0)
       a = rng() % 2 ? "bad" : "10.0.0.1:0";

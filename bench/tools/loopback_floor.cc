@@ -1,0 +1,659 @@
+// trellis_loopback_floor: what this machine's loopback TCP costs for one registry change pushed
+// to N streams, with no server in the way: bench/propagation's scenario A reduced to its
+// sockets. One process (the sender, forked child) does send() of B bytes on each of N TCP
+// loopback connections, in one loop on one thread; the other (the receiver, the parent) reads
+// them on one thread with level-triggered epoll and a 1024-event array, as
+// bench/tools/mesh_streams.cc does. The server's push can be no faster than this.
+//
+// Per round: t0 = CLOCK_MONOTONIC just before the first send(); it travels in every payload's
+// first 8 bytes (the round number in the next 8). t_last = the receiver's CLOCK_MONOTONIC after
+// the recv() that completed the last of the N sockets' B bytes. Latency = t_last - t0. The
+// rounds run in lockstep: the receiver tells the sender (over a pipe) when a round is complete;
+// the sender then waits --gap-ms and starts the next, so both start a round idle, like the
+// server and the client between two changes of the bench. The sender's per-round send-loop
+// times and CPU come back over a second pipe after the last round.
+//
+// CPU: getrusage(RUSAGE_SELF) of each process over the rounds (from the first round's start to
+// the last one's end, the gaps included: both are asleep then), divided by the rounds.
+//
+// Output, on stdout, one JSON object:
+//   {"connections":N,"bytes":B,"rounds":R,"gap_ms":G,"p50_ms":..,"p99_ms":..,"max_ms":..,
+//    "send_loop_p50_ms":..,"send_loop_p99_ms":..,"short_sends":K,
+//    "sender_cpu_ms":{"user":..,"system":..},"receiver_cpu_ms":{"user":..,"system":..}}
+// (short_sends: send() calls that did not take the whole payload at once; the rest was sent
+// once the socket had room, outside the timed loop). Any failure: a message naming it on
+// stderr, exit code 1. Every wait has a timeout (a round: kRoundTimeout).
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace trellis::bench {
+namespace {
+
+// Limits on the arguments. Connections: one client address to one server port has about
+// 28,000 ephemeral ports (net.ipv4.ip_local_port_range); bytes: a payload must hold its
+// 16-byte header, and a round keeps N x B bytes in flight.
+constexpr int kMaxConnections = 20000;
+constexpr int kMinBytes = 16;
+constexpr int kMaxBytes = 1 << 20;
+constexpr int kMaxRounds = 100000;
+constexpr int kMaxGapMs = 10000;
+// A round not complete within this long is an error; the other waits (connections, the
+// sender's go, its results) have the same bound.
+constexpr int64_t kRoundTimeoutNs = 10'000'000'000;
+constexpr int kWaitTimeoutMs = 10000;
+// Descriptors a process needs beyond its N sockets (stdio, epoll, pipes, listener).
+constexpr rlim_t kSpareFds = 64;
+constexpr size_t kHeaderBytes = 16; // t0 (int64), round (uint64), host byte order
+constexpr size_t kReadBytes = 64 * 1024;
+constexpr uint32_t kControlTag = UINT32_MAX;
+
+struct Options {
+  int connections = 1000;
+  int bytes = 300;
+  int rounds = 200;
+  int gap_ms = 20;
+};
+
+int64_t monotonicNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+int64_t toNs(const timeval& tv) { return int64_t(tv.tv_sec) * 1'000'000'000 + tv.tv_usec * 1000; }
+
+struct CpuNs {
+  int64_t user = 0;
+  int64_t system = 0;
+};
+
+CpuNs cpuNow() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return {toNs(ru.ru_utime), toNs(ru.ru_stime)};
+}
+
+std::string errnoText(const std::string& what) { return what + ": " + std::strerror(errno); }
+
+// Percentile as bench/propagation's pct(): the sorted sample at round(p * (n - 1)).
+double percentileMs(std::vector<int64_t> ns, double p) {
+  std::sort(ns.begin(), ns.end());
+  const size_t i = size_t(p / 100 * double(ns.size() - 1) + 0.5);
+  return double(ns[std::min(i, ns.size() - 1)]) / 1e6;
+}
+
+// Waits until fd is ready for `events` or timeout_ms passes; false on timeout or error.
+bool waitFd(int fd, short events, int timeout_ms, std::string& err, const char* what) {
+  pollfd p{fd, events, 0};
+  for (;;) {
+    const int k = poll(&p, 1, timeout_ms);
+    if (k > 0)
+      return true;
+    if (k == 0) {
+      err = std::string(what) + ": nothing after " + std::to_string(timeout_ms) + " ms";
+      return false;
+    }
+    if (errno != EINTR) {
+      err = errnoText(std::string(what) + ": poll");
+      return false;
+    }
+  }
+}
+
+bool writeAll(int fd, const void* data, size_t n, std::string& err, const char* what) {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR)
+        continue;
+      err = errnoText(what);
+      return false;
+    }
+    p += w;
+    n -= size_t(w);
+  }
+  return true;
+}
+
+// Reads exactly n bytes, each wait bounded by kWaitTimeoutMs; end of file is an error.
+bool readAll(int fd, void* data, size_t n, std::string& err, const char* what) {
+  char* p = static_cast<char*>(data);
+  while (n > 0) {
+    if (!waitFd(fd, POLLIN, kWaitTimeoutMs, err, what))
+      return false;
+    const ssize_t r = ::read(fd, p, n);
+    if (r < 0) {
+      if (errno == EINTR)
+        continue;
+      err = errnoText(what);
+      return false;
+    }
+    if (r == 0) {
+      err = std::string(what) + ": the other process closed the pipe";
+      return false;
+    }
+    p += r;
+    n -= size_t(r);
+  }
+  return true;
+}
+
+bool setNoDelay(int fd, std::string& err) {
+  int one = 1;
+  if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0) {
+    err = errnoText("setsockopt TCP_NODELAY");
+    return false;
+  }
+  return true;
+}
+
+bool setNonBlocking(int fd, std::string& err) {
+  const int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+    err = errnoText("fcntl O_NONBLOCK");
+    return false;
+  }
+  return true;
+}
+
+// Each process holds N sockets and a few more descriptors: raise the soft limit (and the hard
+// one, which only a privileged process may) to N + kSpareFds. Inherited by the forked sender.
+bool raiseFdLimit(int connections, std::string& err) {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) < 0) {
+    err = errnoText("getrlimit RLIMIT_NOFILE");
+    return false;
+  }
+  const rlim_t need = rlim_t(connections) + kSpareFds;
+  if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur >= need)
+    return true;
+  rlimit want = rl;
+  want.rlim_cur = need;
+  if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need)
+    want.rlim_max = need;
+  if (setrlimit(RLIMIT_NOFILE, &want) < 0) {
+    err = errnoText("setrlimit RLIMIT_NOFILE to " + std::to_string(need) + " (hard limit " +
+                    std::to_string(rl.rlim_max) + ")");
+    return false;
+  }
+  return true;
+}
+
+// What the sender reports once the rounds are over, after its per-round send-loop times.
+struct SenderSummary {
+  int64_t user_ns = 0;
+  int64_t system_ns = 0;
+  int64_t short_sends = 0;
+};
+
+// The forked child: connects N sockets to the receiver, then per round waits for the
+// receiver's go byte, sleeps the gap and sends B bytes on every socket in one loop.
+class Sender {
+public:
+  Sender(const Options& opt, uint16_t port, int go_fd, int report_fd)
+      : opt_(opt), port_(port), go_fd_(go_fd), report_fd_(report_fd) {}
+
+  int run() {
+    std::string err;
+    if (!connectAll(err) || !runRounds(err)) {
+      if (!receiver_gone_) // else the receiver reports why it stopped
+        std::fprintf(stderr, "trellis_loopback_floor: sender: %s\n", err.c_str());
+      return 1;
+    }
+    return 0;
+  }
+
+private:
+  bool connectAll(std::string& err) {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port_);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    // A blocking connect bounded by SO_SNDTIMEO, then non-blocking for the rounds.
+    const timeval limit{kWaitTimeoutMs / 1000, 0};
+    fds_.reserve(size_t(opt_.connections));
+    for (int i = 0; i < opt_.connections; ++i) {
+      const int fd = socket(AF_INET, SOCK_STREAM, 0);
+      if (fd < 0) {
+        err = errnoText("socket " + std::to_string(i));
+        return false;
+      }
+      fds_.push_back(fd);
+      if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit) < 0) {
+        err = errnoText("setsockopt SO_SNDTIMEO");
+        return false;
+      }
+      if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0) {
+        err = errnoText("connect " + std::to_string(i) + " to 127.0.0.1:" +
+                        std::to_string(port_));
+        return false;
+      }
+      if (!setNoDelay(fd, err) || !setNonBlocking(fd, err))
+        return false;
+    }
+    const char ready = 'r';
+    return writeAll(report_fd_, &ready, 1, err, "write ready to the receiver");
+  }
+
+  bool runRounds(std::string& err) {
+    std::vector<char> payload(size_t(opt_.bytes), 'x');
+    std::vector<int64_t> loop_ns;
+    loop_ns.reserve(size_t(opt_.rounds));
+    const timespec gap{opt_.gap_ms / 1000, long(opt_.gap_ms % 1000) * 1'000'000};
+    CpuNs cpu0;
+    for (int r = 0; r < opt_.rounds; ++r) {
+      char go;
+      // The receiver may take up to kRoundTimeoutNs over the previous round.
+      if (!waitFd(go_fd_, POLLIN, kWaitTimeoutMs + int(kRoundTimeoutNs / 1'000'000), err,
+                  "wait for the receiver's go"))
+        return false;
+      const ssize_t got = ::read(go_fd_, &go, 1);
+      if (got <= 0) {
+        receiver_gone_ = got == 0;
+        err = errnoText("read the receiver's go");
+        return false;
+      }
+      if (r == 0)
+        cpu0 = cpuNow();
+      while (clock_nanosleep(CLOCK_MONOTONIC, 0, &gap, nullptr) == EINTR) {
+      }
+      const int64_t t0 = monotonicNs();
+      const uint64_t round = uint64_t(r);
+      std::memcpy(payload.data(), &t0, 8);
+      std::memcpy(payload.data() + 8, &round, 8);
+      for (size_t i = 0; i < fds_.size(); ++i) {
+        const ssize_t w = ::send(fds_[i], payload.data(), payload.size(), MSG_NOSIGNAL);
+        if (w == ssize_t(payload.size()))
+          continue;
+        if (w < 0 && errno != EAGAIN) {
+          err = errnoText("send on connection " + std::to_string(i));
+          return false;
+        }
+        partial_.push_back({i, w < 0 ? size_t(0) : size_t(w)});
+      }
+      loop_ns.push_back(monotonicNs() - t0);
+      if (!finishPartial(payload, err))
+        return false;
+    }
+    const CpuNs cpu1 = cpuNow();
+    // The results wait for the receiver's end byte: the pipe must stay silent in a round.
+    char end;
+    if (!readAll(go_fd_, &end, 1, err, "wait for the receiver's end of the rounds"))
+      return false;
+    const SenderSummary sum{cpu1.user - cpu0.user, cpu1.system - cpu0.system, short_sends_};
+    return writeAll(report_fd_, loop_ns.data(), loop_ns.size() * sizeof(int64_t), err,
+                    "write the send-loop times") &&
+           writeAll(report_fd_, &sum, sizeof sum, err, "write the CPU summary");
+  }
+
+  // The payloads a full socket buffer did not take at once, sent as room appears.
+  bool finishPartial(const std::vector<char>& payload, std::string& err) {
+    short_sends_ += int64_t(partial_.size());
+    for (auto [i, off] : partial_) {
+      while (off < payload.size()) {
+        if (!waitFd(fds_[i], POLLOUT, kWaitTimeoutMs, err, "wait for room to send"))
+          return false;
+        const ssize_t w =
+            ::send(fds_[i], payload.data() + off, payload.size() - off, MSG_NOSIGNAL);
+        if (w < 0 && errno != EAGAIN && errno != EINTR) {
+          err = errnoText("send on connection " + std::to_string(i));
+          return false;
+        }
+        off += w > 0 ? size_t(w) : 0;
+      }
+    }
+    partial_.clear();
+    return true;
+  }
+
+  const Options opt_;
+  const uint16_t port_;
+  const int go_fd_;
+  const int report_fd_;
+  std::vector<int> fds_;
+  std::vector<std::pair<size_t, size_t>> partial_; // (connection, bytes it took)
+  int64_t short_sends_ = 0;
+  bool receiver_gone_ = false; // the go pipe ended: the receiver stopped
+};
+
+// The parent: accepts the sender's N connections and times each round's arrival.
+class Receiver {
+public:
+  Receiver(const Options& opt, int listen_fd, int go_fd, int report_fd)
+      : opt_(opt), listen_fd_(listen_fd), go_fd_(go_fd), report_fd_(report_fd) {}
+
+  bool run(nlohmann::json& out, std::string& err) {
+    ep_ = epoll_create1(0);
+    if (ep_ < 0) {
+      err = errnoText("epoll_create1");
+      return false;
+    }
+    if (!acceptAll(err))
+      return false;
+    char ready;
+    if (!readAll(report_fd_, &ready, 1, err, "wait for the sender's connections"))
+      return false;
+    // The report pipe is silent during the rounds: readable there means the sender died.
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u32 = kControlTag;
+    if (epoll_ctl(ep_, EPOLL_CTL_ADD, report_fd_, &ev) < 0) {
+      err = errnoText("epoll_ctl the sender's pipe");
+      return false;
+    }
+
+    std::vector<int64_t> lat_ns;
+    lat_ns.reserve(size_t(opt_.rounds));
+    const CpuNs cpu0 = cpuNow();
+    for (int r = 0; r < opt_.rounds; ++r) {
+      int64_t ns = 0;
+      if (!runRound(uint64_t(r), ns, err))
+        return false;
+      lat_ns.push_back(ns);
+    }
+    const CpuNs cpu1 = cpuNow();
+    std::vector<int64_t> loop_ns(size_t(opt_.rounds));
+    SenderSummary sum;
+    const char end = 'e';
+    if (!writeAll(go_fd_, &end, 1, err, "write the end of the rounds to the sender") ||
+        !readAll(report_fd_, loop_ns.data(), loop_ns.size() * sizeof(int64_t), err,
+                 "read the sender's send-loop times") ||
+        !readAll(report_fd_, &sum, sizeof sum, err, "read the sender's CPU summary"))
+      return false;
+
+    const double rounds = opt_.rounds;
+    out = {{"connections", opt_.connections},
+           {"bytes", opt_.bytes},
+           {"rounds", opt_.rounds},
+           {"gap_ms", opt_.gap_ms},
+           {"p50_ms", percentileMs(lat_ns, 50)},
+           {"p99_ms", percentileMs(lat_ns, 99)},
+           {"max_ms", percentileMs(lat_ns, 100)},
+           {"send_loop_p50_ms", percentileMs(loop_ns, 50)},
+           {"send_loop_p99_ms", percentileMs(loop_ns, 99)},
+           {"short_sends", sum.short_sends},
+           {"sender_cpu_ms",
+            {{"user", double(sum.user_ns) / 1e6 / rounds},
+             {"system", double(sum.system_ns) / 1e6 / rounds}}},
+           {"receiver_cpu_ms",
+            {{"user", double(cpu1.user - cpu0.user) / 1e6 / rounds},
+             {"system", double(cpu1.system - cpu0.system) / 1e6 / rounds}}}};
+    return true;
+  }
+
+private:
+  struct Conn {
+    int fd = -1;
+    uint32_t got = 0;               // bytes of this round's payload received
+    char header[kHeaderBytes] = {}; // this round's header, as it arrives
+  };
+
+  bool acceptAll(std::string& err) {
+    conns_.resize(size_t(opt_.connections));
+    for (int i = 0; i < opt_.connections; ++i) {
+      // The pipe too: a sender that failed to connect closes it rather than leave us waiting.
+      pollfd p[2] = {{listen_fd_, POLLIN, 0}, {report_fd_, POLLIN, 0}};
+      const int k = poll(p, 2, kWaitTimeoutMs);
+      if (k < 0 && errno == EINTR) {
+        --i;
+        continue;
+      }
+      if (k <= 0) {
+        err = k == 0 ? "accept: connection " + std::to_string(i) + " of " +
+                           std::to_string(opt_.connections) + " did not come within " +
+                           std::to_string(kWaitTimeoutMs) + " ms"
+                     : errnoText("poll the listener");
+        return false;
+      }
+      if (!(p[0].revents & POLLIN)) {
+        err = "the sender stopped after " + std::to_string(i) + " connections";
+        return false;
+      }
+      const int fd = accept(listen_fd_, nullptr, nullptr);
+      if (fd < 0) {
+        err = errnoText("accept");
+        return false;
+      }
+      conns_[size_t(i)].fd = fd;
+      if (!setNoDelay(fd, err) || !setNonBlocking(fd, err))
+        return false;
+      epoll_event ev{};
+      ev.events = EPOLLIN; // level-triggered, as mesh_streams
+      ev.data.u32 = uint32_t(i);
+      if (epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        err = errnoText("epoll_ctl");
+        return false;
+      }
+    }
+    return true;
+  }
+
+  // Lets the sender start round r and waits until every connection has its B bytes; ns is
+  // then t_last - t0.
+  bool runRound(uint64_t r, int64_t& ns, std::string& err) {
+    for (Conn& c : conns_)
+      c.got = 0;
+    size_t left = conns_.size();
+    const char go = 'g';
+    if (!writeAll(go_fd_, &go, 1, err, "write go to the sender"))
+      return false;
+    const int64_t deadline = monotonicNs() + int64_t(opt_.gap_ms) * 1'000'000 + kRoundTimeoutNs;
+    std::vector<epoll_event> events(1024);
+    std::vector<char> buf(kReadBytes);
+    int64_t t0 = 0;
+    bool have_t0 = false;
+    while (left > 0) {
+      const int64_t wait_ns = deadline - monotonicNs();
+      if (wait_ns <= 0) {
+        err = "round " + std::to_string(r) + ": " + std::to_string(left) + " of " +
+              std::to_string(conns_.size()) + " connections still lacked their " +
+              std::to_string(opt_.bytes) + " bytes after " +
+              std::to_string(kRoundTimeoutNs / 1'000'000'000) + " s";
+        return false;
+      }
+      const int k = epoll_wait(ep_, events.data(), int(events.size()),
+                               int(std::min<int64_t>(wait_ns / 1'000'000 + 1, INT32_MAX)));
+      if (k < 0) {
+        if (errno == EINTR)
+          continue;
+        err = errnoText("epoll_wait");
+        return false;
+      }
+      for (int e = 0; e < k; ++e) {
+        const uint32_t i = events[e].data.u32;
+        if (i == kControlTag) {
+          err = "round " + std::to_string(r) + ": the sender's pipe became readable (it " +
+                "exited or wrote out of turn)";
+          return false;
+        }
+        Conn& c = conns_[i];
+        const ssize_t got = ::recv(c.fd, buf.data(), buf.size(), 0);
+        if (got < 0) {
+          if (errno == EAGAIN || errno == EINTR)
+            continue;
+          err = errnoText("recv on connection " + std::to_string(i));
+          return false;
+        }
+        if (got == 0) {
+          err = "connection " + std::to_string(i) + " closed by the sender";
+          return false;
+        }
+        const int64_t now = monotonicNs();
+        if (c.got + size_t(got) > size_t(opt_.bytes)) {
+          err = "round " + std::to_string(r) + ": connection " + std::to_string(i) + " got " +
+                std::to_string(c.got + size_t(got)) + " bytes, more than the " +
+                std::to_string(opt_.bytes) + " sent";
+          return false;
+        }
+        if (c.got < kHeaderBytes) {
+          const size_t n = std::min(kHeaderBytes - c.got, size_t(got));
+          std::memcpy(c.header + c.got, buf.data(), n);
+        }
+        c.got += uint32_t(got);
+        if (c.got < uint32_t(opt_.bytes))
+          continue;
+        int64_t sent_t0;
+        uint64_t sent_round;
+        std::memcpy(&sent_t0, c.header, 8);
+        std::memcpy(&sent_round, c.header + 8, 8);
+        if (sent_round != r || (have_t0 && sent_t0 != t0)) {
+          err = "round " + std::to_string(r) + ": connection " + std::to_string(i) +
+                " carried another round's payload (round " + std::to_string(sent_round) + ")";
+          return false;
+        }
+        t0 = sent_t0;
+        have_t0 = true;
+        if (--left == 0)
+          ns = now - t0;
+      }
+    }
+    return true;
+  }
+
+  const Options opt_;
+  const int listen_fd_;
+  const int go_fd_;
+  const int report_fd_;
+  int ep_ = -1;
+  std::vector<Conn> conns_;
+};
+
+bool parseInt(std::string_view flag, const char* text, int lo, int hi, int& out) {
+  const std::string_view s(text);
+  int v = 0;
+  const auto r = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (r.ec != std::errc() || r.ptr != s.data() + s.size() || v < lo || v > hi) {
+    std::fprintf(stderr, "trellis_loopback_floor: %.*s %s: expected an integer in [%d, %d]\n",
+                 int(flag.size()), flag.data(), text, lo, hi);
+    return false;
+  }
+  out = v;
+  return true;
+}
+
+int usage() {
+  std::fprintf(stderr, "usage: trellis_loopback_floor [--connections 1000] [--bytes 300] "
+                       "[--rounds 200] [--gap-ms 20]\n");
+  return 1;
+}
+
+int run(const Options& opt) {
+  signal(SIGPIPE, SIG_IGN);
+  std::string err;
+  if (!raiseFdLimit(opt.connections, err)) {
+    std::fprintf(stderr, "trellis_loopback_floor: %s\n", err.c_str());
+    return 1;
+  }
+  const int lfd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t alen = sizeof a;
+  if (lfd < 0 || bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0 ||
+      listen(lfd, std::min(opt.connections, 4096)) < 0 ||
+      getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &alen) < 0) {
+    std::fprintf(stderr, "trellis_loopback_floor: listen on 127.0.0.1:0: %s\n",
+                 std::strerror(errno));
+    return 1;
+  }
+  const uint16_t port = ntohs(a.sin_port);
+  int go[2], report[2]; // receiver -> sender, sender -> receiver
+  if (pipe(go) < 0 || pipe(report) < 0) {
+    std::fprintf(stderr, "trellis_loopback_floor: pipe: %s\n", std::strerror(errno));
+    return 1;
+  }
+  std::fflush(stdout);
+  const pid_t pid = fork();
+  if (pid < 0) {
+    std::fprintf(stderr, "trellis_loopback_floor: fork: %s\n", std::strerror(errno));
+    return 1;
+  }
+  if (pid == 0) {
+    ::close(lfd);
+    ::close(go[1]);
+    ::close(report[0]);
+    _exit(Sender(opt, port, go[0], report[1]).run());
+  }
+  ::close(go[0]);
+  ::close(report[1]);
+
+  nlohmann::json out;
+  const bool ok = Receiver(opt, lfd, go[1], report[0]).run(out, err);
+  ::close(go[1]); // a sender still waiting for its go sees the end of the pipe and exits
+  // Reap the sender, bounded: it should be gone once the pipes are closed.
+  int status = 0;
+  pid_t w = 0;
+  const int64_t deadline = monotonicNs() + int64_t(kWaitTimeoutMs) * 1'000'000;
+  while ((w = waitpid(pid, &status, WNOHANG)) == 0 && monotonicNs() < deadline) {
+    const timespec tick{0, 10'000'000};
+    nanosleep(&tick, nullptr);
+  }
+  if (w == 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    if (ok)
+      err = "the sender did not exit after the rounds (killed)";
+  }
+  if (!ok || w == 0) {
+    std::fprintf(stderr, "trellis_loopback_floor: %s\n", err.c_str());
+    return 1;
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    std::fprintf(stderr, "trellis_loopback_floor: the sender failed (status %d)\n", status);
+    return 1;
+  }
+  std::printf("%s\n", out.dump().c_str());
+  return 0;
+}
+
+} // namespace
+} // namespace trellis::bench
+
+int main(int argc, char** argv) {
+  trellis::bench::Options opt;
+  using trellis::bench::parseInt;
+  for (int i = 1; i < argc; i += 2) {
+    const std::string_view flag = argv[i];
+    if (i + 1 >= argc)
+      return trellis::bench::usage();
+    bool ok;
+    if (flag == "--connections")
+      ok = parseInt(flag, argv[i + 1], 1, trellis::bench::kMaxConnections, opt.connections);
+    else if (flag == "--bytes")
+      ok = parseInt(flag, argv[i + 1], trellis::bench::kMinBytes, trellis::bench::kMaxBytes,
+                    opt.bytes);
+    else if (flag == "--rounds")
+      ok = parseInt(flag, argv[i + 1], 1, trellis::bench::kMaxRounds, opt.rounds);
+    else if (flag == "--gap-ms")
+      ok = parseInt(flag, argv[i + 1], 0, trellis::bench::kMaxGapMs, opt.gap_ms);
+    else
+      return trellis::bench::usage();
+    if (!ok)
+      return 1;
+  }
+  return trellis::bench::run(opt);
+}

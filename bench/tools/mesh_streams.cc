@@ -436,7 +436,7 @@ private:
     }
     bool present = false;
     for (const auto& ep : (*e)["endpoints"])
-      if (ep.value("address", "") == w.address) {
+      if ((ep.is_string() ? ep.get<std::string>() : ep.value("address", "")) == w.address) {
         present = true;
         break;
       }

@@ -119,6 +119,7 @@ protected:
     s.coalesce = 2ms;
     return s;
   }
+  json ordersCatchUpAfterTwoRemovals(size_t tombstones);
   void startServer(MeshSettings s) {
     server_ = std::make_unique<MeshServer>(loop_, registry_, metrics_, s);
     server_->start();
@@ -183,7 +184,7 @@ TEST_F(MeshServerTest, StreamStartsWithSnapshotThenCoalescedDelta) {
   EXPECT_EQ(msgs[0]["type"], "snapshot");
   EXPECT_EQ(msgs[0]["version"], registry_.catalog().index());
   EXPECT_EQ(msgs[0]["stream"].get<std::string>().size(), 16u);
-  EXPECT_EQ(msgs[0]["services"]["orders"]["endpoints"][0]["address"], "10.0.0.1:9001");
+  EXPECT_EQ(msgs[0]["services"]["orders"]["endpoints"][0], "10.0.0.1:9001"); // weight 1: the address
   json state = msgs[0]["services"];
 
   // The first change after a quiet period goes out at once, without waiting.
@@ -191,7 +192,7 @@ TEST_F(MeshServerTest, StreamStartsWithSnapshotThenCoalescedDelta) {
   msgs = w->messages();
   ASSERT_EQ(msgs.size(), 1u);
   EXPECT_EQ(msgs[0]["services"]["orders"],
-            json::parse(R"({"endpoints_added":[{"address":"10.0.0.1:9002","weight":1}]})"));
+            json::parse(R"({"endpoints_added":["10.0.0.1:9002"]})"));
   for (const json& ep : msgs[0]["services"]["orders"]["endpoints_added"])
     state["orders"]["endpoints"].push_back(ep);
   // Two more within the coalescing window of that delta: one delta at the window's end
@@ -211,7 +212,7 @@ TEST_F(MeshServerTest, StreamStartsWithSnapshotThenCoalescedDelta) {
   // orders existed: only its new endpoint (shorter than the list of three); users is new:
   // complete.
   EXPECT_EQ(msgs[0]["services"]["orders"],
-            json::parse(R"({"endpoints_added":[{"address":"10.0.0.1:9003","weight":1}]})"));
+            json::parse(R"({"endpoints_added":["10.0.0.1:9003"]})"));
   EXPECT_TRUE(msgs[0]["services"]["users"].contains("cluster"));
   EXPECT_EQ(msgs[0]["services"]["users"]["endpoints"].size(), 1u);
   // Applied to the snapshot (endpoints by address), the delta gives the server's state.
@@ -534,34 +535,32 @@ TEST_F(MeshServerTest, LaggingStreamIsClosed) {
 
 // --mesh-endpoint-tombstones bounds the removed addresses a service remembers: a catch-up
 // from before the ones it forgot carries the service's complete list instead.
-TEST_F(MeshServerTest, EndpointTombstonesAreASetting) {
-  for (size_t bound : {size_t{1}, size_t{8}}) {
-    MeshSettings s = settings();
-    s.endpoint_tombstones = bound;
-    startServer(s);
-    for (int i = 2; i <= 4; ++i)
-      submit(instance("orders", fmt::format("orders-{}", i), uint16_t(9000 + i)));
-    advance(2ms);
-    const uint64_t base = server_->compiler().version();
-    for (int i = 2; i <= 3; ++i) // two removals since `base`
-      submit(registry::DeregisterRequest{"n1", fmt::format("orders-{}", i), ""});
-    advance(2ms);
-    auto delta = server_->compiler().deltaSince(base);
-    ASSERT_TRUE(delta);
-    const json orders = json::parse(*delta)["services"]["orders"];
-    if (bound == 1) {
-      EXPECT_FALSE(orders.contains("endpoints_removed")) << orders.dump();
-      ASSERT_TRUE(orders.contains("endpoints")) << orders.dump();
-      EXPECT_EQ(orders["endpoints"].size(), 2u) << orders.dump(); // orders-1, orders-4
-    } else {
-      ASSERT_TRUE(orders.contains("endpoints_removed")) << orders.dump();
-      EXPECT_EQ(orders["endpoints_removed"].size(), 2u) << orders.dump();
-      EXPECT_FALSE(orders.contains("endpoints")) << orders.dump();
-    }
-    server_.reset();
-    for (int i = 2; i <= 4; ++i) // back to one instance for the next bound
-      submit(registry::DeregisterRequest{"n1", fmt::format("orders-{}", i), ""});
-  }
+json MeshServerTest::ordersCatchUpAfterTwoRemovals(size_t tombstones) {
+  MeshSettings s = settings();
+  s.endpoint_tombstones = tombstones;
+  startServer(s);
+  for (int i = 2; i <= 6; ++i)
+    submit(instance("orders", fmt::format("orders-{}", i), uint16_t(9000 + i)));
+  advance(2ms);
+  const uint64_t base = server_->compiler().version();
+  for (int i = 2; i <= 3; ++i) // two removals since `base`; four instances remain
+    submit(registry::DeregisterRequest{"n1", fmt::format("orders-{}", i), ""});
+  advance(2ms);
+  auto delta = server_->compiler().deltaSince(base);
+  EXPECT_TRUE(delta);
+  return delta ? json::parse(*delta)["services"]["orders"] : json();
+}
+
+TEST_F(MeshServerTest, EndpointTombstonesWithinTheBoundNameTheRemovals) {
+  const json orders = ordersCatchUpAfterTwoRemovals(8);
+  EXPECT_EQ(orders, json::parse(R"({"endpoints_removed":["10.0.0.1:9002","10.0.0.1:9003"]})"));
+}
+
+TEST_F(MeshServerTest, EndpointTombstonesPastTheBoundSendTheFullList) {
+  const json orders = ordersCatchUpAfterTwoRemovals(1);
+  EXPECT_FALSE(orders.contains("endpoints_removed")) << orders.dump();
+  EXPECT_EQ(orders["endpoints"], json::parse(R"(["10.0.0.1:9001","10.0.0.1:9004",
+                                                  "10.0.0.1:9005","10.0.0.1:9006"])"));
 }
 
 TEST_F(MeshServerTest, ResourcesPutGetDelete) {

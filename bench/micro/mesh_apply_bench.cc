@@ -43,7 +43,7 @@ json endpointList(int s) {
   std::sort(addresses.begin(), addresses.end());
   json eps = json::array();
   for (const auto& a : addresses)
-    eps.push_back({{"address", a}, {"weight", 1}});
+    eps.push_back(a); // weight 1: the address string, as the server sends it
   return eps;
 }
 
@@ -84,7 +84,7 @@ std::string deltaLine(uint64_t version, uint64_t k) {
   json change = pass % 2 == 0
                     ? json{{"endpoints_removed", json::array({endpointAddress(s, e)})}}
                     : json{{"endpoints_added",
-                            json::array({{{"address", endpointAddress(s, e)}, {"weight", 1}}})}};
+                            json::array({endpointAddress(s, e)})}};
   return json{{"type", "delta"},
               {"version", version},
               {"services", {{serviceName(s), change}}},
@@ -237,7 +237,7 @@ std::string everyServiceLine(uint64_t version, uint64_t pass) {
         pass % 2 == 0
             ? json{{"endpoints_removed", json::array({endpointAddress(s, e)})}}
             : json{{"endpoints_added",
-                    json::array({{{"address", endpointAddress(s, e)}, {"weight", 1}}})}};
+                    json::array({endpointAddress(s, e)})}};
   return json{{"type", "delta"}, {"version", version}, {"services", services}, {"removed", json::array()}}
       .dump();
 }

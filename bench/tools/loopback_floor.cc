@@ -23,6 +23,31 @@
 // (short_sends: send() calls that did not take the whole payload at once; the rest was sent
 // once the socket had room, outside the timed loop). Any failure: a message naming it on
 // stderr, exit code 1. Every wait has a timeout (a round: kRoundTimeout).
+//
+// --processes P: bench/propagation's scenario B reduced to its sockets and wake-ups: what it
+// costs to wake P separate processes with one small message each and get one small reply from
+// each, with no proxy logic. The parent is the sender (one thread, like the server's loop); it
+// forks P children, each of which connects one TCP loopback socket to it, says it is ready (one
+// byte) and then sits on one thread blocked in epoll_wait on that socket, like an idle proxy.
+// Per round the sender waits --gap-ms, takes t0 (CLOCK_MONOTONIC), send()s B bytes to each
+// child in one loop, then epoll-waits (level-triggered) for the replies: each child, once its
+// B bytes have arrived, writes --reply-bytes R back on the same connection (an ack POST is
+// ~150 B), its first 16 bytes echoing the payload's header. Latency = the sender's time after
+// the recv() that completed the last of the P replies - t0. After the last round the sender
+// shuts down its side of every connection; each child answers with its CPU over the rounds
+// and exits. Any child exiting earlier (SIGCHLD, through a signalfd) or closing its connection
+// is an error; the children also die with the sender (PR_SET_PDEATHSIG) and give up after
+// kRoundTimeout + --gap-ms + kWaitTimeout without a message.
+//
+// CPU in this mode: "sender_cpu_ms" as above (the parent's RUSAGE_SELF from the first round's
+// start to the last one's end); "children_cpu_ms" is the sum over the P children of each one's
+// RUSAGE_SELF from just after its ready byte (connected, epoll set up) to the sender's end of
+// the rounds (one more wake-up, to read that end), divided by the rounds: forks and connects
+// are left out, which RUSAGE_CHILDREN would count. Output: the keys above with "connections"
+// = P and "children_cpu_ms" in place of "receiver_cpu_ms", plus "processes":P and
+// "reply_bytes":R. In both modes the kernel may split CPU time into user and system by
+// sampling at the timer tick (CONFIG_TICK_CPU_ACCOUNTING): user + system is the exact run time,
+// but for a process that runs a few microseconds per round the split is noise.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -30,7 +55,9 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -70,11 +97,19 @@ constexpr size_t kHeaderBytes = 16; // t0 (int64), round (uint64), host byte ord
 constexpr size_t kReadBytes = 64 * 1024;
 constexpr uint32_t kControlTag = UINT32_MAX;
 
+// --processes: each child is a process (fork) with a socket; RLIMIT_NPROC and memory bound
+// this more than descriptors do. A reply echoes the payload's 16-byte header.
+constexpr int kMaxProcesses = 2000;
+constexpr int kMinReplyBytes = 16;
+constexpr int kMaxReplyBytes = 1 << 20;
+
 struct Options {
   int connections = 1000;
   int bytes = 300;
   int rounds = 200;
   int gap_ms = 20;
+  int processes = 0; // > 0: the --processes mode
+  int reply_bytes = 150;
 };
 
 int64_t monotonicNs() {
@@ -542,6 +577,582 @@ private:
   std::vector<Conn> conns_;
 };
 
+// ---- --processes: P woken processes, one reply each --------------------------------------------
+
+// What a child sends once the sender has ended the rounds: its CPU over them.
+struct ChildCpu {
+  int64_t user_ns = 0;
+  int64_t system_ns = 0;
+};
+
+// Sends all n bytes on a non-blocking socket, each wait for room bounded by kWaitTimeoutMs.
+bool sendAll(int fd, const char* p, size_t n, std::string& err, const char* what) {
+  while (n > 0) {
+    const ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL);
+    if (w >= 0) {
+      p += w;
+      n -= size_t(w);
+      continue;
+    }
+    if (errno == EINTR)
+      continue;
+    if (errno != EAGAIN) {
+      err = errnoText(what);
+      return false;
+    }
+    if (!waitFd(fd, POLLOUT, kWaitTimeoutMs, err, what))
+      return false;
+  }
+  return true;
+}
+
+// One forked child: an idle proxy reduced to its socket. Connects to the sender, says it is
+// ready, then per round blocks in epoll_wait until its B bytes are in and answers R bytes whose
+// header echoes the payload's. At the sender's end of the rounds it sends its ChildCpu.
+class IdleChild {
+public:
+  IdleChild(const Options& opt, uint16_t port) : opt_(opt), port_(port) {}
+
+  int run() {
+    std::string err;
+    if (!serve(err)) {
+      std::fprintf(stderr, "trellis_loopback_floor: child %d: %s\n", int(getpid()), err.c_str());
+      return 1;
+    }
+    return 0;
+  }
+
+private:
+  bool serve(std::string& err) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) {
+      err = errnoText("socket");
+      return false;
+    }
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port_);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    const timeval limit{kWaitTimeoutMs / 1000, 0}; // bounds the blocking connect
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit) < 0) {
+      err = errnoText("setsockopt SO_SNDTIMEO");
+      return false;
+    }
+    if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0) {
+      err = errnoText("connect to 127.0.0.1:" + std::to_string(port_));
+      return false;
+    }
+    if (!setNoDelay(fd, err) || !setNonBlocking(fd, err))
+      return false;
+    const int ep = epoll_create1(0);
+    if (ep < 0) {
+      err = errnoText("epoll_create1");
+      return false;
+    }
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
+      err = errnoText("epoll_ctl");
+      return false;
+    }
+    const char ready = 'r';
+    if (!sendAll(fd, &ready, 1, err, "send ready to the sender"))
+      return false;
+    const CpuNs cpu0 = cpuNow();
+
+    std::vector<char> payload(size_t(opt_.bytes));
+    std::vector<char> reply(size_t(opt_.reply_bytes), 'y');
+    // Between two payloads: the gap, then at most a round of the sender waiting for others.
+    const int idle_limit_ms = opt_.gap_ms + int(kRoundTimeoutNs / 1'000'000) + kWaitTimeoutMs;
+    for (uint64_t r = 0;; ++r) {
+      size_t got = 0;
+      while (got < payload.size()) {
+        epoll_event out;
+        const int k = epoll_wait(ep, &out, 1, idle_limit_ms);
+        if (k < 0) {
+          if (errno == EINTR)
+            continue;
+          err = errnoText("epoll_wait");
+          return false;
+        }
+        if (k == 0) {
+          err = "round " + std::to_string(r) + ": nothing from the sender for " +
+                std::to_string(idle_limit_ms) + " ms";
+          return false;
+        }
+        const ssize_t n = ::recv(fd, payload.data() + got, payload.size() - got, 0);
+        if (n < 0) {
+          if (errno == EAGAIN || errno == EINTR)
+            continue;
+          err = errnoText("recv");
+          return false;
+        }
+        if (n == 0) {
+          if (got == 0 && r == uint64_t(opt_.rounds)) // the sender's end of the rounds
+            return sendCpu(fd, cpu0, err);
+          err = "round " + std::to_string(r) + ": the sender closed the connection with " +
+                std::to_string(got) + " of " + std::to_string(opt_.bytes) + " bytes in";
+          return false;
+        }
+        got += size_t(n);
+      }
+      uint64_t sent_round;
+      std::memcpy(&sent_round, payload.data() + 8, 8);
+      if (sent_round != r) {
+        err = "expected round " + std::to_string(r) + ", got a payload of round " +
+              std::to_string(sent_round);
+        return false;
+      }
+      std::memcpy(reply.data(), payload.data(), kHeaderBytes);
+      if (!sendAll(fd, reply.data(), reply.size(), err, "send the reply"))
+        return false;
+    }
+  }
+
+  bool sendCpu(int fd, const CpuNs& cpu0, std::string& err) {
+    const CpuNs cpu1 = cpuNow();
+    const ChildCpu c{cpu1.user - cpu0.user, cpu1.system - cpu0.system};
+    return sendAll(fd, reinterpret_cast<const char*>(&c), sizeof c, err, "send the CPU summary");
+  }
+
+  const Options opt_;
+  const uint16_t port_;
+};
+
+// The parent in --processes mode: forks the P children, accepts their connections and runs the
+// rounds on one thread. Its destructor kills (SIGKILL) and reaps any child still running.
+class ProcessSender {
+public:
+  explicit ProcessSender(const Options& opt) : opt_(opt) {}
+  ~ProcessSender() {
+    for (size_t i = 0; i < pids_.size(); ++i) {
+      if (!reaped_[i]) {
+        kill(pids_[i], SIGKILL);
+        waitpid(pids_[i], nullptr, 0);
+      }
+    }
+  }
+  ProcessSender(const ProcessSender&) = delete;
+  ProcessSender& operator=(const ProcessSender&) = delete;
+
+  bool run(nlohmann::json& out, std::string& err) {
+    if (!listenAndFork(err) || !acceptAll(err))
+      return false;
+    // Ready: every child connected and set up its epoll; from here on it idles between rounds.
+    if (!receiveAll(
+            1, monotonicNs() + int64_t(kWaitTimeoutMs) * 1'000'000, "wait for the children's ready",
+            false, [](size_t, int64_t, std::string&) { return true; }, err))
+      return false;
+
+    std::vector<int64_t> lat_ns, loop_ns;
+    lat_ns.reserve(size_t(opt_.rounds));
+    loop_ns.reserve(size_t(opt_.rounds));
+    const CpuNs cpu0 = cpuNow();
+    for (int r = 0; r < opt_.rounds; ++r) {
+      int64_t lat = 0, loop = 0;
+      if (!runRound(uint64_t(r), lat, loop, err))
+        return false;
+      lat_ns.push_back(lat);
+      loop_ns.push_back(loop);
+    }
+    const CpuNs cpu1 = cpuNow();
+
+    // The end: each child answers the end of its stream with its CPU, then exits (SIGCHLD is
+    // expected from here on).
+    if (epoll_ctl(ep_, EPOLL_CTL_DEL, sig_fd_, nullptr) < 0) {
+      err = errnoText("epoll_ctl the signalfd");
+      return false;
+    }
+    for (const Conn& c : conns_) {
+      if (shutdown(c.fd, SHUT_WR) < 0) {
+        err = errnoText("shutdown");
+        return false;
+      }
+    }
+    ChildCpu children;
+    if (!receiveAll(
+            sizeof(ChildCpu), monotonicNs() + int64_t(kWaitTimeoutMs) * 1'000'000,
+            "read the children's CPU", true,
+            [&](size_t i, int64_t, std::string&) {
+              ChildCpu c;
+              std::memcpy(&c, conns_[i].head, sizeof c);
+              children.user_ns += c.user_ns;
+              children.system_ns += c.system_ns;
+              return true;
+            },
+            err) ||
+        !reapAll(err))
+      return false;
+
+    const double rounds = opt_.rounds;
+    out = {{"connections", opt_.processes},
+           {"processes", opt_.processes},
+           {"bytes", opt_.bytes},
+           {"reply_bytes", opt_.reply_bytes},
+           {"rounds", opt_.rounds},
+           {"gap_ms", opt_.gap_ms},
+           {"p50_ms", percentileMs(lat_ns, 50)},
+           {"p99_ms", percentileMs(lat_ns, 99)},
+           {"max_ms", percentileMs(lat_ns, 100)},
+           {"send_loop_p50_ms", percentileMs(loop_ns, 50)},
+           {"send_loop_p99_ms", percentileMs(loop_ns, 99)},
+           {"short_sends", short_sends_},
+           {"sender_cpu_ms",
+            {{"user", double(cpu1.user - cpu0.user) / 1e6 / rounds},
+             {"system", double(cpu1.system - cpu0.system) / 1e6 / rounds}}},
+           {"children_cpu_ms",
+            {{"user", double(children.user_ns) / 1e6 / rounds},
+             {"system", double(children.system_ns) / 1e6 / rounds}}}};
+    return true;
+  }
+
+private:
+  struct Conn {
+    int fd = -1;
+    uint32_t got = 0;             // bytes of the current message received
+    char head[kHeaderBytes] = {}; // its first bytes, as they arrive
+  };
+  static_assert(sizeof(ChildCpu) <= kHeaderBytes);
+
+  // SIGCHLD is blocked and read from a signalfd made before the first fork, so no child's
+  // exit goes unseen. Each child keeps no descriptor of the parent's but stdio.
+  bool listenAndFork(std::string& err) {
+    listen_fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t alen = sizeof a;
+    if (listen_fd_ < 0 || bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0 ||
+        listen(listen_fd_, std::min(opt_.processes, 4096)) < 0 ||
+        getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&a), &alen) < 0) {
+      err = errnoText("listen on 127.0.0.1:0");
+      return false;
+    }
+    const uint16_t port = ntohs(a.sin_port);
+    sigset_t chld, old;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    if (sigprocmask(SIG_BLOCK, &chld, &old) < 0) {
+      err = errnoText("sigprocmask");
+      return false;
+    }
+    sig_fd_ = signalfd(-1, &chld, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (sig_fd_ < 0) {
+      err = errnoText("signalfd");
+      return false;
+    }
+    const pid_t parent = getpid();
+    std::fflush(stdout);
+    std::fflush(stderr);
+    pids_.reserve(size_t(opt_.processes));
+    for (int i = 0; i < opt_.processes; ++i) {
+      const pid_t pid = fork();
+      if (pid < 0) {
+        err =
+            errnoText("fork child " + std::to_string(i) + " of " + std::to_string(opt_.processes));
+        return false;
+      }
+      if (pid == 0) {
+        ::close(listen_fd_);
+        ::close(sig_fd_);
+        sigprocmask(SIG_SETMASK, &old, nullptr);
+        // Dies with the sender; the check covers a sender gone before the prctl.
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
+          _exit(1);
+        _exit(IdleChild(opt_, port).run());
+      }
+      pids_.push_back(pid);
+      reaped_.push_back(false);
+    }
+    ep_ = epoll_create1(0);
+    if (ep_ < 0) {
+      err = errnoText("epoll_create1");
+      return false;
+    }
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u32 = kControlTag;
+    if (epoll_ctl(ep_, EPOLL_CTL_ADD, sig_fd_, &ev) < 0) {
+      err = errnoText("epoll_ctl the signalfd");
+      return false;
+    }
+    return true;
+  }
+
+  bool acceptAll(std::string& err) {
+    conns_.resize(size_t(opt_.processes));
+    for (int i = 0; i < opt_.processes; ++i) {
+      pollfd p[2] = {{listen_fd_, POLLIN, 0}, {sig_fd_, POLLIN, 0}};
+      const int k = poll(p, 2, kWaitTimeoutMs);
+      if (k < 0 && errno == EINTR) {
+        --i;
+        continue;
+      }
+      if (k <= 0) {
+        err = k == 0 ? "accept: child connection " + std::to_string(i) + " of " +
+                           std::to_string(opt_.processes) + " did not come within " +
+                           std::to_string(kWaitTimeoutMs) + " ms"
+                     : errnoText("poll the listener");
+        return false;
+      }
+      if (p[1].revents & POLLIN) {
+        const std::string exits = childExits();
+        if (!exits.empty()) {
+          err = "after " + std::to_string(i) + " connections: " + exits;
+          return false;
+        }
+      }
+      if (!(p[0].revents & POLLIN)) {
+        --i;
+        continue;
+      }
+      const int fd = accept(listen_fd_, nullptr, nullptr);
+      if (fd < 0) {
+        err = errnoText("accept");
+        return false;
+      }
+      conns_[size_t(i)].fd = fd;
+      if (!setNoDelay(fd, err) || !setNonBlocking(fd, err))
+        return false;
+      epoll_event ev{};
+      ev.events = EPOLLIN; // level-triggered, as the receiver of the default mode
+      ev.data.u32 = uint32_t(i);
+      if (epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        err = errnoText("epoll_ctl");
+        return false;
+      }
+    }
+    return true;
+  }
+
+  // Sends round r's payload to every child, then reads every reply; lat is the last reply's
+  // arrival - t0, loop the send loop's time.
+  bool runRound(uint64_t r, int64_t& lat, int64_t& loop, std::string& err) {
+    const timespec gap{opt_.gap_ms / 1000, long(opt_.gap_ms % 1000) * 1'000'000};
+    while (clock_nanosleep(CLOCK_MONOTONIC, 0, &gap, nullptr) == EINTR) {
+    }
+    std::vector<char>& payload = payload_;
+    payload.resize(size_t(opt_.bytes), 'x');
+    const int64_t t0 = monotonicNs();
+    std::memcpy(payload.data(), &t0, 8);
+    std::memcpy(payload.data() + 8, &r, 8);
+    for (size_t i = 0; i < conns_.size(); ++i) {
+      const ssize_t w = ::send(conns_[i].fd, payload.data(), payload.size(), MSG_NOSIGNAL);
+      if (w == ssize_t(payload.size()))
+        continue;
+      if (w < 0 && errno != EAGAIN) {
+        err = errnoText("round " + std::to_string(r) + ": send to child connection " +
+                        std::to_string(i));
+        return false;
+      }
+      partial_.push_back({i, w < 0 ? size_t(0) : size_t(w)});
+    }
+    loop = monotonicNs() - t0;
+    // The rest of what a full socket did not take (never, for small payloads).
+    short_sends_ += int64_t(partial_.size());
+    for (auto [i, off] : partial_) {
+      if (!sendAll(conns_[i].fd, payload.data() + off, payload.size() - off, err,
+                   "send the rest of a payload"))
+        return false;
+    }
+    partial_.clear();
+    int64_t t_last = 0;
+    const std::string phase = "round " + std::to_string(r);
+    if (!receiveAll(
+            size_t(opt_.reply_bytes), t0 + kRoundTimeoutNs, phase, false,
+            [&](size_t i, int64_t now, std::string& e) {
+              int64_t echo_t0;
+              uint64_t echo_round;
+              std::memcpy(&echo_t0, conns_[i].head, 8);
+              std::memcpy(&echo_round, conns_[i].head + 8, 8);
+              if (echo_round != r || echo_t0 != t0) {
+                e = phase + ": child connection " + std::to_string(i) +
+                    " replied to another payload (round " + std::to_string(echo_round) + ")";
+                return false;
+              }
+              t_last = now;
+              return true;
+            },
+            err))
+      return false;
+    lat = t_last - t0;
+    return true;
+  }
+
+  // Reads until every connection has its `need` bytes (the first kHeaderBytes kept in `head`),
+  // calling done(i, now, err) as connection i completes; `forget` drops a complete connection
+  // from the epoll set (its child is about to close it). A readable signalfd (a child exited),
+  // a connection's end, more than `need` bytes or the deadline passing is an error.
+  template <typename Done>
+  bool receiveAll(size_t need, int64_t deadline, const std::string& phase, bool forget, Done&& done,
+                  std::string& err) {
+    for (Conn& c : conns_)
+      c.got = 0;
+    size_t left = conns_.size();
+    std::vector<epoll_event> events(std::min<size_t>(conns_.size() + 1, 1024));
+    while (left > 0) {
+      const int64_t wait_ns = deadline - monotonicNs();
+      if (wait_ns <= 0) {
+        err = phase + ": " + std::to_string(left) + " of " + std::to_string(conns_.size()) +
+              " children had not sent their " + std::to_string(need) + " bytes in time";
+        return false;
+      }
+      const int k = epoll_wait(ep_, events.data(), int(events.size()),
+                               int(std::min<int64_t>(wait_ns / 1'000'000 + 1, INT32_MAX)));
+      if (k < 0) {
+        if (errno == EINTR)
+          continue;
+        err = errnoText("epoll_wait");
+        return false;
+      }
+      for (int e = 0; e < k; ++e) {
+        const uint32_t i = events[e].data.u32;
+        if (i == kControlTag) {
+          const std::string exits = childExits();
+          if (exits.empty())
+            continue;
+          err = phase + ": " + exits;
+          return false;
+        }
+        Conn& c = conns_[i];
+        const ssize_t got = ::recv(c.fd, buf_.data(), buf_.size(), 0);
+        if (got < 0) {
+          if (errno == EAGAIN || errno == EINTR)
+            continue;
+          err = errnoText(phase + ": recv on child connection " + std::to_string(i));
+          return false;
+        }
+        if (got == 0) {
+          err = phase + ": child connection " + std::to_string(i) + " closed by its child after " +
+                std::to_string(c.got) + " of " + std::to_string(need) + " bytes" +
+                (forget ? "" : whyClosed());
+          return false;
+        }
+        const int64_t now = monotonicNs();
+        if (c.got + size_t(got) > need) {
+          err = phase + ": child connection " + std::to_string(i) + " sent " +
+                std::to_string(c.got + size_t(got)) + " bytes, expected " + std::to_string(need);
+          return false;
+        }
+        if (c.got < kHeaderBytes)
+          std::memcpy(c.head + c.got, buf_.data(), std::min(kHeaderBytes - c.got, size_t(got)));
+        c.got += uint32_t(got);
+        if (c.got < need)
+          continue;
+        if (!done(size_t(i), now, err))
+          return false;
+        if (forget && epoll_ctl(ep_, EPOLL_CTL_DEL, c.fd, nullptr) < 0) {
+          err = errnoText("epoll_ctl");
+          return false;
+        }
+        --left;
+      }
+    }
+    return true;
+  }
+
+  // Reaps the children that exited and says who and how; empty if none did (SIGCHLD also
+  // comes for a child stopped or continued, which is no error by itself: a stopped child
+  // shows as a round that does not finish).
+  std::string childExits() {
+    signalfd_siginfo si;
+    while (::read(sig_fd_, &si, sizeof si) == ssize_t(sizeof si)) {
+    }
+    std::string text;
+    int status = 0;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+      markReaped(pid);
+      text += (text.empty() ? "" : "; ") + std::string("child pid ") + std::to_string(pid) +
+              (WIFEXITED(status) ? " exited with status " + std::to_string(WEXITSTATUS(status))
+                                 : " was killed by signal " + std::to_string(WTERMSIG(status)));
+    }
+    return text;
+  }
+
+  // For a connection that ended: which child exited, if its SIGCHLD comes within a second.
+  std::string whyClosed() {
+    pollfd p{sig_fd_, POLLIN, 0};
+    const int64_t deadline = monotonicNs() + 1'000'000'000;
+    while (monotonicNs() < deadline) {
+      if (poll(&p, 1, 100) > 0) {
+        const std::string text = childExits();
+        if (!text.empty())
+          return " (" + text + ")";
+      }
+    }
+    return "";
+  }
+
+  // After the children's CPU summaries: every child exits, with status 0, within the bound.
+  bool reapAll(std::string& err) {
+    const int64_t deadline = monotonicNs() + int64_t(kWaitTimeoutMs) * 1'000'000;
+    size_t left = size_t(std::count(reaped_.begin(), reaped_.end(), false));
+    while (left > 0) {
+      int status = 0;
+      const pid_t pid = waitpid(-1, &status, WNOHANG);
+      if (pid < 0 && errno != EINTR) {
+        err = errnoText("waitpid");
+        return false;
+      }
+      if (pid > 0) {
+        markReaped(pid);
+        --left;
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+          err = "child pid " + std::to_string(pid) + " failed at the end (status " +
+                std::to_string(status) + ")";
+          return false;
+        }
+        continue;
+      }
+      if (monotonicNs() >= deadline) {
+        err = std::to_string(left) + " children did not exit within " +
+              std::to_string(kWaitTimeoutMs) + " ms of the rounds' end (killed)";
+        return false;
+      }
+      const timespec tick{0, 1'000'000};
+      nanosleep(&tick, nullptr);
+    }
+    return true;
+  }
+
+  void markReaped(pid_t pid) {
+    const auto it = std::find(pids_.begin(), pids_.end(), pid);
+    if (it != pids_.end())
+      reaped_[size_t(it - pids_.begin())] = true;
+  }
+
+  const Options opt_;
+  int listen_fd_ = -1;
+  int sig_fd_ = -1;
+  int ep_ = -1;
+  std::vector<pid_t> pids_;
+  std::vector<bool> reaped_; // by pids_ index
+  std::vector<Conn> conns_;
+  std::vector<std::pair<size_t, size_t>> partial_; // (connection, bytes it took)
+  std::vector<char> payload_;
+  std::vector<char> buf_ = std::vector<char>(kReadBytes);
+  int64_t short_sends_ = 0;
+};
+
+int runProcesses(const Options& opt) {
+  signal(SIGPIPE, SIG_IGN);
+  std::string err;
+  nlohmann::json out;
+  bool ok = raiseFdLimit(opt.processes, err);
+  if (ok) {
+    ProcessSender sender(opt);
+    ok = sender.run(out, err);
+  }
+  if (!ok) {
+    std::fprintf(stderr, "trellis_loopback_floor: %s\n", err.c_str());
+    return 1;
+  }
+  std::printf("%s\n", out.dump().c_str());
+  return 0;
+}
+
 bool parseInt(std::string_view flag, const char* text, int lo, int hi, int& out) {
   const std::string_view s(text);
   int v = 0;
@@ -557,11 +1168,15 @@ bool parseInt(std::string_view flag, const char* text, int lo, int hi, int& out)
 
 int usage() {
   std::fprintf(stderr, "usage: trellis_loopback_floor [--connections 1000] [--bytes 300] "
-                       "[--rounds 200] [--gap-ms 20]\n");
+                       "[--rounds 200] [--gap-ms 20]\n"
+                       "       trellis_loopback_floor --processes P [--reply-bytes 150] "
+                       "[--bytes 300] [--rounds 200] [--gap-ms 20]\n");
   return 1;
 }
 
 int run(const Options& opt) {
+  if (opt.processes > 0)
+    return runProcesses(opt);
   signal(SIGPIPE, SIG_IGN);
   std::string err;
   if (!raiseFdLimit(opt.connections, err)) {
@@ -636,24 +1251,43 @@ int run(const Options& opt) {
 int main(int argc, char** argv) {
   trellis::bench::Options opt;
   using trellis::bench::parseInt;
+  bool have_connections = false, have_reply = false;
   for (int i = 1; i < argc; i += 2) {
     const std::string_view flag = argv[i];
     if (i + 1 >= argc)
       return trellis::bench::usage();
     bool ok;
-    if (flag == "--connections")
+    if (flag == "--connections") {
       ok = parseInt(flag, argv[i + 1], 1, trellis::bench::kMaxConnections, opt.connections);
-    else if (flag == "--bytes")
+      have_connections = true;
+    } else if (flag == "--processes") {
+      ok = parseInt(flag, argv[i + 1], 1, trellis::bench::kMaxProcesses, opt.processes);
+    } else if (flag == "--reply-bytes") {
+      ok = parseInt(flag, argv[i + 1], trellis::bench::kMinReplyBytes,
+                    trellis::bench::kMaxReplyBytes, opt.reply_bytes);
+      have_reply = true;
+    } else if (flag == "--bytes") {
       ok = parseInt(flag, argv[i + 1], trellis::bench::kMinBytes, trellis::bench::kMaxBytes,
                     opt.bytes);
-    else if (flag == "--rounds")
+    } else if (flag == "--rounds") {
       ok = parseInt(flag, argv[i + 1], 1, trellis::bench::kMaxRounds, opt.rounds);
-    else if (flag == "--gap-ms")
+    } else if (flag == "--gap-ms") {
       ok = parseInt(flag, argv[i + 1], 0, trellis::bench::kMaxGapMs, opt.gap_ms);
-    else
+    } else {
       return trellis::bench::usage();
+    }
     if (!ok)
       return 1;
+  }
+  if (opt.processes > 0 && have_connections) {
+    std::fprintf(stderr, "trellis_loopback_floor: --connections and --processes are two "
+                         "modes (one connection per process with --processes): give one\n");
+    return 1;
+  }
+  if (opt.processes == 0 && have_reply) {
+    std::fprintf(stderr, "trellis_loopback_floor: --reply-bytes applies only with "
+                         "--processes\n");
+    return 1;
   }
   return trellis::bench::run(opt);
 }

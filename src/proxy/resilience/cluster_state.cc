@@ -1,7 +1,8 @@
 #include "proxy/resilience/cluster_state.h"
 
-#include <optional>
+#include <cstdint>
 #include <unordered_map>
+#include <vector>
 
 #include "base/log.h"
 
@@ -130,30 +131,39 @@ void ClusterState::inheritFrom(const ClusterState& old) {
   // By address as it is (no text): a mesh delta re-creates the state of every changed
   // cluster, and formatting each endpoint twice was most of the cost. The two lists are
   // usually in the same order with a few endpoints added or removed (the mesh sends them
-  // sorted; a file keeps its order), so both are walked in step, and the old list is indexed
-  // only when an endpoint is neither where the walk is nor one further.
+  // sorted; a file keeps its order), so both are walked in step, each endpoint looked for where
+  // the walk is or one further. One not found there is new, unless some old endpoint was not
+  // found either (the list was reordered): only then is the old list indexed by address.
   const auto& olds = old.cfg_.endpoints;
-  std::unordered_map<net::SocketAddress, size_t, AddressHash> old_index;
-  auto find = [&](const net::SocketAddress& a, size_t from) -> std::optional<size_t> {
-    for (size_t j = from; j < from + 2 && j < old.n_; ++j)
-      if (olds[j].address == a)
-        return j;
-    if (old_index.empty() && old.n_ > 0) {
-      old_index.reserve(old.n_);
-      for (size_t j = 0; j < old.n_; ++j)
-        old_index.emplace(olds[j].address, j);
-    }
-    auto it = old_index.find(a);
-    return it == old_index.end() ? std::nullopt : std::optional<size_t>(it->second);
-  };
-  bool changed = false;
+  constexpr size_t kNew = SIZE_MAX;
+  std::vector<size_t> from(n_, kNew);
+  size_t matched = 0;
   size_t next = 0; // where the walk expects the next endpoint in the old list
   for (size_t i = 0; i < n_; ++i) {
-    const auto found = find(cfg_.endpoints[i].address, next);
-    if (!found)
-      continue; // a new endpoint; the next one may still be at `next`
-    const size_t j = *found;
-    next = j + 1;
+    for (size_t j = next; j < next + 2 && j < old.n_; ++j) {
+      if (olds[j].address == cfg_.endpoints[i].address) {
+        from[i] = j;
+        next = j + 1;
+        ++matched;
+        break;
+      }
+    }
+  }
+  if (matched < n_ && matched < old.n_) {
+    std::unordered_map<net::SocketAddress, size_t, AddressHash> old_index;
+    old_index.reserve(old.n_);
+    for (size_t j = 0; j < old.n_; ++j)
+      old_index.emplace(olds[j].address, j);
+    for (size_t i = 0; i < n_; ++i)
+      if (from[i] == kNew)
+        if (auto it = old_index.find(cfg_.endpoints[i].address); it != old_index.end())
+          from[i] = it->second;
+  }
+  bool changed = false;
+  for (size_t i = 0; i < n_; ++i) {
+    const size_t j = from[i];
+    if (j == kNew)
+      continue;
     if (!trackers_.empty() && !old.trackers_.empty()) {
       trackers_[i].inherit(old.trackers_[j]);
       unhealthy_[i].store(!trackers_[i].healthy(), std::memory_order_relaxed);

@@ -228,6 +228,9 @@ void Worker::apply(std::shared_ptr<const Snapshot> snapshot,
   std::vector<bool> kept(old_clusters.size(), false);
   std::unordered_map<const Cluster*, size_t> old_index; // built only when the order moved
   std::vector<const Cluster*> added;
+  // A cluster whose content changed in place (same name, same position): its new endpoints
+  // and those of the runtime it replaces, whose references are counted by difference below.
+  std::vector<std::pair<const Cluster*, size_t>> replaced;
   cfg->clusters.reserve(snapshot->clusters.size());
   for (size_t i = 0; i < snapshot->clusters.size(); ++i) {
     const Cluster& c = snapshot->clusters[i];
@@ -235,7 +238,9 @@ void Worker::apply(std::shared_ptr<const Snapshot> snapshot,
     // Same object in the same place: kept. New content under the same name in the same
     // place (a changed cluster): names are unique, so no other old runtime can be it.
     const bool here = j < old_clusters.size();
+    bool in_place = false;
     if (here && &old_clusters[j]->cfg != &c && old_clusters[j]->cfg.name == c.name) {
+      in_place = !kept[j];
       j = old_clusters.size();
     } else if (!here || &old_clusters[j]->cfg != &c) {
       if (old_index.empty())
@@ -249,7 +254,12 @@ void Worker::apply(std::shared_ptr<const Snapshot> snapshot,
       cfg->clusters.push_back(old_clusters[j]);
     } else {
       cfg->clusters.push_back(std::make_shared<ClusterRuntime>(c, *this, shared->clusters[i]));
-      added.push_back(&c);
+      if (in_place) {
+        kept[i] = true; // its references are settled with the new cluster's, not released
+        replaced.emplace_back(&c, i);
+      } else {
+        added.push_back(&c);
+      }
     }
   }
   for (const auto& l : snapshot->listeners) {
@@ -314,23 +324,52 @@ void Worker::apply(std::shared_ptr<const Snapshot> snapshot,
   // Pools whose endpoint no cluster of the new configuration has are closed; the others
   // keep their warm connections. Counted from what changed: added clusters first, so an
   // endpoint that moves from one cluster to another never drops to zero on the way.
+  // A cluster changed in place counts only the difference between its lists: walked in step
+  // (the usual case: a few endpoints added or removed), an endpoint in both is no change.
+  std::vector<const net::SocketAddress*> gone;
+  for (const auto& [c, j] : replaced) {
+    const auto& now = c->endpoints;
+    const auto& before = old_clusters[j]->cfg.endpoints;
+    std::vector<bool> stays(before.size(), false);
+    size_t next = 0;
+    for (const auto& ep : now) {
+      bool found = false;
+      for (size_t k = next; k < next + 2 && k < before.size(); ++k) {
+        if (before[k].address == ep.address) {
+          stays[k] = true;
+          next = k + 1;
+          found = true;
+          break;
+        }
+      }
+      if (!found)
+        endpoint_refs_[ep.address]++; // new here (or moved: its old place is released below)
+    }
+    for (size_t k = 0; k < before.size(); ++k)
+      if (!stays[k])
+        gone.push_back(&before[k].address);
+  }
   for (const Cluster* c : added)
     for (const auto& ep : c->endpoints)
       endpoint_refs_[ep.address]++;
+  auto release = [&](const net::SocketAddress& address) {
+    auto ref = endpoint_refs_.find(address);
+    if (ref == endpoint_refs_.end() || --ref->second > 0)
+      return;
+    if (auto p = pools_.find(address.toString()); p != pools_.end()) {
+      p->second->closeAll();
+      retired_pools_.push_back(std::move(p->second));
+      pools_.erase(p);
+    }
+    endpoint_refs_.erase(ref);
+  };
+  for (const net::SocketAddress* a : gone)
+    release(*a);
   for (size_t j = 0; j < old_clusters.size(); ++j) {
     if (kept[j])
       continue;
-    for (const auto& ep : old_clusters[j]->cfg.endpoints) {
-      auto ref = endpoint_refs_.find(ep.address);
-      if (ref == endpoint_refs_.end() || --ref->second > 0)
-        continue;
-      if (auto p = pools_.find(ep.address.toString()); p != pools_.end()) {
-        p->second->closeAll();
-        retired_pools_.push_back(std::move(p->second));
-        pools_.erase(p);
-      }
-      endpoint_refs_.erase(ref);
-    }
+    for (const auto& ep : old_clusters[j]->cfg.endpoints)
+      release(ep.address);
   }
   config_ = std::move(cfg);
 

@@ -1,7 +1,11 @@
 // The cheap apply path of mesh updates (docs/mesh-proxy.md "Updates"): snapshots that share
 // unchanged clusters and listeners, workers and the proxy keeping the runtime state of shared
 // clusters, and bursts applied once.
+#include <algorithm>
+#include <map>
 #include <memory>
+#include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -342,6 +346,58 @@ TEST(MeshApply, WorkerKeepsRuntimesOfSharedClustersAndRetiresOnlyUnusedPools) {
   w.apply(s2, sh3, {});
   EXPECT_NE(w.config()->clusters[0].get(), a1);
   EXPECT_EQ(w.config()->clusters[0]->state, sh3->clusters[0]);
+  w.shutdown();
+}
+
+// Clusters changed in place at random (endpoints added, removed, reordered; sometimes one
+// left as the same object): a pool stays exactly while some cluster lists its address.
+TEST(MeshApply, PoolsLiveExactlyWhileSomeClusterListsTheirAddress) {
+  SimulatedTimeSource time;
+  Dispatcher d("worker", time);
+  telemetry::Registry registry(telemetry::RegistryOptions{.shards = 2});
+  auto stats = ProxyStats::create(registry).value();
+  Worker w(0, d, stats, nullptr);
+  std::mt19937 rng(3);
+  auto randomList = [&] {
+    std::vector<std::string> eps;
+    for (int p = 1; p <= 12; ++p)
+      if (rng() % 2 == 0)
+        eps.push_back("127.0.0.1:" + std::to_string(3000 + p));
+    if (rng() % 4 == 0)
+      std::shuffle(eps.begin(), eps.end(), rng);
+    return eps;
+  };
+  std::shared_ptr<Snapshot> prev;
+  std::shared_ptr<SharedState> prev_shared;
+  std::map<std::string, UpstreamPool*> pools; // of the addresses the last snapshot listed
+  for (int step = 0; step < 300; ++step) {
+    auto snap = std::make_shared<Snapshot>();
+    auto shared = std::make_shared<SharedState>();
+    for (size_t i = 0; i < 3; ++i) {
+      if (prev && rng() % 3 == 0) { // unchanged: the same object and state
+        snap->clusters.push_back(prev->clusters.shared(i));
+        shared->clusters.push_back(prev_shared->clusters[i]);
+      } else {
+        snap->clusters.push_back(cluster(std::string(1, char('a' + i)), randomList()));
+        shared->clusters.push_back(std::make_shared<ClusterState>(snap->clusters[i]));
+      }
+    }
+    w.apply(snap, shared, {});
+    std::set<std::string> listed;
+    for (const auto& c : snap->clusters)
+      for (const auto& ep : c.endpoints)
+        listed.insert(ep.address.toString());
+    for (const auto& [a, pool] : pools)
+      if (listed.count(a))
+        EXPECT_EQ(&w.pool(addr(a)), pool) << "step " << step << ": " << a << " is still listed";
+      else
+        EXPECT_NE(&w.pool(addr(a)), pool) << "step " << step << ": " << a << " is not listed";
+    pools.clear();
+    for (const auto& a : listed)
+      pools[a] = &w.pool(addr(a));
+    prev = snap;
+    prev_shared = shared;
+  }
   w.shutdown();
 }
 

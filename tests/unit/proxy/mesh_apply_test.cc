@@ -305,12 +305,19 @@ Cluster cluster(const std::string& name, std::vector<std::string> eps) {
   return c;
 }
 
-TEST(MeshApply, WorkerKeepsRuntimesOfSharedClustersAndRetiresOnlyUnusedPools) {
+// One worker on a simulated clock, driven directly (no ProxyServer).
+struct WorkerRig {
   SimulatedTimeSource time;
-  Dispatcher d("worker", time);
-  telemetry::Registry registry(telemetry::RegistryOptions{.shards = 2});
-  auto stats = ProxyStats::create(registry).value();
-  Worker w(0, d, stats, nullptr);
+  Dispatcher d{"worker", time};
+  telemetry::Registry registry{telemetry::RegistryOptions{.shards = 2}};
+  ProxyStats stats = ProxyStats::create(registry).value();
+  Worker w{0, d, stats, nullptr};
+};
+
+TEST(MeshApply, WorkerKeepsRuntimesOfSharedClustersAndRetiresOnlyUnusedPools) {
+  WorkerRig rig;
+  auto& time = rig.time;
+  auto& w = rig.w;
 
   auto s1 = std::make_shared<Snapshot>();
   s1->clusters.push_back(cluster("a", {"127.0.0.1:1001", "127.0.0.1:1002"}));
@@ -352,11 +359,8 @@ TEST(MeshApply, WorkerKeepsRuntimesOfSharedClustersAndRetiresOnlyUnusedPools) {
 // Clusters changed in place at random (endpoints added, removed, reordered; sometimes one
 // left as the same object): a pool stays exactly while some cluster lists its address.
 TEST(MeshApply, PoolsLiveExactlyWhileSomeClusterListsTheirAddress) {
-  SimulatedTimeSource time;
-  Dispatcher d("worker", time);
-  telemetry::Registry registry(telemetry::RegistryOptions{.shards = 2});
-  auto stats = ProxyStats::create(registry).value();
-  Worker w(0, d, stats, nullptr);
+  WorkerRig rig;
+  auto& w = rig.w;
   std::mt19937 rng(3);
   auto randomList = [&] {
     std::vector<std::string> eps;

@@ -131,6 +131,15 @@ CpuNs cpuNow() {
   return {toNs(ru.ru_utime), toNs(ru.ru_stime)};
 }
 
+CpuNs operator-(const CpuNs& a, const CpuNs& b) { return {a.user - b.user, a.system - b.system}; }
+
+// Sleeps ms milliseconds (CLOCK_MONOTONIC), starting over after a signal.
+void sleepMs(int ms) {
+  const timespec t{ms / 1000, long(ms % 1000) * 1'000'000};
+  while (clock_nanosleep(CLOCK_MONOTONIC, 0, &t, nullptr) == EINTR) {
+  }
+}
+
 std::string errnoText(const std::string& what) { return what + ": " + std::strerror(errno); }
 
 // Percentile as bench/propagation's pct(): the sorted sample at round(p * (n - 1)).
@@ -238,10 +247,181 @@ bool raiseFdLimit(int connections, std::string& err) {
   return true;
 }
 
+// A listening TCP socket on 127.0.0.1, its port chosen by the kernel and read back into port;
+// -1 (err set) on failure.
+int listenLoopback(int backlog, uint16_t& port, std::string& err) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t alen = sizeof a;
+  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0 ||
+      listen(fd, backlog) < 0 || getsockname(fd, reinterpret_cast<sockaddr*>(&a), &alen) < 0) {
+    err = errnoText("listen on 127.0.0.1:0");
+    if (fd >= 0)
+      ::close(fd);
+    return -1;
+  }
+  port = ntohs(a.sin_port);
+  return fd;
+}
+
+// Connects to 127.0.0.1:port, the blocking connect bounded by SO_SNDTIMEO; the socket is then
+// TCP_NODELAY and non-blocking. -1 (err set) on failure; i numbers the connection in the
+// messages (< 0: the process's only one).
+int connectLoopback(uint16_t port, int i, std::string& err) {
+  const std::string num = i < 0 ? "" : " " + std::to_string(i);
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) {
+    err = errnoText("socket" + num);
+    return -1;
+  }
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const timeval limit{kWaitTimeoutMs / 1000, 0};
+  bool ok = true;
+  if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit) < 0) {
+    err = errnoText("setsockopt SO_SNDTIMEO");
+    ok = false;
+  } else if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0) {
+    err = errnoText("connect" + num + " to 127.0.0.1:" + std::to_string(port));
+    ok = false;
+  } else {
+    ok = setNoDelay(fd, err) && setNonBlocking(fd, err);
+  }
+  if (!ok) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Adds fd to the epoll set ep, level-triggered for reading, with tag as its event data.
+bool addReadable(int ep, int fd, uint32_t tag, const char* what, std::string& err) {
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u32 = tag;
+  if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
+    err = errnoText(what);
+    return false;
+  }
+  return true;
+}
+
+// A new epoll set with fd in it (see addReadable); -1 (err set) on failure.
+int epollWith(int fd, uint32_t tag, const char* what, std::string& err) {
+  const int ep = epoll_create1(0);
+  if (ep < 0) {
+    err = errnoText("epoll_create1");
+    return -1;
+  }
+  if (!addReadable(ep, fd, tag, what, err)) {
+    ::close(ep);
+    return -1;
+  }
+  return ep;
+}
+
+// epoll_wait on ep until something is ready or the deadline (monotonicNs) passes: the number
+// of events, 0 once the deadline has passed, -1 (err set) on failure.
+int waitEvents(int ep, std::vector<epoll_event>& events, int64_t deadline, std::string& err) {
+  for (;;) {
+    const int64_t wait_ns = deadline - monotonicNs();
+    if (wait_ns <= 0)
+      return 0;
+    const int k = epoll_wait(ep, events.data(), int(events.size()),
+                             int(std::min<int64_t>(wait_ns / 1'000'000 + 1, INT32_MAX)));
+    if (k > 0)
+      return k;
+    if (k < 0 && errno != EINTR) {
+      err = errnoText("epoll_wait");
+      return -1;
+    }
+  }
+}
+
+// One end of a connection that a round reads a whole message from (the receiver's side of a
+// payload, the process sender's side of a reply).
+struct Conn {
+  int fd = -1;
+  uint32_t got = 0;             // bytes of the current message received
+  char head[kHeaderBytes] = {}; // its first bytes, as they arrive
+};
+
+// One recv() on c into buf, its result returned: what it brought is counted in c.got, and
+// kept in c.head while the message's first kHeaderBytes are still arriving.
+ssize_t recvSome(Conn& c, std::vector<char>& buf) {
+  const ssize_t got = ::recv(c.fd, buf.data(), buf.size(), 0);
+  if (got > 0) {
+    if (c.got < kHeaderBytes)
+      std::memcpy(c.head + c.got, buf.data(), std::min(kHeaderBytes - c.got, size_t(got)));
+    c.got += uint32_t(got);
+  }
+  return got;
+}
+
+// Waits up to kWaitTimeoutMs until the listener or watch_fd (where the other side's failure
+// shows) is readable, leaving both poll results in p; `conn` names what is awaited, connection
+// i of n, in the timeout's message.
+bool waitConnection(int listen_fd, int watch_fd, const char* conn, int i, int n, pollfd (&p)[2],
+                    std::string& err) {
+  p[0] = {listen_fd, POLLIN, 0};
+  p[1] = {watch_fd, POLLIN, 0};
+  for (;;) {
+    const int k = poll(p, 2, kWaitTimeoutMs);
+    if (k > 0)
+      return true;
+    if (k < 0 && errno == EINTR)
+      continue;
+    err = k == 0 ? "accept: " + std::string(conn) + " " + std::to_string(i) + " of " +
+                       std::to_string(n) + " did not come within " +
+                       std::to_string(kWaitTimeoutMs) + " ms"
+                 : errnoText("poll the listener");
+    return false;
+  }
+}
+
+// Accepts one connection into c: TCP_NODELAY, non-blocking, in the epoll set ep (tagged with
+// its index), level-triggered as mesh_streams.
+bool acceptConn(int listen_fd, int ep, uint32_t index, Conn& c, std::string& err) {
+  const int fd = accept(listen_fd, nullptr, nullptr);
+  if (fd < 0) {
+    err = errnoText("accept");
+    return false;
+  }
+  c.fd = fd;
+  return setNoDelay(fd, err) && setNonBlocking(fd, err) &&
+         addReadable(ep, fd, index, "epoll_ctl", err);
+}
+
+nlohmann::json cpuMsJson(const CpuNs& cpu, double rounds) {
+  return {{"user", double(cpu.user) / 1e6 / rounds},
+          {"system", double(cpu.system) / 1e6 / rounds}};
+}
+
+// The output keys both modes share; each adds the CPU of the connections' other ends (and the
+// --processes mode its own settings).
+nlohmann::json roundsJson(const Options& opt, int connections, const std::vector<int64_t>& lat_ns,
+                          const std::vector<int64_t>& loop_ns, int64_t short_sends,
+                          const CpuNs& sender_cpu) {
+  return {{"connections", connections},
+          {"bytes", opt.bytes},
+          {"rounds", opt.rounds},
+          {"gap_ms", opt.gap_ms},
+          {"p50_ms", percentileMs(lat_ns, 50)},
+          {"p99_ms", percentileMs(lat_ns, 99)},
+          {"max_ms", percentileMs(lat_ns, 100)},
+          {"send_loop_p50_ms", percentileMs(loop_ns, 50)},
+          {"send_loop_p99_ms", percentileMs(loop_ns, 99)},
+          {"short_sends", short_sends},
+          {"sender_cpu_ms", cpuMsJson(sender_cpu, opt.rounds)}};
+}
+
 // What the sender reports once the rounds are over, after its per-round send-loop times.
 struct SenderSummary {
-  int64_t user_ns = 0;
-  int64_t system_ns = 0;
+  CpuNs cpu;
   int64_t short_sends = 0;
 };
 
@@ -264,31 +444,12 @@ public:
 
 private:
   bool connectAll(std::string& err) {
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(port_);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    // A blocking connect bounded by SO_SNDTIMEO, then non-blocking for the rounds.
-    const timeval limit{kWaitTimeoutMs / 1000, 0};
     fds_.reserve(size_t(opt_.connections));
     for (int i = 0; i < opt_.connections; ++i) {
-      const int fd = socket(AF_INET, SOCK_STREAM, 0);
-      if (fd < 0) {
-        err = errnoText("socket " + std::to_string(i));
+      const int fd = connectLoopback(port_, i, err);
+      if (fd < 0)
         return false;
-      }
       fds_.push_back(fd);
-      if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit) < 0) {
-        err = errnoText("setsockopt SO_SNDTIMEO");
-        return false;
-      }
-      if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0) {
-        err = errnoText("connect " + std::to_string(i) + " to 127.0.0.1:" +
-                        std::to_string(port_));
-        return false;
-      }
-      if (!setNoDelay(fd, err) || !setNonBlocking(fd, err))
-        return false;
     }
     const char ready = 'r';
     return writeAll(report_fd_, &ready, 1, err, "write ready to the receiver");
@@ -298,7 +459,6 @@ private:
     std::vector<char> payload(size_t(opt_.bytes), 'x');
     std::vector<int64_t> loop_ns;
     loop_ns.reserve(size_t(opt_.rounds));
-    const timespec gap{opt_.gap_ms / 1000, long(opt_.gap_ms % 1000) * 1'000'000};
     CpuNs cpu0;
     for (int r = 0; r < opt_.rounds; ++r) {
       char go;
@@ -314,8 +474,7 @@ private:
       }
       if (r == 0)
         cpu0 = cpuNow();
-      while (clock_nanosleep(CLOCK_MONOTONIC, 0, &gap, nullptr) == EINTR) {
-      }
+      sleepMs(opt_.gap_ms);
       const int64_t t0 = monotonicNs();
       const uint64_t round = uint64_t(r);
       std::memcpy(payload.data(), &t0, 8);
@@ -339,7 +498,7 @@ private:
     char end;
     if (!readAll(go_fd_, &end, 1, err, "wait for the receiver's end of the rounds"))
       return false;
-    const SenderSummary sum{cpu1.user - cpu0.user, cpu1.system - cpu0.system, short_sends_};
+    const SenderSummary sum{cpu1 - cpu0, short_sends_};
     return writeAll(report_fd_, loop_ns.data(), loop_ns.size() * sizeof(int64_t), err,
                     "write the send-loop times") &&
            writeAll(report_fd_, &sum, sizeof sum, err, "write the CPU summary");
@@ -393,13 +552,8 @@ public:
     if (!readAll(report_fd_, &ready, 1, err, "wait for the sender's connections"))
       return false;
     // The report pipe is silent during the rounds: readable there means the sender died.
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.u32 = kControlTag;
-    if (epoll_ctl(ep_, EPOLL_CTL_ADD, report_fd_, &ev) < 0) {
-      err = errnoText("epoll_ctl the sender's pipe");
+    if (!addReadable(ep_, report_fd_, kControlTag, "epoll_ctl the sender's pipe", err))
       return false;
-    }
 
     std::vector<int64_t> lat_ns;
     lat_ns.reserve(size_t(opt_.rounds));
@@ -420,69 +574,25 @@ public:
         !readAll(report_fd_, &sum, sizeof sum, err, "read the sender's CPU summary"))
       return false;
 
-    const double rounds = opt_.rounds;
-    out = {{"connections", opt_.connections},
-           {"bytes", opt_.bytes},
-           {"rounds", opt_.rounds},
-           {"gap_ms", opt_.gap_ms},
-           {"p50_ms", percentileMs(lat_ns, 50)},
-           {"p99_ms", percentileMs(lat_ns, 99)},
-           {"max_ms", percentileMs(lat_ns, 100)},
-           {"send_loop_p50_ms", percentileMs(loop_ns, 50)},
-           {"send_loop_p99_ms", percentileMs(loop_ns, 99)},
-           {"short_sends", sum.short_sends},
-           {"sender_cpu_ms",
-            {{"user", double(sum.user_ns) / 1e6 / rounds},
-             {"system", double(sum.system_ns) / 1e6 / rounds}}},
-           {"receiver_cpu_ms",
-            {{"user", double(cpu1.user - cpu0.user) / 1e6 / rounds},
-             {"system", double(cpu1.system - cpu0.system) / 1e6 / rounds}}}};
+    out = roundsJson(opt_, opt_.connections, lat_ns, loop_ns, sum.short_sends, sum.cpu);
+    out["receiver_cpu_ms"] = cpuMsJson(cpu1 - cpu0, opt_.rounds);
     return true;
   }
 
 private:
-  struct Conn {
-    int fd = -1;
-    uint32_t got = 0;               // bytes of this round's payload received
-    char header[kHeaderBytes] = {}; // this round's header, as it arrives
-  };
-
   bool acceptAll(std::string& err) {
     conns_.resize(size_t(opt_.connections));
     for (int i = 0; i < opt_.connections; ++i) {
       // The pipe too: a sender that failed to connect closes it rather than leave us waiting.
-      pollfd p[2] = {{listen_fd_, POLLIN, 0}, {report_fd_, POLLIN, 0}};
-      const int k = poll(p, 2, kWaitTimeoutMs);
-      if (k < 0 && errno == EINTR) {
-        --i;
-        continue;
-      }
-      if (k <= 0) {
-        err = k == 0 ? "accept: connection " + std::to_string(i) + " of " +
-                           std::to_string(opt_.connections) + " did not come within " +
-                           std::to_string(kWaitTimeoutMs) + " ms"
-                     : errnoText("poll the listener");
+      pollfd p[2];
+      if (!waitConnection(listen_fd_, report_fd_, "connection", i, opt_.connections, p, err))
         return false;
-      }
       if (!(p[0].revents & POLLIN)) {
         err = "the sender stopped after " + std::to_string(i) + " connections";
         return false;
       }
-      const int fd = accept(listen_fd_, nullptr, nullptr);
-      if (fd < 0) {
-        err = errnoText("accept");
+      if (!acceptConn(listen_fd_, ep_, uint32_t(i), conns_[size_t(i)], err))
         return false;
-      }
-      conns_[size_t(i)].fd = fd;
-      if (!setNoDelay(fd, err) || !setNonBlocking(fd, err))
-        return false;
-      epoll_event ev{};
-      ev.events = EPOLLIN; // level-triggered, as mesh_streams
-      ev.data.u32 = uint32_t(i);
-      if (epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev) < 0) {
-        err = errnoText("epoll_ctl");
-        return false;
-      }
     }
     return true;
   }
@@ -502,20 +612,14 @@ private:
     int64_t t0 = 0;
     bool have_t0 = false;
     while (left > 0) {
-      const int64_t wait_ns = deadline - monotonicNs();
-      if (wait_ns <= 0) {
+      const int k = waitEvents(ep_, events, deadline, err);
+      if (k < 0)
+        return false;
+      if (k == 0) {
         err = "round " + std::to_string(r) + ": " + std::to_string(left) + " of " +
               std::to_string(conns_.size()) + " connections still lacked their " +
               std::to_string(opt_.bytes) + " bytes after " +
               std::to_string(kRoundTimeoutNs / 1'000'000'000) + " s";
-        return false;
-      }
-      const int k = epoll_wait(ep_, events.data(), int(events.size()),
-                               int(std::min<int64_t>(wait_ns / 1'000'000 + 1, INT32_MAX)));
-      if (k < 0) {
-        if (errno == EINTR)
-          continue;
-        err = errnoText("epoll_wait");
         return false;
       }
       for (int e = 0; e < k; ++e) {
@@ -526,7 +630,7 @@ private:
           return false;
         }
         Conn& c = conns_[i];
-        const ssize_t got = ::recv(c.fd, buf.data(), buf.size(), 0);
+        const ssize_t got = recvSome(c, buf);
         if (got < 0) {
           if (errno == EAGAIN || errno == EINTR)
             continue;
@@ -538,23 +642,18 @@ private:
           return false;
         }
         const int64_t now = monotonicNs();
-        if (c.got + size_t(got) > size_t(opt_.bytes)) {
+        if (c.got > uint32_t(opt_.bytes)) {
           err = "round " + std::to_string(r) + ": connection " + std::to_string(i) + " got " +
-                std::to_string(c.got + size_t(got)) + " bytes, more than the " +
-                std::to_string(opt_.bytes) + " sent";
+                std::to_string(c.got) + " bytes, more than the " + std::to_string(opt_.bytes) +
+                " sent";
           return false;
         }
-        if (c.got < kHeaderBytes) {
-          const size_t n = std::min(kHeaderBytes - c.got, size_t(got));
-          std::memcpy(c.header + c.got, buf.data(), n);
-        }
-        c.got += uint32_t(got);
         if (c.got < uint32_t(opt_.bytes))
           continue;
         int64_t sent_t0;
         uint64_t sent_round;
-        std::memcpy(&sent_t0, c.header, 8);
-        std::memcpy(&sent_round, c.header + 8, 8);
+        std::memcpy(&sent_t0, c.head, 8);
+        std::memcpy(&sent_round, c.head + 8, 8);
         if (sent_round != r || (have_t0 && sent_t0 != t0)) {
           err = "round " + std::to_string(r) + ": connection " + std::to_string(i) +
                 " carried another round's payload (round " + std::to_string(sent_round) + ")";
@@ -579,12 +678,6 @@ private:
 
 // ---- --processes: P woken processes, one reply each --------------------------------------------
 
-// What a child sends once the sender has ended the rounds: its CPU over them.
-struct ChildCpu {
-  int64_t user_ns = 0;
-  int64_t system_ns = 0;
-};
-
 // Sends all n bytes on a non-blocking socket, each wait for room bounded by kWaitTimeoutMs.
 bool sendAll(int fd, const char* p, size_t n, std::string& err, const char* what) {
   while (n > 0) {
@@ -608,7 +701,8 @@ bool sendAll(int fd, const char* p, size_t n, std::string& err, const char* what
 
 // One forked child: an idle proxy reduced to its socket. Connects to the sender, says it is
 // ready, then per round blocks in epoll_wait until its B bytes are in and answers R bytes whose
-// header echoes the payload's. At the sender's end of the rounds it sends its ChildCpu.
+// header echoes the payload's. At the sender's end of the rounds it sends its CPU over them
+// (a CpuNs).
 class IdleChild {
 public:
   IdleChild(const Options& opt, uint16_t port) : opt_(opt), port_(port) {}
@@ -624,38 +718,12 @@ public:
 
 private:
   bool serve(std::string& err) {
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0) {
-      err = errnoText("socket");
+    const int fd = connectLoopback(port_, -1, err);
+    if (fd < 0)
       return false;
-    }
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(port_);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    const timeval limit{kWaitTimeoutMs / 1000, 0}; // bounds the blocking connect
-    if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit) < 0) {
-      err = errnoText("setsockopt SO_SNDTIMEO");
+    const int ep = epollWith(fd, 0, "epoll_ctl", err);
+    if (ep < 0)
       return false;
-    }
-    if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0) {
-      err = errnoText("connect to 127.0.0.1:" + std::to_string(port_));
-      return false;
-    }
-    if (!setNoDelay(fd, err) || !setNonBlocking(fd, err))
-      return false;
-    const int ep = epoll_create1(0);
-    if (ep < 0) {
-      err = errnoText("epoll_create1");
-      return false;
-    }
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.fd = fd;
-    if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
-      err = errnoText("epoll_ctl");
-      return false;
-    }
     const char ready = 'r';
     if (!sendAll(fd, &ready, 1, err, "send ready to the sender"))
       return false;
@@ -711,8 +779,7 @@ private:
   }
 
   bool sendCpu(int fd, const CpuNs& cpu0, std::string& err) {
-    const CpuNs cpu1 = cpuNow();
-    const ChildCpu c{cpu1.user - cpu0.user, cpu1.system - cpu0.system};
+    const CpuNs c = cpuNow() - cpu0;
     return sendAll(fd, reinterpret_cast<const char*>(&c), sizeof c, err, "send the CPU summary");
   }
 
@@ -770,66 +837,38 @@ public:
         return false;
       }
     }
-    ChildCpu children;
+    CpuNs children;
     if (!receiveAll(
-            sizeof(ChildCpu), monotonicNs() + int64_t(kWaitTimeoutMs) * 1'000'000,
+            sizeof(CpuNs), monotonicNs() + int64_t(kWaitTimeoutMs) * 1'000'000,
             "read the children's CPU", true,
             [&](size_t i, int64_t, std::string&) {
-              ChildCpu c;
+              CpuNs c;
               std::memcpy(&c, conns_[i].head, sizeof c);
-              children.user_ns += c.user_ns;
-              children.system_ns += c.system_ns;
+              children.user += c.user;
+              children.system += c.system;
               return true;
             },
             err) ||
         !reapAll(err))
       return false;
 
-    const double rounds = opt_.rounds;
-    out = {{"connections", opt_.processes},
-           {"processes", opt_.processes},
-           {"bytes", opt_.bytes},
-           {"reply_bytes", opt_.reply_bytes},
-           {"rounds", opt_.rounds},
-           {"gap_ms", opt_.gap_ms},
-           {"p50_ms", percentileMs(lat_ns, 50)},
-           {"p99_ms", percentileMs(lat_ns, 99)},
-           {"max_ms", percentileMs(lat_ns, 100)},
-           {"send_loop_p50_ms", percentileMs(loop_ns, 50)},
-           {"send_loop_p99_ms", percentileMs(loop_ns, 99)},
-           {"short_sends", short_sends_},
-           {"sender_cpu_ms",
-            {{"user", double(cpu1.user - cpu0.user) / 1e6 / rounds},
-             {"system", double(cpu1.system - cpu0.system) / 1e6 / rounds}}},
-           {"children_cpu_ms",
-            {{"user", double(children.user_ns) / 1e6 / rounds},
-             {"system", double(children.system_ns) / 1e6 / rounds}}}};
+    out = roundsJson(opt_, opt_.processes, lat_ns, loop_ns, short_sends_, cpu1 - cpu0);
+    out["processes"] = opt_.processes;
+    out["reply_bytes"] = opt_.reply_bytes;
+    out["children_cpu_ms"] = cpuMsJson(children, opt_.rounds);
     return true;
   }
 
 private:
-  struct Conn {
-    int fd = -1;
-    uint32_t got = 0;             // bytes of the current message received
-    char head[kHeaderBytes] = {}; // its first bytes, as they arrive
-  };
-  static_assert(sizeof(ChildCpu) <= kHeaderBytes);
+  static_assert(sizeof(CpuNs) <= kHeaderBytes);
 
   // SIGCHLD is blocked and read from a signalfd made before the first fork, so no child's
   // exit goes unseen. Each child keeps no descriptor of the parent's but stdio.
   bool listenAndFork(std::string& err) {
-    listen_fd_ = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t alen = sizeof a;
-    if (listen_fd_ < 0 || bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0 ||
-        listen(listen_fd_, std::min(opt_.processes, 4096)) < 0 ||
-        getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&a), &alen) < 0) {
-      err = errnoText("listen on 127.0.0.1:0");
+    uint16_t port = 0;
+    listen_fd_ = listenLoopback(std::min(opt_.processes, 4096), port, err);
+    if (listen_fd_ < 0)
       return false;
-    }
-    const uint16_t port = ntohs(a.sin_port);
     sigset_t chld, old;
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
@@ -865,37 +904,16 @@ private:
       pids_.push_back(pid);
       reaped_.push_back(false);
     }
-    ep_ = epoll_create1(0);
-    if (ep_ < 0) {
-      err = errnoText("epoll_create1");
-      return false;
-    }
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.u32 = kControlTag;
-    if (epoll_ctl(ep_, EPOLL_CTL_ADD, sig_fd_, &ev) < 0) {
-      err = errnoText("epoll_ctl the signalfd");
-      return false;
-    }
-    return true;
+    ep_ = epollWith(sig_fd_, kControlTag, "epoll_ctl the signalfd", err);
+    return ep_ >= 0;
   }
 
   bool acceptAll(std::string& err) {
     conns_.resize(size_t(opt_.processes));
     for (int i = 0; i < opt_.processes; ++i) {
-      pollfd p[2] = {{listen_fd_, POLLIN, 0}, {sig_fd_, POLLIN, 0}};
-      const int k = poll(p, 2, kWaitTimeoutMs);
-      if (k < 0 && errno == EINTR) {
-        --i;
-        continue;
-      }
-      if (k <= 0) {
-        err = k == 0 ? "accept: child connection " + std::to_string(i) + " of " +
-                           std::to_string(opt_.processes) + " did not come within " +
-                           std::to_string(kWaitTimeoutMs) + " ms"
-                     : errnoText("poll the listener");
+      pollfd p[2];
+      if (!waitConnection(listen_fd_, sig_fd_, "child connection", i, opt_.processes, p, err))
         return false;
-      }
       if (p[1].revents & POLLIN) {
         const std::string exits = childExits();
         if (!exits.empty()) {
@@ -907,21 +925,8 @@ private:
         --i;
         continue;
       }
-      const int fd = accept(listen_fd_, nullptr, nullptr);
-      if (fd < 0) {
-        err = errnoText("accept");
+      if (!acceptConn(listen_fd_, ep_, uint32_t(i), conns_[size_t(i)], err))
         return false;
-      }
-      conns_[size_t(i)].fd = fd;
-      if (!setNoDelay(fd, err) || !setNonBlocking(fd, err))
-        return false;
-      epoll_event ev{};
-      ev.events = EPOLLIN; // level-triggered, as the receiver of the default mode
-      ev.data.u32 = uint32_t(i);
-      if (epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev) < 0) {
-        err = errnoText("epoll_ctl");
-        return false;
-      }
     }
     return true;
   }
@@ -929,9 +934,7 @@ private:
   // Sends round r's payload to every child, then reads every reply; lat is the last reply's
   // arrival - t0, loop the send loop's time.
   bool runRound(uint64_t r, int64_t& lat, int64_t& loop, std::string& err) {
-    const timespec gap{opt_.gap_ms / 1000, long(opt_.gap_ms % 1000) * 1'000'000};
-    while (clock_nanosleep(CLOCK_MONOTONIC, 0, &gap, nullptr) == EINTR) {
-    }
+    sleepMs(opt_.gap_ms);
     std::vector<char>& payload = payload_;
     payload.resize(size_t(opt_.bytes), 'x');
     const int64_t t0 = monotonicNs();
@@ -992,18 +995,12 @@ private:
     size_t left = conns_.size();
     std::vector<epoll_event> events(std::min<size_t>(conns_.size() + 1, 1024));
     while (left > 0) {
-      const int64_t wait_ns = deadline - monotonicNs();
-      if (wait_ns <= 0) {
+      const int k = waitEvents(ep_, events, deadline, err);
+      if (k < 0)
+        return false;
+      if (k == 0) {
         err = phase + ": " + std::to_string(left) + " of " + std::to_string(conns_.size()) +
               " children had not sent their " + std::to_string(need) + " bytes in time";
-        return false;
-      }
-      const int k = epoll_wait(ep_, events.data(), int(events.size()),
-                               int(std::min<int64_t>(wait_ns / 1'000'000 + 1, INT32_MAX)));
-      if (k < 0) {
-        if (errno == EINTR)
-          continue;
-        err = errnoText("epoll_wait");
         return false;
       }
       for (int e = 0; e < k; ++e) {
@@ -1016,7 +1013,7 @@ private:
           return false;
         }
         Conn& c = conns_[i];
-        const ssize_t got = ::recv(c.fd, buf_.data(), buf_.size(), 0);
+        const ssize_t got = recvSome(c, buf_);
         if (got < 0) {
           if (errno == EAGAIN || errno == EINTR)
             continue;
@@ -1030,14 +1027,11 @@ private:
           return false;
         }
         const int64_t now = monotonicNs();
-        if (c.got + size_t(got) > need) {
+        if (c.got > need) {
           err = phase + ": child connection " + std::to_string(i) + " sent " +
-                std::to_string(c.got + size_t(got)) + " bytes, expected " + std::to_string(need);
+                std::to_string(c.got) + " bytes, expected " + std::to_string(need);
           return false;
         }
-        if (c.got < kHeaderBytes)
-          std::memcpy(c.head + c.got, buf_.data(), std::min(kHeaderBytes - c.got, size_t(got)));
-        c.got += uint32_t(got);
         if (c.got < need)
           continue;
         if (!done(size_t(i), now, err))
@@ -1183,19 +1177,12 @@ int run(const Options& opt) {
     std::fprintf(stderr, "trellis_loopback_floor: %s\n", err.c_str());
     return 1;
   }
-  const int lfd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t alen = sizeof a;
-  if (lfd < 0 || bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0 ||
-      listen(lfd, std::min(opt.connections, 4096)) < 0 ||
-      getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &alen) < 0) {
-    std::fprintf(stderr, "trellis_loopback_floor: listen on 127.0.0.1:0: %s\n",
-                 std::strerror(errno));
+  uint16_t port = 0;
+  const int lfd = listenLoopback(std::min(opt.connections, 4096), port, err);
+  if (lfd < 0) {
+    std::fprintf(stderr, "trellis_loopback_floor: %s\n", err.c_str());
     return 1;
   }
-  const uint16_t port = ntohs(a.sin_port);
   int go[2], report[2]; // receiver -> sender, sender -> receiver
   if (pipe(go) < 0 || pipe(report) < 0) {
     std::fprintf(stderr, "trellis_loopback_floor: pipe: %s\n", std::strerror(errno));

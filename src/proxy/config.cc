@@ -44,10 +44,29 @@ const char* hashSourceName(HashSource s) {
   return "source_ip";
 }
 
+size_t matchInStep(const std::vector<Endpoint>& now, const std::vector<Endpoint>& before,
+                   std::vector<size_t>& from) {
+  from.assign(now.size(), kNotInStep);
+  size_t matched = 0;
+  size_t next = 0; // where the walk expects the next endpoint in `before`
+  for (size_t i = 0; i < now.size(); ++i) {
+    for (size_t j = next; j < next + 2 && j < before.size(); ++j) {
+      if (before[j].address == now[i].address) {
+        from[i] = j;
+        next = j + 1;
+        ++matched;
+        break;
+      }
+    }
+  }
+  return matched;
+}
+
 std::vector<LbEndpoint> lbEndpoints(const Cluster& cluster) {
   // Only the hashing policies read keys; formatting every address for the others was most
   // of the cost of a worker's new cluster (a mesh update re-creates each changed one).
-  const bool keyed = cluster.lb.policy == LbPolicy::kRingHash || cluster.lb.policy == LbPolicy::kMaglev;
+  const bool keyed =
+      cluster.lb.policy == LbPolicy::kRingHash || cluster.lb.policy == LbPolicy::kMaglev;
   std::vector<LbEndpoint> out;
   out.reserve(cluster.endpoints.size());
   for (const Endpoint& ep : cluster.endpoints)

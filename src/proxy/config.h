@@ -288,6 +288,15 @@ struct Cluster {
   bool operator==(const Cluster&) const = default;
 };
 
+// Pairs the endpoints of two lists of one cluster by address, walking both in step and
+// looking one further (the usual change: the same order with a few endpoints added or
+// removed). Sets from[i] to the index in `before` of now[i]'s address, or kNotInStep when the
+// walk did not find it (new, or elsewhere in a reordered list); returns how many it paired.
+// Addresses within a list are distinct (configuration checks it), so each pair is the only one.
+inline constexpr size_t kNotInStep = SIZE_MAX;
+size_t matchInStep(const std::vector<Endpoint>& now, const std::vector<Endpoint>& before,
+                   std::vector<size_t>& from);
+
 // The endpoints in the form load balancers take, in the same order. Keys ("ip:port") are
 // set for the hashing policies (ring_hash, maglev), which place endpoints by them; empty for
 // the others, which never read them.

@@ -327,23 +327,17 @@ void Worker::apply(std::shared_ptr<const Snapshot> snapshot,
   // A cluster changed in place counts only the difference between its lists: walked in step
   // (the usual case: a few endpoints added or removed), an endpoint in both is no change.
   std::vector<const net::SocketAddress*> gone;
+  std::vector<size_t> from;
   for (const auto& [c, j] : replaced) {
     const auto& now = c->endpoints;
     const auto& before = old_clusters[j]->cfg.endpoints;
     std::vector<bool> stays(before.size(), false);
-    size_t next = 0;
-    for (const auto& ep : now) {
-      bool found = false;
-      for (size_t k = next; k < next + 2 && k < before.size(); ++k) {
-        if (before[k].address == ep.address) {
-          stays[k] = true;
-          next = k + 1;
-          found = true;
-          break;
-        }
-      }
-      if (!found)
-        endpoint_refs_[ep.address]++; // new here (or moved: its old place is released below)
+    matchInStep(now, before, from);
+    for (size_t i = 0; i < now.size(); ++i) {
+      if (from[i] != kNotInStep)
+        stays[from[i]] = true;
+      else
+        endpoint_refs_[now[i].address]++; // new here (or moved: its old place is released below)
     }
     for (size_t k = 0; k < before.size(); ++k)
       if (!stays[k])

@@ -28,7 +28,7 @@ proxy::Route meshDefaultRoute(std::string_view service);
 struct ServiceEntry {
   std::string protocol;  // "\"http\""
   std::string cluster;   // {"lb":...} without name and endpoints
-  std::string endpoints; // [{"address":"ip:port","weight":1},...], sorted by address
+  std::string endpoints; // ["ip:port", {"address":"ip:port","weight":5}, ...], sorted by address
   std::string routes;    // [{"match":...},...]
   // The same endpoints as (address, weight), sorted by address, each address once: what
   // flush() diffs to send endpoints_added/endpoints_removed instead of the whole list.

@@ -138,23 +138,27 @@ Cluster defaultCluster(const std::string& name) {
 
 namespace {
 
-// The index of the first endpoint (in list order) whose address an earlier one already has.
-// Sorting compact keys once costs a fraction of a tree of asio addresses, and a proxy
-// re-validates every endpoint of each service whose endpoints changed.
 // Parsed (not reused) addresses up to which parseEndpoints checks repetitions by comparing
 // them with the list instead of sorting it.
 constexpr size_t kDirectRepeatCheck = 8;
 
+// The index of the first endpoint (in list order) whose address an earlier one already has.
+// Sorting compact keys once costs a fraction of a tree of asio addresses, and a proxy
+// re-validates every endpoint of each service whose endpoints changed. Two addresses are the
+// same exactly when SocketAddress::operator== says so (an IPv6 scope id included), like the
+// direct check and the configuration file's.
 std::optional<size_t> firstRepeated(const std::vector<Endpoint>& eps) {
   struct Key {
     uint64_t hi, lo;      // the address bytes (IPv4 in lo)
     uint32_t family_port; // port << 1 | 1 for IPv4: a v4 address and its v4-mapped v6 differ
+    uint32_t scope;       // IPv6 scope id
     uint32_t index;
     bool sameAddress(const Key& o) const {
-      return hi == o.hi && lo == o.lo && family_port == o.family_port;
+      return hi == o.hi && lo == o.lo && family_port == o.family_port && scope == o.scope;
     }
     bool operator<(const Key& o) const {
-      return std::tie(hi, lo, family_port, index) < std::tie(o.hi, o.lo, o.family_port, o.index);
+      return std::tie(hi, lo, family_port, scope, index) <
+             std::tie(o.hi, o.lo, o.family_port, o.scope, o.index);
     }
   };
   std::vector<Key> keys;
@@ -172,6 +176,7 @@ std::optional<size_t> firstRepeated(const std::vector<Endpoint>& eps) {
         k.lo = k.lo << 8 | b[8 + j];
       }
       k.family_port = uint32_t{eps[i].address.port} << 1;
+      k.scope = static_cast<uint32_t>(ip.to_v6().scope_id());
     }
     k.index = static_cast<uint32_t>(i);
     keys.push_back(k);
@@ -271,7 +276,8 @@ Result<std::vector<Endpoint>> parseEndpoints(const json& eps, const std::string&
         return repeatedOr(makeError(ErrorCode::kInvalidArgument,
                                     "{}: port 0 is not allowed for an endpoint", apath(i)));
       out_ep.address = *sa;
-      parsed.push_back(i);
+      if (reuse != nullptr)
+        parsed.push_back(i);
     }
     out.push_back(out_ep);
   }

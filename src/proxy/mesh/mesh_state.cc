@@ -169,7 +169,6 @@ bool applyEndpointChanges(json& stored, bool& in_order, const json* added, const
     }
     return changed;
   }
-  in_order = true; // the merge below leaves it so
   // Each stored element's address, looked up once (an object member lookup per comparison
   // was most of this function's cost); empty for an element without one.
   std::vector<std::string_view> keys;
@@ -202,7 +201,13 @@ bool applyEndpointChanges(json& stored, bool& in_order, const json* added, const
     addressed = static_cast<size_t>(end - list.begin());
     readKeys();
   }
-
+  // The merge below leaves the list in order. The in-place path may take it from there only
+  // if no address is stored twice (a list the configuration rejected): it would remove or
+  // replace one copy where the merge handles all of them. A repeat removed by this merge is
+  // found to be gone by the next one.
+  in_order = true;
+  for (size_t i = 1; i < addressed && in_order; ++i)
+    in_order = keys[i] != keys[i - 1];
 
   json::array_t out;
   out.reserve(list.size() + adds.size());

@@ -135,34 +135,22 @@ void ClusterState::inheritFrom(const ClusterState& old) {
   // the walk is or one further. One not found there is new, unless some old endpoint was not
   // found either (the list was reordered): only then is the old list indexed by address.
   const auto& olds = old.cfg_.endpoints;
-  constexpr size_t kNew = SIZE_MAX;
-  std::vector<size_t> from(n_, kNew);
-  size_t matched = 0;
-  size_t next = 0; // where the walk expects the next endpoint in the old list
-  for (size_t i = 0; i < n_; ++i) {
-    for (size_t j = next; j < next + 2 && j < old.n_; ++j) {
-      if (olds[j].address == cfg_.endpoints[i].address) {
-        from[i] = j;
-        next = j + 1;
-        ++matched;
-        break;
-      }
-    }
-  }
+  std::vector<size_t> from;
+  const size_t matched = matchInStep(cfg_.endpoints, olds, from);
   if (matched < n_ && matched < old.n_) {
     std::unordered_map<net::SocketAddress, size_t, AddressHash> old_index;
     old_index.reserve(old.n_);
     for (size_t j = 0; j < old.n_; ++j)
       old_index.emplace(olds[j].address, j);
     for (size_t i = 0; i < n_; ++i)
-      if (from[i] == kNew)
+      if (from[i] == kNotInStep)
         if (auto it = old_index.find(cfg_.endpoints[i].address); it != old_index.end())
           from[i] = it->second;
   }
   bool changed = false;
   for (size_t i = 0; i < n_; ++i) {
     const size_t j = from[i];
-    if (j == kNew)
+    if (j == kNotInStep)
       continue;
     if (!trackers_.empty() && !old.trackers_.empty()) {
       trackers_[i].inherit(old.trackers_[j]);

@@ -425,8 +425,9 @@ TEST_F(MeshCompilerTest, DeltaSinceAnOlderVersionCatchesUpInOneStep) {
     // (nor in a complete list, which a one-endpoint service may get instead: as short).
     const json& keep = delta["services"]["keep"];
     EXPECT_FALSE(keep.contains("endpoints_added")) << *d;
-    if (keep.contains("endpoints"))
+    if (keep.contains("endpoints")) {
       EXPECT_EQ(keep["endpoints"], json::parse(R"(["10.0.0.1:1000"])")) << *d;
+    }
     json state = from;
     applyDelta(state, delta, Removals::kMayBeAbsent);
     EXPECT_EQ(state, now) << *d;

@@ -356,8 +356,9 @@ TEST(MeshApply, WorkerKeepsRuntimesOfSharedClustersAndRetiresOnlyUnusedPools) {
   w.shutdown();
 }
 
-// Clusters changed in place at random (endpoints added, removed, reordered; sometimes one
-// left as the same object): a pool stays exactly while some cluster lists its address.
+// Clusters changed at random (endpoints added, removed, reordered; clusters added, removed,
+// moved, or kept as the same object): a pool stays exactly while some cluster lists its
+// address.
 TEST(MeshApply, PoolsLiveExactlyWhileSomeClusterListsTheirAddress) {
   WorkerRig rig;
   auto& w = rig.w;
@@ -377,13 +378,23 @@ TEST(MeshApply, PoolsLiveExactlyWhileSomeClusterListsTheirAddress) {
   for (int step = 0; step < 300; ++step) {
     auto snap = std::make_shared<Snapshot>();
     auto shared = std::make_shared<SharedState>();
-    for (size_t i = 0; i < 3; ++i) {
-      if (prev && rng() % 3 == 0) { // unchanged: the same object and state
-        snap->clusters.push_back(prev->clusters.shared(i));
-        shared->clusters.push_back(prev_shared->clusters[i]);
+    // Two to four of five names, in any order: clusters come, go, move and stay in place.
+    std::vector<std::string> names = {"a", "b", "c", "d", "e"};
+    std::shuffle(names.begin(), names.end(), rng);
+    names.resize(2 + rng() % 3);
+    if (rng() % 2 == 0)
+      std::sort(names.begin(), names.end());
+    for (const auto& name : names) {
+      size_t at = prev ? prev->clusters.size() : 0;
+      for (size_t k = 0; prev && k < prev->clusters.size(); ++k)
+        if (prev->clusters[k].name == name)
+          at = k;
+      if (prev && at < prev->clusters.size() && rng() % 3 == 0) { // the same object and state
+        snap->clusters.push_back(prev->clusters.shared(at));
+        shared->clusters.push_back(prev_shared->clusters[at]);
       } else {
-        snap->clusters.push_back(cluster(std::string(1, char('a' + i)), randomList()));
-        shared->clusters.push_back(std::make_shared<ClusterState>(snap->clusters[i]));
+        snap->clusters.push_back(cluster(name, randomList()));
+        shared->clusters.push_back(std::make_shared<ClusterState>(snap->clusters.back()));
       }
     }
     w.apply(snap, shared, {});

@@ -221,6 +221,30 @@ TEST_P(EndpointChangesModel, MatchesAModel) {
 INSTANTIATE_TEST_SUITE_P(MeshState, EndpointChangesModel,
                          ::testing::Values(std::pair{12, 8}, std::pair{60, 48}));
 
+// A stored list that repeats an address (the configuration rejects it) is changed by the
+// merge pass for as long as the repeat stays: a removal takes every copy out, as a complete
+// list would, not the first one found.
+TEST(MeshState, RepeatedStoredAddressesAreRemovedEveryCopy) {
+  MeshState st;
+  json svc = named("orders", service({}));
+  json stored = json::array({"10.0.0.1:1", "10.0.0.1:1"});
+  for (int p = 2; p <= 9; ++p)
+    stored.push_back("10.0.0.1:" + std::to_string(p));
+  svc["endpoints"] = stored;
+  ASSERT_TRUE(st.applySnapshot(parseMessage(snapshotLine(1, {{"orders", svc}})).value()).ok());
+  auto change = [&](uint64_t v, const char* key, const char* address) {
+    json delta{{"type", "delta"},
+               {"version", v},
+               {"services", {{"orders", {{key, json::array({address})}}}}}};
+    ASSERT_TRUE(st.applyDelta(parseMessage(delta.dump()).value()).ok());
+  };
+  change(2, "endpoints_added", "10.0.0.1:99");
+  change(3, "endpoints_removed", "10.0.0.1:1");
+  const json& now = st.services().at("orders").endpoints;
+  EXPECT_EQ(std::count(now.begin(), now.end(), json("10.0.0.1:1")), 0) << now.dump();
+  EXPECT_EQ(now.size(), 9u) << now.dump();
+}
+
 TEST(MeshState, EndpointChangesApplyByAddressAndEqualTheFullList) {
   MeshState st;
   json orders = named("orders", service({}));
@@ -641,6 +665,11 @@ TEST(MeshConfig, EndpointValidation) {
   r = parseEndpoints(json::array({"[::1]:5", "10.0.0.1:1", "[0::1]:5"}), "e");
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().message(), "e[2]: [::1]:5 is listed twice");
+  // A link-local address under two scope ids is two endpoints; under one, a repetition.
+  ok = parseEndpoints(json::array({"[fe80::7%1]:80", "[fe80::7%2]:80", "[fe80::7]:80"}), "e");
+  ASSERT_TRUE(ok.ok()) << ok.error().message();
+  r = parseEndpoints(json::array({"[fe80::7%1]:80", "[fe80::7%1]:80"}), "e");
+  ASSERT_FALSE(r.ok());
   // An error before any repetition is that error.
   r = parseEndpoints(json::array({"10.0.0.1:80", "bad", "10.0.0.1:80"}), "e");
   ASSERT_FALSE(r.ok());
@@ -656,8 +685,11 @@ TEST(MeshConfig, EndpointReuseGivesTheSameResult) {
     const int k = static_cast<int>(rng() % 40);
     // IPv6 sometimes spelled another way: another text, the same address (a repetition the
     // texts do not show).
+    // And link-local ones with scope ids: another scope is another address.
     std::string a = k % 7 == 0 ? (rng() % 3 == 0 ? "[0::" : "[::") + std::to_string(k) + "]:80"
                                : "10.0.0." + std::to_string(k) + ":" + std::to_string(80 + k % 3);
+    if (k % 7 == 0 && rng() % 2 == 0)
+      a = "[fe80::" + std::to_string(k) + (rng() % 3 == 0 ? "" : rng() % 2 ? "%1" : "%2") + "]:80";
     if (rng() % 60 == 0)
       a = rng() % 2 ? "bad" : "10.0.0.1:0";
     return rng() % 2 ? json(a) : json{{"address", a}, {"weight", 1 + rng() % 4}};

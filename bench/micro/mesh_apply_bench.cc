@@ -81,10 +81,8 @@ std::string deltaLine(uint64_t version, uint64_t k) {
   const int s = static_cast<int>(k % kServices);
   const uint64_t pass = k / kServices;
   const int e = static_cast<int>((pass / 2) % kEndpoints); // dropped on even passes, back on odd
-  json change = pass % 2 == 0
-                    ? json{{"endpoints_removed", json::array({endpointAddress(s, e)})}}
-                    : json{{"endpoints_added",
-                            json::array({endpointAddress(s, e)})}};
+  json change = pass % 2 == 0 ? json{{"endpoints_removed", json::array({endpointAddress(s, e)})}}
+                              : json{{"endpoints_added", json::array({endpointAddress(s, e)})}};
   return json{{"type", "delta"},
               {"version", version},
               {"services", {{serviceName(s), change}}},
@@ -234,11 +232,10 @@ std::string everyServiceLine(uint64_t version, uint64_t pass) {
   const int e = static_cast<int>((pass / 2) % kEndpoints);
   for (int s = 0; s < kServices; ++s)
     services[serviceName(s)] =
-        pass % 2 == 0
-            ? json{{"endpoints_removed", json::array({endpointAddress(s, e)})}}
-            : json{{"endpoints_added",
-                    json::array({endpointAddress(s, e)})}};
-  return json{{"type", "delta"}, {"version", version}, {"services", services}, {"removed", json::array()}}
+        pass % 2 == 0 ? json{{"endpoints_removed", json::array({endpointAddress(s, e)})}}
+                      : json{{"endpoints_added", json::array({endpointAddress(s, e)})}};
+  return json{
+      {"type", "delta"}, {"version", version}, {"services", services}, {"removed", json::array()}}
       .dump();
 }
 

@@ -118,7 +118,9 @@ int64_t monotonicNs() {
   return int64_t(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
 }
 
-int64_t toNs(const timeval& tv) { return int64_t(tv.tv_sec) * 1'000'000'000 + tv.tv_usec * 1000; }
+int64_t toNs(const timeval& tv) {
+  return int64_t(tv.tv_sec) * 1'000'000'000 + tv.tv_usec * 1000;
+}
 
 struct CpuNs {
   int64_t user = 0;
@@ -131,7 +133,9 @@ CpuNs cpuNow() {
   return {toNs(ru.ru_utime), toNs(ru.ru_stime)};
 }
 
-CpuNs operator-(const CpuNs& a, const CpuNs& b) { return {a.user - b.user, a.system - b.system}; }
+CpuNs operator-(const CpuNs& a, const CpuNs& b) {
+  return {a.user - b.user, a.system - b.system};
+}
 
 // Sleeps ms milliseconds (CLOCK_MONOTONIC), starting over after a signal.
 void sleepMs(int ms) {
@@ -140,7 +144,9 @@ void sleepMs(int ms) {
   }
 }
 
-std::string errnoText(const std::string& what) { return what + ": " + std::strerror(errno); }
+std::string errnoText(const std::string& what) {
+  return what + ": " + std::strerror(errno);
+}
 
 // Percentile as bench/propagation's pct(): the sorted sample at round(p * (n - 1)).
 double percentileMs(std::vector<int64_t> ns, double p) {
@@ -397,8 +403,7 @@ bool acceptConn(int listen_fd, int ep, uint32_t index, Conn& c, std::string& err
 }
 
 nlohmann::json cpuMsJson(const CpuNs& cpu, double rounds) {
-  return {{"user", double(cpu.user) / 1e6 / rounds},
-          {"system", double(cpu.system) / 1e6 / rounds}};
+  return {{"user", double(cpu.user) / 1e6 / rounds}, {"system", double(cpu.system) / 1e6 / rounds}};
 }
 
 // The output keys both modes share; each adds the CPU of the connections' other ends (and the
@@ -511,8 +516,7 @@ private:
       while (off < payload.size()) {
         if (!waitFd(fds_[i], POLLOUT, kWaitTimeoutMs, err, "wait for room to send"))
           return false;
-        const ssize_t w =
-            ::send(fds_[i], payload.data() + off, payload.size() - off, MSG_NOSIGNAL);
+        const ssize_t w = ::send(fds_[i], payload.data() + off, payload.size() - off, MSG_NOSIGNAL);
         if (w < 0 && errno != EAGAIN && errno != EINTR) {
           err = errnoText("send on connection " + std::to_string(i));
           return false;

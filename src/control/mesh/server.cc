@@ -54,8 +54,8 @@ const char* kHelpKinds = "HTTPRoute, TrafficPolicy or Service";
 
 } // namespace
 
-MeshServer::MeshServer(Dispatcher& loop, registry::Registry& registry,
-                       telemetry::Registry& metrics, MeshSettings settings)
+MeshServer::MeshServer(Dispatcher& loop, registry::Registry& registry, telemetry::Registry& metrics,
+                       MeshSettings settings)
     : loop_(loop), registry_(registry), metrics_(metrics), settings_(settings),
       compiler_(registry.catalog(), settings.endpoint_tombstones) {
   pump_timer_ = loop_.createTimer([this] { pumpBacklogged(); });

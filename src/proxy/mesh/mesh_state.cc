@@ -383,8 +383,7 @@ Status MeshState::applyDelta(const Message& msg) {
         if (std::string_view(key) == "endpoints") {
           if (setField(e.endpoints, *f, e.endpoints_rev))
             e.endpoints_in_order = false;
-        }
-        else
+        } else
           def |= setField(std::string_view(key) == "protocol"  ? e.protocol
                           : std::string_view(key) == "cluster" ? e.cluster
                                                                : e.routes,

@@ -294,8 +294,7 @@ TEST_F(MeshCompilerTest, RenamedInstanceUpdatesBothServices) {
   apply(instance("n1", "10.0.0.1", "b", "x-1", 1000, CheckStatus::kPassing));
   json d = flush();
   EXPECT_EQ(d["removed"], json::parse(R"(["a"])"));
-  EXPECT_EQ(d["services"]["b"],
-            json::parse(R"({"endpoints_added":["10.0.0.1:1000"]})"));
+  EXPECT_EQ(d["services"]["b"], json::parse(R"({"endpoints_added":["10.0.0.1:1000"]})"));
   EXPECT_EQ(snapshotJson(compiler_)["services"]["b"]["endpoints"].size(), 2u);
 }
 
@@ -316,8 +315,7 @@ TEST_F(MeshCompilerTest, EndpointChangesReplaceTheListWhenShorter) {
   apply(heavy);
   json d = flush();
   EXPECT_EQ(d["services"].size(), 1u) << d;
-  EXPECT_EQ(d["services"]["orders"],
-            json::parse(R"({"endpoints_added":["10.0.0.1:8999",
+  EXPECT_EQ(d["services"]["orders"], json::parse(R"({"endpoints_added":["10.0.0.1:8999",
                                                {"address":"10.0.0.1:9007","weight":5}],
                             "endpoints_removed":["10.0.0.1:9003"]})"))
       << d;
@@ -328,9 +326,7 @@ TEST_F(MeshCompilerTest, EndpointChangesReplaceTheListWhenShorter) {
     if (i != 3)
       apply(health("n1", "o-" + std::to_string(i), CheckStatus::kCritical));
   d = flush();
-  EXPECT_EQ(d["services"]["orders"],
-            json::parse(R"({"endpoints":["10.0.0.1:8999"]})"))
-      << d;
+  EXPECT_EQ(d["services"]["orders"], json::parse(R"({"endpoints":["10.0.0.1:8999"]})")) << d;
 
   // A definition change beside an endpoint change: both, the endpoints as a change.
   for (int i = 0; i < 20; ++i)
@@ -638,8 +634,7 @@ TEST_F(MeshCompilerTest, CatchUpAfterABurstIsEndpointLevel) {
     ASSERT_EQ(fields.size(), 1u) << name << ": " << fields;
     ASSERT_EQ(fields["endpoints_added"].size(), size_t(kBurst)) << name;
   }
-  EXPECT_EQ(delta["services"]["svc7"]["endpoints_added"][0],
-            json::parse(R"("10.1.7.1:30000")"));
+  EXPECT_EQ(delta["services"]["svc7"]["endpoints_added"][0], json::parse(R"("10.1.7.1:30000")"));
   std::printf("catch-up after %d registrations over %d services of %d: %zu bytes "
               "(complete entries: %zu bytes)\n",
               kServices * kBurst, kServices, kInstances, text.size(), complete_entries);
@@ -719,8 +714,7 @@ TEST_F(MeshCompilerTest, CatchUpPastTheEndpointTombstoneBoundSendsTheFullList) {
   apply(health("n1", "o-5", CheckStatus::kPassing));
   c->flush();
   d = checkCatchUp(*c, at[v3], v3);
-  EXPECT_EQ(d["services"]["orders"],
-            json::parse(R"({"endpoints_added":["10.0.0.1:9005"],
+  EXPECT_EQ(d["services"]["orders"], json::parse(R"({"endpoints_added":["10.0.0.1:9005"],
                             "endpoints_removed":["10.0.0.1:9004","10.0.0.1:9006"]})"));
 }
 

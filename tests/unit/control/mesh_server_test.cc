@@ -184,15 +184,15 @@ TEST_F(MeshServerTest, StreamStartsWithSnapshotThenCoalescedDelta) {
   EXPECT_EQ(msgs[0]["type"], "snapshot");
   EXPECT_EQ(msgs[0]["version"], registry_.catalog().index());
   EXPECT_EQ(msgs[0]["stream"].get<std::string>().size(), 16u);
-  EXPECT_EQ(msgs[0]["services"]["orders"]["endpoints"][0], "10.0.0.1:9001"); // weight 1: the address
+  EXPECT_EQ(msgs[0]["services"]["orders"]["endpoints"][0],
+            "10.0.0.1:9001"); // weight 1: the address
   json state = msgs[0]["services"];
 
   // The first change after a quiet period goes out at once, without waiting.
   submit(instance("orders", "orders-2", 9002));
   msgs = w->messages();
   ASSERT_EQ(msgs.size(), 1u);
-  EXPECT_EQ(msgs[0]["services"]["orders"],
-            json::parse(R"({"endpoints_added":["10.0.0.1:9002"]})"));
+  EXPECT_EQ(msgs[0]["services"]["orders"], json::parse(R"({"endpoints_added":["10.0.0.1:9002"]})"));
   for (const json& ep : msgs[0]["services"]["orders"]["endpoints_added"])
     state["orders"]["endpoints"].push_back(ep);
   // Two more within the coalescing window of that delta: one delta at the window's end
@@ -211,8 +211,7 @@ TEST_F(MeshServerTest, StreamStartsWithSnapshotThenCoalescedDelta) {
   EXPECT_EQ(msgs[0]["version"], registry_.catalog().index());
   // orders existed: only its new endpoint (shorter than the list of three); users is new:
   // complete.
-  EXPECT_EQ(msgs[0]["services"]["orders"],
-            json::parse(R"({"endpoints_added":["10.0.0.1:9003"]})"));
+  EXPECT_EQ(msgs[0]["services"]["orders"], json::parse(R"({"endpoints_added":["10.0.0.1:9003"]})"));
   EXPECT_TRUE(msgs[0]["services"]["users"].contains("cluster"));
   EXPECT_EQ(msgs[0]["services"]["users"]["endpoints"].size(), 1u);
   // Applied to the snapshot (endpoints by address), the delta gives the server's state.

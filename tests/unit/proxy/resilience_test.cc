@@ -400,8 +400,9 @@ TEST(ClusterState, InheritedStateFollowsTheAddressInAnyOrder) {
       const uint16_t port = static_cast<uint16_t>(9100 + rng() % 50);
       if (std::none_of(b.endpoints.begin(), b.endpoints.end(),
                        [&](const Endpoint& e) { return e.address.port == port; }))
-        b.endpoints.insert(b.endpoints.begin() + rng() % (b.endpoints.size() + 1),
-                           Endpoint{*net::parseSocketAddress("127.0.0.1:" + std::to_string(port)), 1});
+        b.endpoints.insert(
+            b.endpoints.begin() + rng() % (b.endpoints.size() + 1),
+            Endpoint{*net::parseSocketAddress("127.0.0.1:" + std::to_string(port)), 1});
     }
     if (round % 3 == 0)
       std::shuffle(b.endpoints.begin(), b.endpoints.end(), rng);
@@ -413,9 +414,10 @@ TEST(ClusterState, InheritedStateFollowsTheAddressInAnyOrder) {
                                     : EndpointState::kHealthy)
           << "round " << round << " endpoint " << b.endpoints[i].address.toString();
     EXPECT_EQ(fresh.activeEjections(),
-              static_cast<size_t>(std::count_if(b.endpoints.begin(), b.endpoints.end(), [&](const Endpoint& e) {
-                return ejected.count(e.address.port) != 0;
-              })));
+              static_cast<size_t>(
+                  std::count_if(b.endpoints.begin(), b.endpoints.end(), [&](const Endpoint& e) {
+                    return ejected.count(e.address.port) != 0;
+                  })));
   }
 }
 

@@ -753,14 +753,19 @@ TEST_F(MeshCompilerTest, CatchUpFromEveryEarlierVersionGivesTheSnapshot) {
     };
     std::map<std::string, std::string> registered; // instance id -> node
     auto id = [](int s, int i) { return "s" + std::to_string(s) + "-" + std::to_string(i); };
+    auto deregister = [&](int s, int i) {
+      if (!registered.count(id(s, i)))
+        return;
+      registry::DeregisterRequest del;
+      del.node = registered[id(s, i)];
+      del.service_id = id(s, i);
+      write(del);
+      registered.erase(id(s, i));
+    };
     auto registerOne = [&](int s, int i) {
       const std::string node = pick(2) == 0 ? "n1" : "n2";
-      if (registered.count(id(s, i)) && registered[id(s, i)] != node) {
-        registry::DeregisterRequest del;
-        del.node = registered[id(s, i)];
-        del.service_id = id(s, i);
-        write(del);
-      }
+      if (registered.count(id(s, i)) && registered[id(s, i)] != node)
+        deregister(s, i); // moves to the other node
       // Few ports and addresses: re-registrations move, reweight or share an address.
       registry::RegisterRequest r =
           instance(node, node == "n1" ? "10.0.0.1" : "10.0.0.2", "s" + std::to_string(s),
@@ -798,26 +803,12 @@ TEST_F(MeshCompilerTest, CatchUpFromEveryEarlierVersionGivesTheSnapshot) {
           break;
         case 5:
         case 6:
-          if (registered.count(id(s, i))) {
-            registry::DeregisterRequest del;
-            del.node = registered[id(s, i)];
-            del.service_id = id(s, i);
-            write(del);
-            registered.erase(id(s, i));
-          }
+          deregister(s, i);
           break;
-        case 7: { // the service goes (unless a resource keeps it)
-          for (int k = 0; k < kIds; ++k) {
-            if (!registered.count(id(s, k)))
-              continue;
-            registry::DeregisterRequest del;
-            del.node = registered[id(s, k)];
-            del.service_id = id(s, k);
-            write(del);
-            registered.erase(id(s, k));
-          }
+        case 7: // the service goes (unless a resource keeps it)
+          for (int k = 0; k < kIds; ++k)
+            deregister(s, k);
           break;
-        }
         case 8: // a definition change (or the service defined without instances)
           writeResource(fmt::format(R"(apiVersion: trellis.dev/v1alpha1
 kind: TrafficPolicy

@@ -572,7 +572,8 @@ Status Parser::parseCluster(const YAML::Node& n, const std::string& path, Cluste
   TRELLIS_RETURN_IF_ERROR(checkKeys(
       n, path,
       {"name", "lb", "hash_on", "connect_timeout", "endpoints", "health_check", "outlier_detection",
-       "circuit_breakers", "panic_threshold", "pool", "least_request", "ring_hash", "maglev"}));
+       "circuit_breakers", "panic_threshold", "pool", "least_request", "ring_hash", "maglev",
+       "trust_proxy_errors"}));
   TRELLIS_RETURN_IF_ERROR(required(n, path, "name", out.name, name()));
 
   if (const YAML::Node lb = n["lb"]; lb.IsDefined()) {
@@ -639,6 +640,8 @@ Status Parser::parseCluster(const YAML::Node& n, const std::string& path, Cluste
   TRELLIS_RETURN_IF_ERROR(
       field(n, path, "panic_threshold", out.lb.panic_threshold, integer(0, 100)));
   TRELLIS_RETURN_IF_ERROR(field(n, path, "connect_timeout", out.connect_timeout, duration(false)));
+  TRELLIS_RETURN_IF_ERROR(
+      field(n, path, "trust_proxy_errors", out.trust_proxy_errors, boolean()));
 
   const YAML::Node eps = n["endpoints"];
   if (!eps.IsDefined())
@@ -1501,7 +1504,8 @@ json clusterJson(const Cluster& c) {
   json j = {{"name", c.name},
             {"lb", lbPolicyName(c.lb.policy)},
             {"panic_threshold", c.lb.panic_threshold},
-            {"connect_timeout", dur(c.connect_timeout)}};
+            {"connect_timeout", dur(c.connect_timeout)},
+            {"trust_proxy_errors", c.trust_proxy_errors}};
   switch (c.lb.policy) {
   case LbPolicy::kLeastRequest:
     j["least_request"] = {{"choice_count", c.lb.choice_count}};

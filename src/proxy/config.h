@@ -274,6 +274,10 @@ struct PoolConfig {
   bool operator==(const PoolConfig&) const = default;
 };
 
+// Set on every answer a Trellis proxy makes itself (a local reply), with the reply's response
+// flag as its value (UF, UC, UH, ...; see docs/proxy.md), like Linkerd's l5d-proxy-error.
+inline constexpr std::string_view kProxyErrorHeader = "x-trellis-proxy-error";
+
 struct Cluster {
   std::string name;
   LbConfig lb;                       // policy, its options and panic_threshold
@@ -284,6 +288,10 @@ struct Cluster {
   std::optional<OutlierDetection> outlier_detection; // none: no passive ejection
   CircuitBreakers circuit_breakers;
   PoolConfig pool;
+  // The endpoints are Trellis proxies (sidecar inbounds): a 5xx answer of theirs carrying
+  // kProxyErrorHeader counts as the failure it names (UF, UH: the app was never reached; UC:
+  // reset), so it is retried and ejected like one. Off: the header is dropped from responses.
+  bool trust_proxy_errors = false;
 
   bool operator==(const Cluster&) const = default;
 };

@@ -990,6 +990,13 @@ void HttpSession::processUp() {
     scheduleRetry();
     return;
   }
+  if (peer_failure_) {
+    // The peer proxy's answer stands for a failure of its app: the try failed like that.
+    const TryFailure f = *peer_failure_;
+    peer_failure_.reset();
+    onUpstreamFailure(f, peer_flag_, f == TryFailure::kConnectFailure ? 503 : 502);
+    return;
+  }
   if (ubeg_ == uend_ && !upgrading_)
     ubeg_ = uend_ = 0;
   flushDown();
@@ -1045,6 +1052,27 @@ bool HttpSession::retryOnStatus() {
   return false;
 }
 
+bool HttpSession::peerProxyFailure() {
+  auto flag = rsp_headers_.get(kProxyErrorHeader);
+  if (!flag)
+    return false;
+  // UF: the peer could not connect to its app; UH: it had no usable one. Either way the
+  // request reached no app, as with a connect failure here. UC: the app closed or reset
+  // before answering.
+  if (*flag == "UF" || *flag == "UH") {
+    peer_failure_ = TryFailure::kConnectFailure;
+    peer_flag_ = "UF";
+  } else if (*flag == "UC") {
+    peer_failure_ = TryFailure::kReset;
+    peer_flag_ = "UC";
+  } else {
+    return false; // an answer of the peer's policy (rate limit, fault, ...): passed on
+  }
+  has_try_deadline_ = false;
+  cluster_->stats().err_proxy_error.inc();
+  return true;
+}
+
 http::Action HttpSession::rspStatusLine(http::Version version, uint16_t status,
                                         std::string_view reason) {
   rsp_version_ = version;
@@ -1078,6 +1106,9 @@ http::Action HttpSession::rspHeadersComplete(const http::MessageHead& head) {
     out.append("\r\n");
     return http::Action::kContinue;
   }
+  const bool trusted = cluster_ && cluster_->cfg.trust_proxy_errors;
+  if (trusted && status_ >= 500 && peerProxyFailure())
+    return http::Action::kPause;
   if (retryOnStatus()) {
     retry_status_ = true;
     return http::Action::kPause;
@@ -1086,6 +1117,8 @@ http::Action HttpSession::rspHeadersComplete(const http::MessageHead& head) {
   bool switching = head.upgrade && status_ == 101;
   statusLine(version_);
   for (auto f : rsp_headers_) {
+    if (!trusted && nameIs(f.name, kProxyErrorHeader))
+      continue; // only a proxy's own answers carry it
     if (isDropped(f.name, tokens)) {
       if (switching && nameIs(f.name, "upgrade"))
         upgrade = f.value;
@@ -1261,6 +1294,8 @@ void HttpSession::localReply(uint16_t status, const char* flag, std::string_view
     h.add("connection", "close");
   if (status == 429)
     h.add("retry-after", "1");
+  if (*flag != '-')
+    h.add(kProxyErrorHeader, flag);
   if (!location.empty())
     h.add("location", location);
   http::serializeResponseHead(http::Version::kHttp11, status, "", h, down_out_);
@@ -1360,6 +1395,7 @@ void HttpSession::finishRequest() {
   // Reset per-request state.
   wait_ = Wait::kNone;
   fault_abort_ = has_req_deadline_ = has_try_deadline_ = retry_status_ = false;
+  peer_failure_.reset();
   retries_done_ = 0;
   tried_n_ = 0;
   recording_ = false;

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <asio/ip/tcp.hpp>
@@ -104,6 +105,7 @@ private:
   http::Action rspBody(std::string_view piece);
   http::Action rspComplete();
   bool retryOnStatus(); // at a final response head: whether its status is retried
+  bool peerProxyFailure(); // at a 5xx head from a trusted peer: whether it names a failure
   void flushDown();
   void startTunnel();
 
@@ -201,6 +203,10 @@ private:
   bool recording_ = false;   // the route retries: keep the body sent for a replay
   bool replayable_ = true;   // replay_ holds the whole body sent so far
   bool retry_status_ = false; // the response head just parsed is to be retried
+  // The response head just parsed is a peer proxy's answer naming a failure (the cluster's
+  // trust_proxy_errors): the try fails as that failure, with this flag.
+  std::optional<TryFailure> peer_failure_;
+  const char* peer_flag_ = "";
   std::string replay_;       // request body as framed upstream, for a retry
   size_t attempt_at_ = 0, attempt_len_ = 0; // the x-trellis-attempt value within up_head_
 };

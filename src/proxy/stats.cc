@@ -50,7 +50,7 @@ Result<ProxyStats> ProxyStats::create(telemetry::Registry& r) {
                                   {"cluster"}));
   TRELLIS_RETURN_IF_ERROR(counter(s.upstream_errors, "trellis_proxy_upstream_errors_total",
                                   "Upstream failures by kind (connect_failure, connect_timeout, "
-                                  "reset, bad_response)",
+                                  "reset, bad_response, proxy_error)",
                                   {"cluster", "kind"}));
   TRELLIS_RETURN_IF_ERROR(counter(s.bytes_received, "trellis_proxy_downstream_bytes_received_total",
                                   "Bytes read from downstream connections", {"listener"}));

@@ -159,6 +159,7 @@ ClusterStats& ClusterRuntime::stats() {
     stats_->err_connect_timeout = s.upstream_errors->handle(shard, {cfg.name, "connect_timeout"});
     stats_->err_reset = s.upstream_errors->handle(shard, {cfg.name, "reset"});
     stats_->err_bad_response = s.upstream_errors->handle(shard, {cfg.name, "bad_response"});
+    stats_->err_proxy_error = s.upstream_errors->handle(shard, {cfg.name, "proxy_error"});
     stats_->retries = s.retries->handle(shard, {cfg.name});
     stats_->retries_succeeded = s.retries_succeeded->handle(shard, {cfg.name});
     stats_->retries_budget_exhausted = s.retries_budget_exhausted->handle(shard, {cfg.name});

@@ -83,7 +83,7 @@ private:
 // A cluster's metric handles on one worker.
 struct ClusterStats {
   telemetry::CounterHandle cx_total, pool_reuse, err_connect, err_connect_timeout, err_reset,
-      err_bad_response;
+      err_bad_response, err_proxy_error;
   telemetry::GaugeHandle cx_active;
   telemetry::CounterHandle retries, retries_succeeded, retries_budget_exhausted, panic;
   std::array<telemetry::CounterHandle, static_cast<size_t>(LimitKind::kCount)> overflow;

@@ -9,10 +9,11 @@ are bench/failure's job.
 """
 import http.client
 import json
+import socket
 import threading
 import time
 
-from conftest import wait_until
+from conftest import free_port, wait_until
 from loadgen import ClusterWatcher, LoadGen, cluster_states, format_summary, format_windows
 from proxyutil import request, start_proxy
 
@@ -491,3 +492,114 @@ def test_health_check_takes_failing_origin_out_and_back(procs, echo):
     wait_until(lambda: state() == "healthy", timeout=5, what="the origin to turn healthy")
     # round robin over three again: a third each
     assert spread().get(sick.instance, 0) >= 10
+
+
+# --- 11. a peer Trellis proxy's own failures (the mesh: sidecar inbounds) ------------------
+
+class At:
+    """An endpoint given by its address only."""
+
+    def __init__(self, address):
+        self.address = address
+
+
+class ClosingApp:
+    """An app that reads each request and closes the connection without answering: what a
+    proxy in front of it sees when its app dies in the middle of a request."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.accepted = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            c.settimeout(5)
+            try:
+                c.recv(65536)
+            except OSError:
+                pass
+            c.close()
+
+    def close(self):
+        self.sock.close()
+
+
+def inner_proxy(procs, app_address):
+    """A Trellis proxy in front of one app, as a sidecar's inbound is."""
+    return start_proxy(procs, config([At(app_address)]))
+
+
+def peers_behind(procs, failing, live, retry_on, trust):
+    """A proxy whose cluster is the two inner proxies (round robin on one worker, one retry on
+    `retry_on`, no outlier detection so the failing one keeps its turn)."""
+    eps = [At(f"127.0.0.1:{failing.port()}"), At(f"127.0.0.1:{live.port()}")]
+    return start_proxy(procs, config(
+        eps, route=indent(f"retries: {{attempts: 1, on: [{retry_on}]}}", 8),
+        cluster=indent(f"trust_proxy_errors: {'true' if trust else 'false'}", 4)),
+        concurrency=1)
+
+
+def peer_errors(p):
+    return metric(p, "trellis_proxy_upstream_errors_total", cluster=CLUSTER, kind="proxy_error")
+
+
+def test_peer_proxy_connect_failure_is_retried_on_another_endpoint(procs, echo):
+    dead_app = f"127.0.0.1:{free_port()}"  # nothing listens there
+    failing = inner_proxy(procs, dead_app)
+    live = inner_proxy(procs, echo("api").address)
+    # The inner proxy's own answer names its failure.
+    status, headers, _ = request(failing.port(), "/")
+    assert (status, headers.get("x-trellis-proxy-error")) == (503, "UF"), headers
+
+    p = peers_behind(procs, failing, live, "connect-failure", trust=True)
+    # Round robin sends first tries to the failing peer too. Its 503 counts as a connect
+    # failure here: retried on the other endpoint, whatever the method (the app never saw
+    # the request).
+    answers = [request(p.port(), "/", method=m, body=b"x" if m == "POST" else None)
+               for m in ["GET", "POST"] * 5]
+    assert [a[0] for a in answers] == [200] * 10, answers
+    assert all("x-trellis-proxy-error" not in a[1] for a in answers)
+    assert peer_errors(p) >= 5
+    assert metric(p, "trellis_proxy_retries_total", cluster=CLUSTER) == peer_errors(p)
+
+    # Not trusted: the peer's 503 is an answer like any other, passed on without the header
+    # (only a proxy's own answers carry it). Without retries, round robin alternates.
+    q = peers_behind(procs, failing, live, "connect-failure", trust=False)
+    answers = [request(q.port(), "/") for _ in range(10)]
+    assert sorted(a[0] for a in answers) == [200] * 5 + [503] * 5, answers
+    assert all("x-trellis-proxy-error" not in a[1] for a in answers), answers
+    assert metric(q, "trellis_proxy_retries_total", cluster=CLUSTER) == 0
+    assert peer_errors(q) == 0
+
+
+def test_peer_proxy_reset_is_retried_for_idempotent_methods_only(procs, echo):
+    app = ClosingApp()
+    try:
+        failing = inner_proxy(procs, app.address)
+        status, headers, _ = request(failing.port(), "/")
+        assert (status, headers.get("x-trellis-proxy-error")) == (502, "UC"), headers
+        live = inner_proxy(procs, echo("api").address)
+        p = peers_behind(procs, failing, live, "reset", trust=True)
+        # A GET whose first try hits the failing peer is retried on the other.
+        gets = [request(p.port(), "/") for _ in range(6)]
+        assert [a[0] for a in gets] == [200] * 6, gets
+        retried = metric(p, "trellis_proxy_retries_total", cluster=CLUSTER)
+        assert retried >= 3 and retried == peer_errors(p)
+        # A POST may have reached the app: its reset is final, answered by this proxy (UC).
+        posts = [request(p.port(), "/", method="POST", body=b"x") for _ in range(6)]
+        failed = [a for a in posts if a[0] != 200]
+        assert len(failed) >= 3, posts
+        assert all(a[0] == 502 and a[1].get("x-trellis-proxy-error") == "UC" for a in failed)
+        assert metric(p, "trellis_proxy_retries_total", cluster=CLUSTER) == retried
+        assert peer_errors(p) == retried + len(failed)
+    finally:
+        app.close()

@@ -92,7 +92,8 @@ def test_stream_snapshot_deltas_heartbeat_ack(server):
     assert addresses(orders) == ["127.0.0.1:9001"]
     assert orders["protocol"] == "http"
     assert orders["cluster"]["lb"] == "least_request"
-    assert orders["routes"][0]["retries"]["on"] == ["connect-failure"]
+    assert orders["routes"][0]["retries"]["on"] == ["connect-failure", "reset"]
+    assert orders["cluster"]["trust_proxy_errors"] is True
     assert snap["gateways"] == {}
     index = int(server.request("GET", "/v1/health/service/orders")[2]["X-Consul-Index"])
     assert snap["version"] == index

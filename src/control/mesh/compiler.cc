@@ -7,6 +7,7 @@
 
 #include "base/log.h"
 #include "net/address.h"
+#include "proxy/resilience/retry.h"
 
 namespace trellis::control::mesh {
 
@@ -139,9 +140,7 @@ std::vector<proxy::Route> compileHttpRoutes(const MeshResources& res,
       base.weighted = clusters.size() > 1;
       base.total_weight = total;
       base.timeout = 15s;
-      base.retries = proxy::RetryPolicy{};
-      base.retries.attempts = 1;
-      base.retries.on = proxy::RetryOn{true, false, false, false, false, false};
+      base.retries = proxy::meshDefaultRetries();
       applyPolicy(policy, base);
       const manifest::RequestRedirect* redirect = nullptr;
       for (const auto& f : rule.filters) {
@@ -349,6 +348,7 @@ proxy::Cluster meshDefaultCluster() {
   proxy::Cluster c;
   c.lb.policy = proxy::LbPolicy::kLeastRequest;
   c.connect_timeout = 1s;
+  c.trust_proxy_errors = true; // a service's endpoints are its instances' sidecars
   return c;
 }
 
@@ -359,8 +359,7 @@ proxy::Route meshDefaultRoute(std::string_view service) {
   r.clusters.push_back({std::string(service), 1, 0});
   r.total_weight = 1;
   r.timeout = 15s;
-  r.retries.attempts = 1;
-  r.retries.on = proxy::RetryOn{true, false, false, false, false, false};
+  r.retries = proxy::meshDefaultRetries();
   return r;
 }
 

@@ -8,6 +8,8 @@
 
 #include <fmt/format.h>
 
+#include "proxy/resilience/retry.h"
+
 namespace trellis::proxy::mesh {
 
 namespace {
@@ -105,14 +107,7 @@ Route defaultRoute(const std::string& service) {
   r.match.path = "/";
   r.clusters.push_back(WeightedCluster{service, 1, 0});
   r.total_weight = 1;
-  // The mesh default without any policy: one retry, on connect failure only.
-  r.retries.attempts = 1;
-  r.retries.on = RetryOn{.connect_failure = true,
-                         .refused_stream = false,
-                         .reset = false,
-                         .status_5xx = false,
-                         .gateway_error = false,
-                         .retriable_status_codes = false};
+  r.retries = meshDefaultRetries();
   return r;
 }
 
@@ -131,6 +126,7 @@ Cluster defaultCluster(const std::string& name) {
   c.name = name;
   c.connect_timeout = std::chrono::seconds(1);
   c.outlier_detection = defaultOutlierDetection();
+  c.trust_proxy_errors = true; // a service's endpoints are its instances' sidecars
   return c;
 }
 
@@ -491,6 +487,7 @@ void ConfigBuilder::assembleLayout(const MeshState& state,
   if (sidecar) {
     Cluster app = defaultCluster(kLocalAppCluster);
     app.outlier_detection.reset(); // the one app: nothing to eject it in favour of
+    app.trust_proxy_errors = false; // the app is no proxy: its answers are passed as they are
     app.endpoints.push_back(Endpoint{spec_.app, 1});
     addCluster(std::move(app));
     Listener in;

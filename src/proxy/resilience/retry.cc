@@ -6,6 +6,18 @@
 
 namespace trellis::proxy {
 
+RetryPolicy meshDefaultRetries() {
+  RetryPolicy p;
+  p.attempts = 1;
+  p.on = RetryOn{.connect_failure = true,
+                 .refused_stream = false,
+                 .reset = true,
+                 .status_5xx = false,
+                 .gateway_error = false,
+                 .retriable_status_codes = false};
+  return p;
+}
+
 bool retryOnCovers(const RetryPolicy& p, TryFailure f, uint16_t status) {
   const RetryOn& on = p.on;
   switch (f) {

@@ -16,6 +16,12 @@ enum class TryFailure : uint8_t {
   kStatus,         // a complete response head with this status
 };
 
+// The mesh's retries where no TrafficPolicy says otherwise: one retry, on connect failure
+// (any method: the request reached no app) and on reset (idempotent methods only, by
+// methodAllowsRetry). A request in flight to an instance killed at that moment is reset; with
+// connect failures alone it would fail. Backoff and budget keep RetryPolicy's defaults.
+RetryPolicy meshDefaultRetries();
+
 // Whether `policy.on` covers this failure (`status` matters for kStatus only). 5xx covers
 // every failure; gateway-error covers connect failures, resets, timeouts, bad responses and
 // 502/503/504; connect-failure and reset cover just those.

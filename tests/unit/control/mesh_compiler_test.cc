@@ -167,6 +167,7 @@ TEST_F(MeshCompilerTest, ServiceEntryHasDefaultsAndOnlyPassingEndpoints) {
   EXPECT_EQ(e["protocol"], "http");
   EXPECT_EQ(e["cluster"]["lb"], "least_request");
   EXPECT_EQ(e["cluster"]["connect_timeout"], "1s");
+  EXPECT_EQ(e["cluster"]["trust_proxy_errors"], true);
   EXPECT_FALSE(e["cluster"].contains("name"));
   EXPECT_FALSE(e["cluster"].contains("endpoints"));
   // Passing only; the instance's address wins over the node's; sorted by address.
@@ -178,7 +179,7 @@ TEST_F(MeshCompilerTest, ServiceEntryHasDefaultsAndOnlyPassingEndpoints) {
   EXPECT_EQ(r["cluster"], "orders");
   EXPECT_EQ(r["timeout"], "15s");
   EXPECT_EQ(r["retries"]["attempts"], 1);
-  EXPECT_EQ(r["retries"]["on"], json::parse(R"(["connect-failure"])"));
+  EXPECT_EQ(r["retries"]["on"], json::parse(R"(["connect-failure","reset"])"));
   EXPECT_TRUE(snap["gateways"].empty());
 }
 

@@ -72,6 +72,7 @@ clusters:
   - name: api
     lb: round_robin
     connect_timeout: 1s
+    trust_proxy_errors: true
     endpoints:
       - {address: 127.0.0.1:8081, weight: 3}
       - 127.0.0.1:8082
@@ -193,6 +194,7 @@ TEST(Config, FullFileLoadsIntoSnapshot) {
   EXPECT_EQ(api.lb.panic_threshold, 40u);
   EXPECT_FALSE(api.hash_on);
   EXPECT_EQ(api.connect_timeout, seconds(1));
+  EXPECT_TRUE(api.trust_proxy_errors);
   ASSERT_EQ(api.endpoints.size(), 2u);
   EXPECT_EQ(api.endpoints[0].address.toString(), "127.0.0.1:8081");
   EXPECT_EQ(api.endpoints[0].weight, 3u);
@@ -272,6 +274,7 @@ listeners:
   const Cluster& c = snap->clusters[0];
   EXPECT_EQ(c.lb, LbConfig{});
   EXPECT_EQ(c.connect_timeout, seconds(5));
+  EXPECT_FALSE(c.trust_proxy_errors);
   EXPECT_FALSE(c.health_check);
   EXPECT_FALSE(c.outlier_detection);
   EXPECT_EQ(c.pool, PoolConfig{});
@@ -313,6 +316,7 @@ TEST(Config, JsonRoundTripsToAnEqualSnapshot) {
   ASSERT_TRUE(snap);
   const nlohmann::json j = toJson(*snap);
   EXPECT_EQ(j["clusters"][0]["lb"], "round_robin");
+  EXPECT_EQ(j["clusters"][0]["trust_proxy_errors"], true);
   EXPECT_EQ(j["listeners"][0]["routes"][3]["retries"]["backoff"]["max"], "250ms");
   EXPECT_EQ(j["listeners"][0]["max_header_bytes"], 32 * 1024);
   EXPECT_EQ(j["listeners"][1]["address"], "[::1]:15432");

@@ -233,6 +233,19 @@ TEST(Retry, NonIdempotentMethodsOnlyOnConnectFailureUnlessAllowed) {
   EXPECT_TRUE(methodAllowsRetry(p, "POST", TryFailure::kReset));
 }
 
+TEST(Retry, MeshDefaultRetriesOnceOnConnectFailureAndOnResetOfIdempotentRequests) {
+  const RetryPolicy p = meshDefaultRetries();
+  EXPECT_EQ(p.attempts, 1u);
+  EXPECT_TRUE(retryOnCovers(p, TryFailure::kConnectFailure, 0));
+  EXPECT_TRUE(retryOnCovers(p, TryFailure::kReset, 0));
+  EXPECT_FALSE(retryOnCovers(p, TryFailure::kTimeout, 0));
+  EXPECT_FALSE(retryOnCovers(p, TryFailure::kStatus, 503));
+  EXPECT_FALSE(p.retry_non_idempotent);
+  EXPECT_TRUE(methodAllowsRetry(p, "GET", TryFailure::kReset));
+  EXPECT_FALSE(methodAllowsRetry(p, "POST", TryFailure::kReset));
+  EXPECT_TRUE(methodAllowsRetry(p, "POST", TryFailure::kConnectFailure));
+}
+
 // ---- token bucket -------------------------------------------------------------------------
 
 TEST(TokenBucket, StartsFullAndRefillsAtTheRate) {

@@ -51,6 +51,23 @@ def cpu_split(pid):
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
+def thread_cpu_ns(pid):
+    """(main thread, other threads) time on CPU in ns, from each thread's schedstat: exact,
+    where utime/stime are sampled per tick. A thread that has exited is not counted."""
+    main = other = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                ns = int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(tid) == pid:
+            main += ns
+        else:
+            other += ns
+    return main, other
+
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:

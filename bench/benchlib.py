@@ -51,6 +51,12 @@ def cpu_split(pid):
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
+def minor_faults(pid):
+    """Minor page faults of a process and its threads so far (each a kernel entry)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
+
+
 def thread_cpu_ns(pid):
     """(main thread, other threads) time on CPU in ns, from each thread's schedstat: exact,
     where utime/stime are sampled per tick. A thread that has exited is not counted."""

@@ -364,6 +364,7 @@ public:
   void reserve(size_t n) { items_.reserve(n); }
   void push_back(T item) { items_.push_back(std::make_shared<const T>(std::move(item))); }
   void push_back(std::shared_ptr<const T> item) { items_.push_back(std::move(item)); }
+  void set(size_t i, std::shared_ptr<const T> item) { items_[i] = std::move(item); }
 
   // By content: two lists of equal items are equal whether or not they share them.
   bool operator==(const SharedList& o) const {

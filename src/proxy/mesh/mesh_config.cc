@@ -301,7 +301,70 @@ Result<std::vector<Endpoint>> parseEndpoints(const json& eps, const std::string&
   return out;
 }
 
+Status ConfigBuilder::refresh(const std::string& name, const ServiceEntry& entry,
+                              ServiceCache& cache) {
+  ParsedDefinition& def = cache.def;
+  if (def.rev != entry.definition_rev) {
+    const std::string path = "services." + name;
+    layout_valid_ = false;
+    def = ParsedDefinition{};
+    def.rev = entry.definition_rev;
+    auto fail = [&](Error e) { def.error = std::move(e); };
+    if (entry.protocol.is_null() || entry.protocol == "http") {
+      def.protocol = Protocol::kHttp;
+    } else if (entry.protocol == "tcp") {
+      def.protocol = Protocol::kTcp;
+    } else {
+      fail(makeError(ErrorCode::kInvalidArgument, "{}.protocol: must be \"http\" or \"tcp\"",
+                     path));
+    }
+    if (!def.error && !entry.cluster.is_null() && !entry.cluster.is_object())
+      fail(makeError(ErrorCode::kInvalidArgument, "{}.cluster: must be an object, got {}", path,
+                     entry.cluster.type_name()));
+    for (const char* k : {"name", "endpoints"})
+      if (!def.error && entry.cluster.is_object() && entry.cluster.contains(k))
+        fail(makeError(ErrorCode::kInvalidArgument,
+                       "{}.cluster.{}: not allowed here (the service gives it)", path, k));
+    if (!def.error) {
+      auto snap = loadPieces(entry.cluster, name, entry.routes);
+      if (!snap.ok()) {
+        fail(renameError(snap.error(), path + ".cluster", path + ".routes", path));
+      } else {
+        def.cluster = (*snap)->clusters[0];
+        def.cluster.endpoints.clear();
+        if (!entry.cluster.is_object() || !entry.cluster.contains("outlier_detection"))
+          def.cluster.outlier_detection = defaultOutlierDetection();
+        const Listener& l = (*snap)->listeners[0];
+        if (l.protocol == Protocol::kHttp)
+          def.routes = l.routes;
+        else if (def.protocol == Protocol::kHttp)
+          def.routes.push_back(defaultRoute(name));
+      }
+    }
+  }
+  if (def.error)
+    return *def.error;
+  ParsedEndpoints& eps = cache.eps;
+  if (eps.rev != entry.endpoints_rev) {
+    eps = ParsedEndpoints{};
+    eps.rev = entry.endpoints_rev;
+    auto parsed =
+        parseEndpoints(entry.endpoints, "services." + name + ".endpoints", &cache.texts);
+    if (parsed.ok())
+      eps.endpoints = std::move(parsed).value();
+    else
+      eps.error = parsed.error();
+  }
+  if (eps.error)
+    return *eps.error;
+  return okStatus();
+}
+
 Result<std::shared_ptr<const Snapshot>> ConfigBuilder::build(const MeshState& state) {
+  // A delta that changed a few services' endpoints costs those services only.
+  if (auto fast = buildChanged(state))
+    return std::move(*fast);
+  full_builds_++;
   const bool sidecar = spec_.kind == ProxySpec::Kind::kSidecar;
   // Refresh what changed. The state and the cache are both ordered by name, so the cache
   // entry of each service is found by walking a cursor along, without a lookup per service
@@ -325,60 +388,7 @@ Result<std::shared_ptr<const Snapshot>> ConfigBuilder::build(const MeshState& st
       layout_valid_ = false;
     }
     ServiceCache& cache = (cursor++)->second;
-    ParsedDefinition& def = cache.def;
-    if (def.rev != entry.definition_rev) {
-      const std::string path = "services." + name;
-      layout_valid_ = false;
-      def = ParsedDefinition{};
-      def.rev = entry.definition_rev;
-      auto fail = [&](Error e) { def.error = std::move(e); };
-      if (entry.protocol.is_null() || entry.protocol == "http") {
-        def.protocol = Protocol::kHttp;
-      } else if (entry.protocol == "tcp") {
-        def.protocol = Protocol::kTcp;
-      } else {
-        fail(makeError(ErrorCode::kInvalidArgument, "{}.protocol: must be \"http\" or \"tcp\"",
-                       path));
-      }
-      if (!def.error && !entry.cluster.is_null() && !entry.cluster.is_object())
-        fail(makeError(ErrorCode::kInvalidArgument, "{}.cluster: must be an object, got {}", path,
-                       entry.cluster.type_name()));
-      for (const char* k : {"name", "endpoints"})
-        if (!def.error && entry.cluster.is_object() && entry.cluster.contains(k))
-          fail(makeError(ErrorCode::kInvalidArgument,
-                         "{}.cluster.{}: not allowed here (the service gives it)", path, k));
-      if (!def.error) {
-        auto snap = loadPieces(entry.cluster, name, entry.routes);
-        if (!snap.ok()) {
-          fail(renameError(snap.error(), path + ".cluster", path + ".routes", path));
-        } else {
-          def.cluster = (*snap)->clusters[0];
-          def.cluster.endpoints.clear();
-          if (!entry.cluster.is_object() || !entry.cluster.contains("outlier_detection"))
-            def.cluster.outlier_detection = defaultOutlierDetection();
-          const Listener& l = (*snap)->listeners[0];
-          if (l.protocol == Protocol::kHttp)
-            def.routes = l.routes;
-          else if (def.protocol == Protocol::kHttp)
-            def.routes.push_back(defaultRoute(name));
-        }
-      }
-    }
-    if (def.error)
-      return *def.error;
-    ParsedEndpoints& eps = cache.eps;
-    if (eps.rev != entry.endpoints_rev) {
-      eps = ParsedEndpoints{};
-      eps.rev = entry.endpoints_rev;
-      auto parsed =
-          parseEndpoints(entry.endpoints, "services." + name + ".endpoints", &cache.texts);
-      if (parsed.ok())
-        eps.endpoints = std::move(parsed).value();
-      else
-        eps.error = parsed.error();
-    }
-    if (eps.error)
-      return *eps.error;
+    TRELLIS_RETURN_IF_ERROR(refresh(name, entry, cache));
   }
   if (services_.size() != state.services().size()) {
     std::erase_if(services_, [&](const auto& kv) { return !state.services().count(kv.first); });
@@ -429,21 +439,9 @@ Result<std::shared_ptr<const Snapshot>> ConfigBuilder::build(const MeshState& st
   auto cached = services_.begin();
   for (const auto& [name, entry] : state.services()) {
     ServiceCache& cache = (cached++)->second;
-    AssembledCluster& a = cache.assembled;
-    if (!a.cluster || a.definition_rev != entry.definition_rev ||
-        a.endpoints_rev != entry.endpoints_rev) {
-      Cluster c = cache.def.cluster;
-      c.name = name;
-      c.endpoints = cache.eps.endpoints;
-      if (c.lb.policy == LbPolicy::kMaglev && c.endpoints.size() >= c.lb.maglev_table_size)
-        return makeError(ErrorCode::kInvalidArgument,
-                         "services.{}.cluster.maglev.table_size: {} is not above the {} endpoints",
-                         name, c.lb.maglev_table_size, c.endpoints.size());
-      a.definition_rev = entry.definition_rev;
-      a.endpoints_rev = entry.endpoints_rev;
-      a.cluster = std::make_shared<const Cluster>(std::move(c));
-    }
-    snap->clusters.push_back(a.cluster);
+    TRELLIS_RETURN_IF_ERROR(assemble(name, entry, cache));
+    cache.index = snap->clusters.size();
+    snap->clusters.push_back(cache.assembled.cluster);
   }
   if (!layout_valid_) {
     assembleLayout(state, gateway_routes);
@@ -454,7 +452,78 @@ Result<std::shared_ptr<const Snapshot>> ConfigBuilder::build(const MeshState& st
     snap->clusters.push_back(c);
   for (const auto& l : layout_listeners_)
     snap->listeners.push_back(l);
-  return std::shared_ptr<const Snapshot>(std::move(snap));
+  return remember(state, std::move(snap));
+}
+
+Status ConfigBuilder::assemble(const std::string& name, const ServiceEntry& entry,
+                               ServiceCache& cache) {
+  AssembledCluster& a = cache.assembled;
+  if (a.cluster && a.definition_rev == entry.definition_rev &&
+      a.endpoints_rev == entry.endpoints_rev)
+    return okStatus();
+  Cluster c = cache.def.cluster;
+  c.name = name;
+  c.endpoints = cache.eps.endpoints;
+  if (c.lb.policy == LbPolicy::kMaglev && c.endpoints.size() >= c.lb.maglev_table_size)
+    return makeError(ErrorCode::kInvalidArgument,
+                     "services.{}.cluster.maglev.table_size: {} is not above the {} endpoints",
+                     name, c.lb.maglev_table_size, c.endpoints.size());
+  a.definition_rev = entry.definition_rev;
+  a.endpoints_rev = entry.endpoints_rev;
+  a.cluster = std::make_shared<const Cluster>(std::move(c));
+  return okStatus();
+}
+
+std::shared_ptr<const Snapshot> ConfigBuilder::remember(const MeshState& state,
+                                                        std::shared_ptr<Snapshot> snap) {
+  last_ = std::move(snap);
+  seen_rev_ = state.nextRev();
+  return last_;
+}
+
+std::optional<Result<std::shared_ptr<const Snapshot>>>
+ConfigBuilder::buildChanged(const MeshState& state) {
+  if (!last_ || !layout_valid_ || !state.hasSnapshot())
+    return std::nullopt;
+  auto named = state.servicesNamedSince(seen_rev_);
+  if (!named)
+    return std::nullopt;
+  // In name order, as a full build visits them, so that of several errors the same is named.
+  std::sort(named->begin(), named->end());
+  named->erase(std::unique(named->begin(), named->end()), named->end());
+  if (spec_.kind == ProxySpec::Kind::kGateway) {
+    auto g = state.gateways().find(spec_.gateway);
+    if ((g == state.gateways().end() ? 0 : g->second.rev) != layout_gateway_rev_)
+      return std::nullopt; // its routes are part of the layout
+  }
+  // The set of names is the one services_ was last brought in line with: each named service
+  // is in both. Its index in the cluster list is where the last full assembly put it.
+  struct Changed {
+    const std::string* name;
+    const ServiceEntry* entry;
+    ServiceCache* cache;
+  };
+  std::vector<Changed> changed;
+  changed.reserve(named->size());
+  for (std::string_view name : *named) {
+    auto entry = state.services().find(name);
+    auto cache = services_.find(name);
+    if (entry == state.services().end() || cache == services_.end())
+      return std::nullopt;
+    if (Status st = refresh(cache->first, entry->second, cache->second); !st.ok())
+      return Result<std::shared_ptr<const Snapshot>>(st.error());
+    if (!layout_valid_)
+      return std::nullopt; // a definition changed: listeners and routes are rebuilt too
+    changed.push_back(Changed{&cache->first, &entry->second, &cache->second});
+  }
+  auto snap = std::make_shared<Snapshot>(*last_);
+  snap->source = fmt::format("mesh version {}", state.version());
+  for (const Changed& c : changed) {
+    if (Status st = assemble(*c.name, *c.entry, *c.cache); !st.ok())
+      return Result<std::shared_ptr<const Snapshot>>(st.error());
+    snap->clusters.set(c.cache->index, c.cache->assembled.cluster);
+  }
+  return Result<std::shared_ptr<const Snapshot>>(remember(state, std::move(snap)));
 }
 
 void ConfigBuilder::assembleLayout(const MeshState& state,

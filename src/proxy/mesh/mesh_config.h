@@ -68,6 +68,8 @@ public:
   Result<std::shared_ptr<const Snapshot>> build(const MeshState& state);
 
   const ProxySpec& spec() const { return spec_; }
+  // Builds that visited every service (the others replaced only the changed ones' clusters).
+  uint64_t fullBuilds() const { return full_builds_; }
 
 private:
   struct ParsedDefinition {
@@ -100,6 +102,20 @@ private:
   // endpoint-less clusters of services named but absent).
   void assembleLayout(const MeshState& state, const std::vector<Route>* gateway_routes);
 
+  struct ServiceCache;
+  // Re-parses what changed of one service (definition, endpoints) since its cache was made.
+  // A changed definition invalidates the layout.
+  Status refresh(const std::string& name, const ServiceEntry& entry, ServiceCache& cache);
+  // Makes the service's cluster anew if its definition or endpoints changed since.
+  Status assemble(const std::string& name, const ServiceEntry& entry, ServiceCache& cache);
+  // The configuration when only the services named by deltas since the last build may have
+  // changed, and only in their endpoints: the last snapshot with those clusters replaced,
+  // without visiting the others. nullopt when that does not apply (services added or removed,
+  // a definition or the gateway's routes changed, nothing built yet): build all.
+  std::optional<Result<std::shared_ptr<const Snapshot>>> buildChanged(const MeshState& state);
+  // Keeps a successful build as the base of the next one.
+  std::shared_ptr<const Snapshot> remember(const MeshState& state, std::shared_ptr<Snapshot> snap);
+
   ProxySpec spec_;
 
   // The listeners and trailing clusters depend only on the services' names and definitions
@@ -114,9 +130,14 @@ private:
     ParsedEndpoints eps;
     EndpointTexts texts; // of the last good parse of eps
     AssembledCluster assembled;
+    size_t index = 0; // of its cluster in the last snapshot
   };
   std::map<std::string, ServiceCache, std::less<>> services_;
   std::map<std::string, ParsedGateway, std::less<>> gateways_;
+  // The last snapshot built and the state's nextRev() then: what buildChanged starts from.
+  std::shared_ptr<const Snapshot> last_;
+  uint64_t seen_rev_ = 0;
+  uint64_t full_builds_ = 0;
 };
 
 // Validates a service's endpoints list (`[{"address": "ip:port", "weight": 1}, ...]` or

@@ -304,7 +304,22 @@ bool MeshState::setField(json& field, const json& value, uint64_t& rev) {
   return true;
 }
 
+std::optional<std::vector<std::string_view>> MeshState::servicesNamedSince(uint64_t rev) const {
+  if (rev < log_from_)
+    return std::nullopt;
+  std::vector<std::string_view> out;
+  for (auto it = log_.rbegin(); it != log_.rend() && it->rev >= rev; ++it)
+    out.push_back(it->name);
+  return out;
+}
+
+void MeshState::forgetChanges() {
+  log_.clear();
+  log_from_ = ++next_rev_;
+}
+
 void MeshState::clear() {
+  forgetChanges();
   has_snapshot_ = false;
   version_ = 0;
   stream_.clear();
@@ -346,6 +361,7 @@ Status MeshState::applySnapshot(const Message& msg) {
   }
   services_ = std::move(services);
   gateways_ = std::move(gateways);
+  forgetChanges();
   has_snapshot_ = true;
   version_ = msg.version;
   stream_ = msg.stream;
@@ -367,13 +383,19 @@ Status MeshState::applyDelta(const Message& msg) {
   // Removals first, so that a name removed and defined again in one delta ends up defined.
   if (auto it = msg.body.find("removed"); it != msg.body.end())
     for (const auto& n : *it)
-      services_.erase(n.get_ref<const std::string&>());
+      if (services_.erase(n.get_ref<const std::string&>()) > 0)
+        forgetChanges();
   if (auto it = msg.body.find("removed_gateways"); it != msg.body.end())
     for (const auto& n : *it)
       gateways_.erase(n.get_ref<const std::string&>());
   if (auto it = msg.body.find("services"); it != msg.body.end()) {
     for (const auto& [name, entry] : it->items()) {
-      ServiceEntry& e = services_[name]; // a new service: its entry is complete
+      auto [slot, is_new] = services_.try_emplace(name);
+      ServiceEntry& e = slot->second; // a new service: its entry is complete
+      if (is_new || log_.size() >= kMaxChangeLog)
+        forgetChanges();
+      else
+        log_.push_back(Named{next_rev_, name});
       bool def = false;
       uint64_t d = e.definition_rev;
       for (const char* key : kServiceFields) {

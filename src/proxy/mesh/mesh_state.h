@@ -4,6 +4,8 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <optional>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -67,7 +69,18 @@ public:
   const std::map<std::string, ServiceEntry, std::less<>>& services() const { return services_; }
   const std::map<std::string, GatewayEntry, std::less<>>& gateways() const { return gateways_; }
 
+  // What changed, for a reader that builds on the state after each update: read nextRev()
+  // after building; servicesNamedSince(that) then gives the services the deltas since have
+  // named (changed or not; possibly repeated), or nullopt when the set of services may have
+  // changed since (a snapshot, clear(), a service added or removed) or more than
+  // kMaxChangeLog were named: look at every service then.
+  uint64_t nextRev() const { return next_rev_; }
+  std::optional<std::vector<std::string_view>> servicesNamedSince(uint64_t rev) const;
+  static constexpr size_t kMaxChangeLog = 1024;
+
 private:
+  // The set of service names may have changed: readers from before must look at everything.
+  void forgetChanges();
   // Sets `field` to `value`, bumping `rev` when the content differs. Returns whether it did.
   bool setField(nlohmann::json& field, const nlohmann::json& value, uint64_t& rev);
 
@@ -77,6 +90,13 @@ private:
   std::string stream_;
   std::map<std::string, ServiceEntry, std::less<>> services_;
   std::map<std::string, GatewayEntry, std::less<>> gateways_;
+  // Services named by deltas, with nextRev() when they were; complete from log_from_ on.
+  struct Named {
+    uint64_t rev;
+    std::string name;
+  };
+  std::vector<Named> log_;
+  uint64_t log_from_ = 1;
 };
 
 } // namespace trellis::proxy::mesh

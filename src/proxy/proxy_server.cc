@@ -139,9 +139,11 @@ Status ProxyServer::apply(std::shared_ptr<const Snapshot> snap) {
     bound_[name] = std::move(b);
   }
   size_t fresh_clusters = 0;
-  auto shared = sharedStateFor(*snap, fresh_clusters);
+  std::vector<size_t> in_place;
+  auto shared = sharedStateFor(*snap, fresh_clusters, in_place);
   const bool clusters_changed =
       fresh_clusters > 0 || !snapshot_ || snapshot_->clusters.size() != snap->clusters.size();
+  const size_t snapshot_before = snapshot_ ? snapshot_->clusters.size() : 0;
   snapshot_ = snap;
   shared_ = shared;
   // All workers switch at once; waiting for each in turn would add their wake-up latencies.
@@ -159,7 +161,10 @@ Status ProxyServer::apply(std::shared_ptr<const Snapshot> snap) {
     prober_ = std::make_unique<HealthProberImpl>(main_);
     health_ = std::make_unique<HealthChecker>(main_, *prober_, random_);
   }
-  if (clusters_changed)
+  // A mesh delta replaces a few clusters in place: their ticks move, the rest is not visited.
+  const bool only_in_place = in_place.size() == fresh_clusters && snapshot_before > 0 &&
+                             snapshot_before == snap->clusters.size();
+  if (clusters_changed && !(only_in_place && health_->replaceClusters(in_place, shared->clusters)))
     health_->setClusters(shared->clusters);
   // The group's own descriptors are no longer needed: each worker holds a dup.
   for (auto& [name, b] : bound_)
@@ -175,7 +180,8 @@ Status ProxyServer::apply(std::shared_ptr<const Snapshot> snap) {
   return okStatus();
 }
 
-std::shared_ptr<SharedState> ProxyServer::sharedStateFor(const Snapshot& snap, size_t& fresh) {
+std::shared_ptr<SharedState> ProxyServer::sharedStateFor(const Snapshot& snap, size_t& fresh,
+                                                       std::vector<size_t>& in_place) {
   auto s = std::make_shared<SharedState>();
   s->clusters.reserve(snap.clusters.size());
   // The running snapshot's clusters by object (the same Cluster object means the same
@@ -203,6 +209,7 @@ std::shared_ptr<SharedState> ProxyServer::sharedStateFor(const Snapshot& snap, s
     const ClusterState* from = nullptr;
     if (snapshot_ && i < snapshot_->clusters.size() && snapshot_->clusters[i].name == c.name) {
       from = shared_->clusters[i].get();
+      in_place.push_back(i);
     } else {
       index();
       if (auto it = by_object.find(&c); it != by_object.end()) {

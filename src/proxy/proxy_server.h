@@ -68,7 +68,10 @@ private:
   // snapshot keep their ClusterState (health, ejections, breaker counts untouched); others
   // get a new one that inherits endpoint state from the cluster of the same name. `fresh`
   // counts the new ones.
-  std::shared_ptr<SharedState> sharedStateFor(const Snapshot& snap, size_t& fresh);
+  // `fresh`: how many clusters got a new state; `in_place`: the indices of those that replaced
+  // the state at the same index under the same name.
+  std::shared_ptr<SharedState> sharedStateFor(const Snapshot& snap, size_t& fresh,
+                                              std::vector<size_t>& in_place);
   void handleAdmin(http::ServerRequest& req, std::shared_ptr<http::ResponseWriter> w);
   std::string clustersJson();
   // Endpoint health, ejections and circuit-breaker capacity, read from the shared cluster

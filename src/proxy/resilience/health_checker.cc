@@ -136,8 +136,11 @@ void HealthChecker::setClusters(std::vector<std::shared_ptr<ClusterState>> clust
   };
 
   clusters_ = std::move(clusters);
-  for (const auto& c : clusters_) {
+  slots_.assign(clusters_.size(), Slot{});
+  for (size_t ci = 0; ci < clusters_.size(); ++ci) {
+    const auto& c = clusters_[ci];
     const Cluster& cfg = c->config();
+    slots_[ci].checked = cfg.health_check.has_value();
     if (cfg.health_check) {
       if (auto same = by_state.find(c.get()); same != by_state.end()) {
         for (auto& t : same->second) // the very same cluster: its targets as they are
@@ -181,6 +184,7 @@ void HealthChecker::setClusters(std::vector<std::shared_ptr<ClusterState>> clust
       const Duration interval = cfg.outlier_detection->interval;
       if (auto* old = oldTicker(cfg.name); old != nullptr && (*old)->interval == interval) {
         (*old)->cluster = c; // the next tick, when it was due, ticks the new state
+        slots_[ci].ticker = old->get();
         tickers_.push_back(std::move(*old));
         continue;
       }
@@ -194,6 +198,7 @@ void HealthChecker::setClusters(std::vector<std::shared_ptr<ClusterState>> clust
         raw->timer->enable(raw->interval);
       });
       k->timer->enable(interval);
+      slots_[ci].ticker = raw;
       tickers_.push_back(std::move(k));
     }
   }
@@ -209,6 +214,28 @@ void HealthChecker::setClusters(std::vector<std::shared_ptr<ClusterState>> clust
     t->retired = true;
     t->timer->disable();
   }
+}
+
+bool HealthChecker::replaceClusters(const std::vector<size_t>& replaced,
+                                    const std::vector<std::shared_ptr<ClusterState>>& clusters) {
+  if (clusters.size() != clusters_.size())
+    return false;
+  // The old states' configuration may be gone (see Target): what they had is in slots_.
+  for (size_t i : replaced) {
+    const Cluster& cfg = clusters[i]->config();
+    const Slot& s = slots_[i];
+    if (s.checked || cfg.health_check || cfg.outlier_detection.has_value() != (s.ticker != nullptr))
+      return false;
+    if (s.ticker && (s.ticker->interval != cfg.outlier_detection->interval ||
+                     s.ticker->cluster_name != cfg.name))
+      return false;
+  }
+  for (size_t i : replaced) {
+    clusters_[i] = clusters[i];
+    if (Ticker* k = slots_[i].ticker)
+      k->cluster = clusters[i]; // the next tick, when it was due, ticks the new state
+  }
+  return true;
 }
 
 void HealthChecker::schedule(const std::shared_ptr<Target>& t, Duration after) {

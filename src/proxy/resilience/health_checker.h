@@ -50,6 +50,13 @@ public:
   ~HealthChecker();
 
   void setClusters(std::vector<std::shared_ptr<ClusterState>> clusters);
+  // The same switch for an update that replaced the clusters at `replaced` in place (same
+  // position and name; every other entry of `clusters` is the state it had), when none of
+  // them has or had health checks and their outlier detection interval is as it was: their
+  // ticks move to the new states and nothing else is visited. Returns false, changing
+  // nothing, when that does not hold (setClusters() then).
+  bool replaceClusters(const std::vector<size_t>& replaced,
+                       const std::vector<std::shared_ptr<ClusterState>>& clusters);
   size_t checksInFlight() const { return in_flight_; }
 
 private:
@@ -64,6 +71,13 @@ private:
   std::vector<std::shared_ptr<ClusterState>> clusters_;
   std::vector<std::shared_ptr<Target>> targets_;
   std::vector<std::unique_ptr<Ticker>> tickers_;
+  // Per entry of clusters_: its ticker (none without outlier detection) and whether it has
+  // health checks.
+  struct Slot {
+    Ticker* ticker = nullptr;
+    bool checked = false;
+  };
+  std::vector<Slot> slots_;
   size_t in_flight_ = 0;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true); // for callbacks that outlive us
 };

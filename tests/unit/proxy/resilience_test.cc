@@ -630,5 +630,41 @@ TEST_F(HealthCheckerTest, TickersFollowTheirClustersWhenTheOrderChanges) {
   EXPECT_EQ(c->state(0), EndpointState::kHealthy);
 }
 
+// A mesh delta: clusters replaced in place. Their ticks move to the new states on the old
+// schedule (an ejection made in the old state ends on time in the new one); what the in-place
+// switch cannot take (health checks, a new outlier interval, a different length) is refused,
+// unchanged, for setClusters().
+TEST_F(HealthCheckerTest, ReplacedInPlaceClustersKeepTheirTicksAndTheRestIsRefused) {
+  std::deque<Cluster> configs;
+  auto make = [&](const std::string& name, Duration interval, bool checked) {
+    Cluster& c = configs.emplace_back(makeCluster(1));
+    c.name = name;
+    c.outlier_detection = outlierConfig();
+    c.outlier_detection->interval = interval;
+    if (checked)
+      c.health_check = HealthCheck{};
+    return std::make_shared<ClusterState>(c);
+  };
+  auto a = make("a", 1s, false), b = make("b", 1s, false), c = make("c", 1s, true);
+  HealthChecker hc(d_, prober_, random_);
+  hc.setClusters({a, b, c});
+  for (int i = 0; i < 3; ++i)
+    a->reportOutcome(0, Outcome::kLocalFailure, d_.now());
+  ASSERT_EQ(a->state(0), EndpointState::kEjected);
+  advance(3s);
+  auto a2 = make("a", 1s, false);
+  a2->inheritFrom(*a);
+  ASSERT_EQ(a2->state(0), EndpointState::kEjected);
+  EXPECT_TRUE(hc.replaceClusters({0}, {a2, b, c}));
+  // Refused: a cluster with checks, a new interval, a name that is not the slot's, a length.
+  EXPECT_FALSE(hc.replaceClusters({2}, {a2, b, make("c", 1s, true)}));
+  EXPECT_FALSE(hc.replaceClusters({1}, {a2, make("b", 2s, false), c}));
+  EXPECT_FALSE(hc.replaceClusters({1}, {a2, make("z", 1s, false), c}));
+  EXPECT_FALSE(hc.replaceClusters({0}, {a2, b}));
+  advance(7100ms); // 10 s after the ejection, with ticks every second
+  EXPECT_EQ(a2->state(0), EndpointState::kHealthy); // the tick moved to the new state
+  EXPECT_EQ(a->state(0), EndpointState::kEjected);  // and no longer ticks the old one
+}
+
 } // namespace
 } // namespace trellis::proxy

@@ -135,7 +135,6 @@ MeshClient::MeshClient(Dispatcher& dispatcher, MeshClientOptions options, Config
                       options_.missed_heartbeats));
   });
   restart_timer_ = dispatcher_.createTimer([this] { retry(failure_); });
-  apply_timer_ = dispatcher_.createTimer([this] { drainLines(); });
 }
 
 MeshClient::~MeshClient() {
@@ -178,8 +177,7 @@ void MeshClient::stop() {
   reconnect_timer_->disable();
   watchdog_timer_->disable();
   restart_timer_->disable();
-  apply_timer_->disable();
-  lines_.clear();
+  lines_.clear(); // a drain still posted finds nothing
   lines_bytes_ = 0;
   setConnected(false);
 }
@@ -273,12 +271,18 @@ void MeshClient::onBody(std::string_view piece) {
   // larger than one message's limit is handled at once, so the queue stays bounded.
   if (lines_bytes_ > options_.max_message_bytes)
     drainLines();
-  else if (!lines_.empty())
-    apply_timer_->enable(Duration::zero());
+  else if (!lines_.empty() && !drain_posted_) {
+    drain_posted_ = true;
+    dispatcher_.post([this, alive = std::weak_ptr<bool>(alive_)] {
+      if (alive.expired())
+        return;
+      drain_posted_ = false;
+      drainLines();
+    });
+  }
 }
 
 void MeshClient::drainLines() {
-  apply_timer_->disable();
   if (lines_.empty() || restart_timer_->enabled())
     return;
   std::vector<std::string> lines = std::move(lines_);
@@ -315,7 +319,6 @@ void MeshClient::retry(const std::string& why) {
   stream_.cancel();
   watchdog_timer_->disable();
   restart_timer_->disable();
-  apply_timer_->disable();
   buffer_.clear();
   lines_.clear();
   lines_bytes_ = 0;

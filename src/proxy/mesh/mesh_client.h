@@ -172,12 +172,15 @@ private:
   static constexpr size_t kMaxQueuedAcks = 16;
   size_t server_ = 0;
   std::string buffer_;  // the partial line
-  // Complete lines not handled yet: onBody() queues them and apply_timer_ (due at once, so it
-  // runs after the read that delivered them) handles them together.
+  // Complete lines not handled yet: onBody() queues them and posts one drainLines() (it runs
+  // after the read that delivered them, on this thread) to handle them together. A post
+  // instead of a timer due at once: no timer to arm and re-arm on each update.
   std::vector<std::string> lines_;
   size_t lines_bytes_ = 0;
+  bool drain_posted_ = false;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true); // for a post that outlives us
   std::string failure_; // set from inside a stream callback; acted on by restart_timer_
-  std::unique_ptr<Timer> reconnect_timer_, watchdog_timer_, restart_timer_, apply_timer_;
+  std::unique_ptr<Timer> reconnect_timer_, watchdog_timer_, restart_timer_;
   bool running_ = false;
   bool connected_ = false;
   uint64_t attempts_ = 0;

@@ -13,6 +13,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "base/chunked_vector.h"
 #include "base/result.h"
 #include "base/units.h"
 #include "net/address.h"
@@ -330,7 +331,7 @@ struct AccessLogConfig {
 // the runtime can tell an unchanged item by its address.
 template <typename T> class SharedList {
 public:
-  using Items = std::vector<std::shared_ptr<const T>>;
+  using Items = ChunkedVector<std::shared_ptr<const T>>;
   class const_iterator {
   public:
     using iterator_category = std::forward_iterator_tag;
@@ -364,7 +365,10 @@ public:
   void reserve(size_t n) { items_.reserve(n); }
   void push_back(T item) { items_.push_back(std::make_shared<const T>(std::move(item))); }
   void push_back(std::shared_ptr<const T> item) { items_.push_back(std::move(item)); }
-  void set(size_t i, std::shared_ptr<const T> item) { items_[i] = std::move(item); }
+  void set(size_t i, std::shared_ptr<const T> item) { items_.set(i, std::move(item)); }
+  // The items in chunks that copies share (see ChunkedVector): a list copied from another
+  // and changed in a few places still shares the other chunks with it.
+  const Items& items() const { return items_; }
 
   // By content: two lists of equal items are equal whether or not they share them.
   bool operator==(const SharedList& o) const {

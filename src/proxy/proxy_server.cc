@@ -165,7 +165,7 @@ Status ProxyServer::apply(std::shared_ptr<const Snapshot> snap) {
   const bool only_in_place = in_place.size() == fresh_clusters && snapshot_before > 0 &&
                              snapshot_before == snap->clusters.size();
   if (clusters_changed && !(only_in_place && health_->replaceClusters(in_place, shared->clusters)))
-    health_->setClusters(shared->clusters);
+    health_->setClusters(shared->clusters.toVector());
   // The group's own descriptors are no longer needed: each worker holds a dup.
   for (auto& [name, b] : bound_)
     for (auto& s : b.group.sockets)
@@ -182,6 +182,11 @@ Status ProxyServer::apply(std::shared_ptr<const Snapshot> snap) {
 
 std::shared_ptr<SharedState> ProxyServer::sharedStateFor(const Snapshot& snap, size_t& fresh,
                                                        std::vector<size_t>& in_place) {
+  fresh = 0;
+  if (auto s = sharedStateInPlace(snap, fresh, in_place))
+    return s;
+  fresh = 0;
+  in_place.clear();
   auto s = std::make_shared<SharedState>();
   s->clusters.reserve(snap.clusters.size());
   // The running snapshot's clusters by object (the same Cluster object means the same
@@ -196,7 +201,6 @@ std::shared_ptr<SharedState> ProxyServer::sharedStateFor(const Snapshot& snap, s
       by_name.emplace(snapshot_->clusters[j].name, j);
     }
   };
-  fresh = 0;
   for (size_t i = 0; i < snap.clusters.size(); ++i) {
     const Cluster& c = snap.clusters[i];
     if (snapshot_ && i < snapshot_->clusters.size() && &snapshot_->clusters[i] == &c) {
@@ -224,6 +228,35 @@ std::shared_ptr<SharedState> ProxyServer::sharedStateFor(const Snapshot& snap, s
       cs->inheritFrom(*from);
     s->clusters.push_back(std::move(cs));
     fresh++;
+  }
+  s->addRateLimits(snap, snapshot_.get(), shared_.get(), main_.now());
+  return s;
+}
+
+std::shared_ptr<SharedState> ProxyServer::sharedStateInPlace(const Snapshot& snap, size_t& fresh,
+                                                           std::vector<size_t>& in_place) {
+  if (!snapshot_ || snapshot_->clusters.size() != snap.clusters.size())
+    return nullptr;
+  auto s = std::make_shared<SharedState>();
+  s->clusters = shared_->clusters;
+  const auto& now = snap.clusters.items();
+  const auto& before = snapshot_->clusters.items();
+  constexpr size_t kChunk = SharedList<Cluster>::Items::kChunk;
+  for (size_t k = 0; k < now.chunkCount(); ++k) {
+    if (now.sharesChunk(before, k))
+      continue; // the very same clusters: the same states
+    for (size_t i = k * kChunk; i < std::min((k + 1) * kChunk, now.size()); ++i) {
+      if (now[i] == before[i])
+        continue;
+      const Cluster& c = *now[i];
+      if (before[i]->name != c.name)
+        return nullptr; // moved or renamed: matched by name over the whole list
+      auto cs = std::make_shared<ClusterState>(c);
+      cs->inheritFrom(*shared_->clusters[i]);
+      s->clusters.set(i, std::move(cs));
+      in_place.push_back(i);
+      fresh++;
+    }
   }
   s->addRateLimits(snap, snapshot_.get(), shared_.get(), main_.now());
   return s;

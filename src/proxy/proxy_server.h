@@ -72,6 +72,11 @@ private:
   // the state at the same index under the same name.
   std::shared_ptr<SharedState> sharedStateFor(const Snapshot& snap, size_t& fresh,
                                               std::vector<size_t>& in_place);
+  // sharedStateFor() when `snap` has the running snapshot's clusters with some replaced in
+  // place (same index and name; a mesh delta): the running states with just those replaced,
+  // visiting only the chunks the snapshots do not share. Null when that does not hold.
+  std::shared_ptr<SharedState> sharedStateInPlace(const Snapshot& snap, size_t& fresh,
+                                                  std::vector<size_t>& in_place);
   void handleAdmin(http::ServerRequest& req, std::shared_ptr<http::ResponseWriter> w);
   std::string clustersJson();
   // Endpoint health, ejections and circuit-breaker capacity, read from the shared cluster

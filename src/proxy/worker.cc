@@ -233,7 +233,39 @@ void Worker::apply(std::shared_ptr<const Snapshot> snapshot,
   // and those of the runtime it replaces, whose references are counted by difference below.
   std::vector<std::pair<const Cluster*, size_t>> replaced;
   cfg->clusters.reserve(snapshot->clusters.size());
-  for (size_t i = 0; i < snapshot->clusters.size(); ++i) {
+  // A snapshot made from the running one by replacing clusters in place (a mesh delta): the
+  // running runtimes with just those replaced, looking only at the chunks where the two
+  // snapshots or the two shared states differ.
+  bool in_place_only = config_->snapshot && config_->shared &&
+                       config_->snapshot->clusters.size() == snapshot->clusters.size() &&
+                       config_->shared->clusters.size() == shared->clusters.size();
+  if (in_place_only) {
+    const auto& now = snapshot->clusters.items();
+    const auto& before = config_->snapshot->clusters.items();
+    constexpr size_t kChunk = SharedList<Cluster>::Items::kChunk;
+    cfg->clusters = config_->clusters;
+    for (size_t k = 0; in_place_only && k < now.chunkCount(); ++k) {
+      if (now.sharesChunk(before, k) && shared->clusters.sharesChunk(config_->shared->clusters, k))
+        continue;
+      for (size_t i = k * kChunk; i < std::min((k + 1) * kChunk, now.size()); ++i) {
+        if (now[i] == before[i] && old_clusters[i]->state == shared->clusters[i])
+          continue;
+        if (before[i]->name != now[i]->name) {
+          in_place_only = false; // moved or renamed: matched over the whole list below
+          break;
+        }
+        cfg->clusters.set(i, std::make_shared<ClusterRuntime>(*now[i], *this, shared->clusters[i]));
+        replaced.emplace_back(now[i].get(), i);
+      }
+    }
+    if (in_place_only) {
+      kept.assign(old_clusters.size(), true);
+    } else {
+      cfg->clusters.clear();
+      replaced.clear();
+    }
+  }
+  for (size_t i = 0; !in_place_only && i < snapshot->clusters.size(); ++i) {
     const Cluster& c = snapshot->clusters[i];
     size_t j = i;
     // Same object in the same place: kept. New content under the same name in the same

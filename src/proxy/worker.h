@@ -163,7 +163,8 @@ struct WorkerConfig {
   ~WorkerConfig();
   std::shared_ptr<const Snapshot> snapshot;
   std::shared_ptr<const SharedState> shared;
-  std::vector<std::shared_ptr<ClusterRuntime>> clusters; // same order as snapshot->clusters
+  // Same order as snapshot->clusters; chunks shared with the previous configuration's.
+  ChunkedVector<std::shared_ptr<ClusterRuntime>> clusters;
   std::unordered_map<std::string, ListenerRuntime> listeners;
 };
 

@@ -217,7 +217,7 @@ void HealthChecker::setClusters(std::vector<std::shared_ptr<ClusterState>> clust
 }
 
 bool HealthChecker::replaceClusters(const std::vector<size_t>& replaced,
-                                    const std::vector<std::shared_ptr<ClusterState>>& clusters) {
+                                    const ChunkedVector<std::shared_ptr<ClusterState>>& clusters) {
   if (clusters.size() != clusters_.size())
     return false;
   // The old states' configuration may be gone (see Target): what they had is in slots_.

@@ -56,7 +56,7 @@ public:
   // ticks move to the new states and nothing else is visited. Returns false, changing
   // nothing, when that does not hold (setClusters() then).
   bool replaceClusters(const std::vector<size_t>& replaced,
-                       const std::vector<std::shared_ptr<ClusterState>>& clusters);
+                       const ChunkedVector<std::shared_ptr<ClusterState>>& clusters);
   size_t checksInFlight() const { return in_flight_; }
 
 private:

@@ -5,6 +5,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "base/chunked_vector.h"
 #include "base/time.h"
 #include "proxy/config.h"
 #include "proxy/resilience/cluster_state.h"
@@ -17,7 +18,7 @@ namespace trellis::proxy {
 // bucket. Built on the main thread for every snapshot; endpoint health carries over from the
 // previous one.
 struct SharedState {
-  std::vector<std::shared_ptr<ClusterState>> clusters;
+  ChunkedVector<std::shared_ptr<ClusterState>> clusters; // chunks shared with the last state
   // listener name -> one entry per route, null where the route has no rate_limit. Shared
   // with the next state while the listener stays the same object (addRateLimits).
   std::unordered_map<std::string, std::vector<std::shared_ptr<SharedTokenBucket>>> rate_limits;

@@ -48,7 +48,7 @@ http::ParserLimits limitsFor(const Listener* l) {
 const Listener* listenerConfig(Worker& w, const std::string& name) {
   auto& cfg = w.config();
   auto it = cfg->listeners.find(name);
-  return it == cfg->listeners.end() ? nullptr : it->second.cfg;
+  return it == cfg->listeners.end() ? nullptr : it->second->cfg;
 }
 
 void appendChunkHeader(size_t n, std::string& out) {
@@ -163,7 +163,7 @@ void HttpSession::start() {
   cfg_ = worker_.config();
   auto it = cfg_->listeners.find(listener_name_);
   if (it != cfg_->listeners.end()) {
-    lrt_ = &it->second;
+    lrt_ = it->second.get();
     idle_timeout_ = lrt_->cfg->idle_timeout;
   }
   timer_ = worker_.dispatcher().createTimer([this] { onIdleTimer(); });
@@ -368,7 +368,7 @@ bool HttpSession::routeRequest() {
     localReply(503, "NR", "listener removed", true);
     return false;
   }
-  lrt_ = &it->second;
+  lrt_ = it->second.get();
   std::string_view path = target_;
   if (path.rfind("http://", 0) == 0 || path.rfind("https://", 0) == 0) {
     // absolute-form: route on its path; the authority becomes the Host
@@ -1264,8 +1264,8 @@ void HttpSession::startTunnel() {
         lrt->bytes_in.add(c.a_to_b);
         lrt->bytes_out.add(c.b_to_a);
         lrt->cx_active.dec();
-        if (lrt->connections > 0)
-          lrt->connections--; // as closeDown() would have done
+        if (*lrt->connections > 0)
+          --*lrt->connections; // as closeDown() would have done
       });
   closed_ = true; // the session is done; the tunnel owns the sockets
   tunnel->start();
@@ -1453,8 +1453,8 @@ void HttpSession::closeDown() {
   down_.close(ec);
   if (lrt_) {
     lrt_->cx_active.dec();
-    if (lrt_->connections > 0)
-      lrt_->connections--;
+    if (*lrt_->connections > 0)
+      --*lrt_->connections;
   }
 }
 
@@ -1527,7 +1527,7 @@ void startTcpSession(Worker& worker, const std::string& listener, asio::ip::tcp:
   auto it = cfg->listeners.find(listener);
   if (it == cfg->listeners.end())
     return;
-  ListenerRuntime* lrt = &it->second;
+  ListenerRuntime* lrt = it->second.get();
   ClusterRuntime* cluster = cfg->clusters[lrt->cfg->cluster_index].get();
   LbContext ctx;
   std::error_code ec;
@@ -1541,8 +1541,8 @@ void startTcpSession(Worker& worker, const std::string& listener, asio::ip::tcp:
   auto down = std::make_shared<asio::ip::tcp::socket>(std::move(socket));
   auto done_down = [lrt, cfg] {
     lrt->cx_active.dec();
-    if (lrt->connections > 0)
-      lrt->connections--;
+    if (*lrt->connections > 0)
+      --*lrt->connections;
   };
   if (!pick) {
     lrt->localReply("UH").inc();

@@ -297,12 +297,14 @@ void Worker::apply(std::shared_ptr<const Snapshot> snapshot,
   }
   for (const auto& l : snapshot->listeners) {
     auto prev = config_->listeners.find(l.name);
-    if (prev != config_->listeners.end() && prev->second.cfg == &l) {
+    if (prev != config_->listeners.end() && prev->second->cfg == &l) {
       // The same listener object: its routes and so its metric handles are unchanged.
       cfg->listeners.emplace(l.name, prev->second);
       continue;
     }
-    ListenerRuntime& lr = cfg->listeners[l.name];
+    auto& slot = cfg->listeners[l.name];
+    slot = std::make_shared<ListenerRuntime>();
+    ListenerRuntime& lr = *slot;
     lr.cfg = &l;
     lr.cx_total = stats_.downstream_cx->handle(shard, {l.name});
     lr.cx_rejected = stats_.downstream_cx_rejected->handle(shard, {l.name});
@@ -350,9 +352,9 @@ void Worker::apply(std::shared_ptr<const Snapshot> snapshot,
       lr.no_route_by_class[k] = stats_.requests->handle(
           shard, {l.name, "none", "none", std::string(1, char('1' + k)) + "xx"});
     lr.no_route_duration = stats_.duration->handle(shard, {l.name, "none"});
-    // Connection counts carry over for listeners that continue.
+    // The connection count carries over (shared) for listeners that continue.
     if (auto old = config_->listeners.find(l.name); old != config_->listeners.end())
-      lr.connections = old->second.connections;
+      lr.connections = old->second->connections;
   }
   // Pools whose endpoint no cluster of the new configuration has are closed; the others
   // keep their warm connections. Counted from what changed: added clusters first, so an
@@ -455,15 +457,15 @@ void Worker::onAccepted(const std::string& listener, asio::ip::tcp::socket socke
   auto it = config_->listeners.find(listener);
   if (it == config_->listeners.end())
     return;
-  ListenerRuntime& lr = it->second;
+  ListenerRuntime& lr = *it->second;
   lr.cx_total.inc();
-  if (lr.connections >= lr.cfg->max_connections) {
+  if (*lr.connections >= lr.cfg->max_connections) {
     lr.cx_rejected.inc();
     std::error_code ec;
     socket.close(ec);
     return;
   }
-  lr.connections++;
+  ++*lr.connections;
   lr.cx_active.inc();
   if (lr.cfg->protocol == Protocol::kTcp) {
     startTcpSession(*this, listener, std::move(socket));

@@ -151,7 +151,10 @@ struct ListenerRuntime {
   telemetry::GaugeHandle cx_active;
   std::array<telemetry::CounterHandle, static_cast<size_t>(http::ParseError::kCount)> parse_errors;
   std::map<std::string, telemetry::CounterHandle, std::less<>> local_replies;
-  uint32_t connections = 0; // open now on this worker
+  // Open now on this worker, through this listener name: one counter that every
+  // configuration's runtime of the listener shares, so a connection accepted under one
+  // configuration and closed under another (or still on the old one) is counted once.
+  std::shared_ptr<uint32_t> connections = std::make_shared<uint32_t>(0);
   telemetry::CounterHandle& localReply(std::string_view flag);
 };
 
@@ -165,7 +168,8 @@ struct WorkerConfig {
   std::shared_ptr<const SharedState> shared;
   // Same order as snapshot->clusters; chunks shared with the previous configuration's.
   ChunkedVector<std::shared_ptr<ClusterRuntime>> clusters;
-  std::unordered_map<std::string, ListenerRuntime> listeners;
+  // Shared with the previous configuration while the Listener object is the same.
+  std::unordered_map<std::string, std::shared_ptr<ListenerRuntime>> listeners;
 };
 
 // One worker thread's share of the proxy: its listeners' acceptors, its sessions, its pools.

@@ -452,3 +452,42 @@ clusters:
     s.close()
     assert data.startswith(b"HTTP/1.1 408"), data
     assert p.metric("trellis_proxy_local_replies_total", flag="DT") == 1
+
+
+def test_connection_limit_counts_connections_closed_after_a_reload(procs, echo):
+    """max_connections counts open connections however many configurations they lived
+    through: one accepted before a reload and closed after it leaves the count."""
+    origin = echo("api")
+    p = start_proxy(procs, f"""
+admin: {{address: 127.0.0.1:0}}
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    max_connections: 2
+    routes:
+      - match: {{prefix: /}}
+        cluster: api
+clusters:
+  - name: api
+    endpoints: [{origin.address}]
+""", concurrency=1)
+
+    def active():
+        return p.metric("trellis_proxy_downstream_connections_active", listener="web")
+
+    for _ in range(3):
+        c = http.client.HTTPConnection("127.0.0.1", p.port(), timeout=10)
+        assert request(p.port(), "/", conn=c)[0] == 200  # open, kept alive
+        assert p.admin("/reload", method="POST")[0] == 200
+        c.close()  # closed under the new configuration, without another request
+        wait_until(lambda: active() == 0, what="the proxy noticed the close")
+    # Nothing is open: two at once are within the limit, and a third is over it.
+    conns = [http.client.HTTPConnection("127.0.0.1", p.port(), timeout=10) for _ in range(2)]
+    for c in conns:
+        assert request(p.port(), "/", conn=c)[0] == 200
+    third = http.client.HTTPConnection("127.0.0.1", p.port(), timeout=10)
+    with pytest.raises((ConnectionError, http.client.RemoteDisconnected, OSError)):
+        request(p.port(), "/", conn=third)
+    for c in conns + [third]:
+        c.close()
+    assert p.metric("trellis_proxy_downstream_connections_rejected_total", listener="web") == 1

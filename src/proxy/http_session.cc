@@ -164,6 +164,7 @@ void HttpSession::start() {
   auto it = cfg_->listeners.find(listener_name_);
   if (it != cfg_->listeners.end()) {
     lrt_ = it->second.get();
+    counted_in_ = lrt_->connections; // the worker counted this connection there
     idle_timeout_ = lrt_->cfg->idle_timeout;
   }
   timer_ = worker_.dispatcher().createTimer([this] { onIdleTimer(); });
@@ -369,6 +370,14 @@ bool HttpSession::routeRequest() {
     return false;
   }
   lrt_ = it->second.get();
+  if (counted_in_ && counted_in_ != lrt_->connections) {
+    // A listener removed and added back since: its counter is a new one. The connection
+    // moves to it, so the new count includes it and the old one no longer does.
+    if (*counted_in_ > 0)
+      --*counted_in_;
+    ++*lrt_->connections;
+    counted_in_ = lrt_->connections;
+  }
   std::string_view path = target_;
   if (path.rfind("http://", 0) == 0 || path.rfind("https://", 0) == 0) {
     // absolute-form: route on its path; the authority becomes the Host
@@ -994,7 +1003,7 @@ void HttpSession::processUp() {
     // The peer proxy's answer stands for a failure of its app: the try failed like that.
     const TryFailure f = *peer_failure_;
     peer_failure_.reset();
-    onUpstreamFailure(f, peer_flag_, f == TryFailure::kConnectFailure ? 503 : 502);
+    onUpstreamFailure(f, peer_flag_, std::string_view(peer_flag_) == "UF" ? 503 : 502);
     return;
   }
   if (ubeg_ == uend_ && !upgrading_)
@@ -1058,9 +1067,12 @@ bool HttpSession::peerProxyFailure() {
     return false;
   // UF: the peer could not connect to its app; UH: it had no usable one. Either way the
   // request reached no app, as with a connect failure here. UC: the app closed or reset
-  // before answering.
+  // before answering. The endpoint's word is taken for that only where a wrong word costs
+  // nothing: a non-idempotent request (which a connect failure would retry whatever its
+  // method) fails as after a reset, retried only where the route allows such retries. An
+  // instance registered without a sidecar could send the header after doing the work.
   if (*flag == "UF" || *flag == "UH") {
-    peer_failure_ = TryFailure::kConnectFailure;
+    peer_failure_ = isIdempotent(method_) ? TryFailure::kConnectFailure : TryFailure::kReset;
     peer_flag_ = "UF";
   } else if (*flag == "UC") {
     peer_failure_ = TryFailure::kReset;
@@ -1098,15 +1110,15 @@ http::Action HttpSession::rspHeadersComplete(const http::MessageHead& head) {
     out.append(reason_.empty() ? http::reasonPhrase(status_) : std::string_view(reason_));
     out.append("\r\n");
   };
+  const bool trusted = cluster_ && cluster_->cfg.trust_proxy_errors;
   if (head.interim) {
     statusLine(http::Version::kHttp11);
     for (auto f : rsp_headers_)
-      if (!isDropped(f.name, tokens))
+      if (!isDropped(f.name, tokens) && (trusted || !nameIs(f.name, kProxyErrorHeader)))
         appendField(out, f.name, f.value);
     out.append("\r\n");
     return http::Action::kContinue;
   }
-  const bool trusted = cluster_ && cluster_->cfg.trust_proxy_errors;
   if (trusted && status_ >= 500 && peerProxyFailure())
     return http::Action::kPause;
   if (retryOnStatus()) {
@@ -1258,14 +1270,15 @@ void HttpSession::startTunnel() {
     lrt_->routes[route_index_][target_index_].by_class[0].inc();
   auto cfg = cfg_;
   ListenerRuntime* lrt = lrt_;
+  auto counted = counted_in_ ? std::move(counted_in_) : std::make_shared<uint32_t>(0);
   auto tunnel = std::make_shared<Tunnel>(
       worker_.dispatcher(), std::move(down_), std::move(conn->socket), std::move(to_up),
-      std::move(to_down), idle_timeout_, [cfg, lrt](const Tunnel::Counters& c) {
+      std::move(to_down), idle_timeout_, [cfg, lrt, counted](const Tunnel::Counters& c) {
         lrt->bytes_in.add(c.a_to_b);
         lrt->bytes_out.add(c.b_to_a);
         lrt->cx_active.dec();
-        if (*lrt->connections > 0)
-          --*lrt->connections; // as closeDown() would have done
+        if (*counted > 0)
+          --*counted; // as closeDown() would have done
       });
   closed_ = true; // the session is done; the tunnel owns the sockets
   tunnel->start();
@@ -1453,8 +1466,9 @@ void HttpSession::closeDown() {
   down_.close(ec);
   if (lrt_) {
     lrt_->cx_active.dec();
-    if (*lrt_->connections > 0)
-      --*lrt_->connections;
+    if (counted_in_ && *counted_in_ > 0)
+      --*counted_in_;
+    counted_in_.reset();
   }
 }
 

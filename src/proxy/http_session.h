@@ -145,6 +145,7 @@ private:
   // The current request.
   std::shared_ptr<WorkerConfig> cfg_;
   ListenerRuntime* lrt_ = nullptr;
+  std::shared_ptr<uint32_t> counted_in_; // the open-connection counter that counts this one
   const Route* route_ = nullptr;
   size_t route_index_ = 0, target_index_ = 0;
   ClusterRuntime* cluster_ = nullptr;

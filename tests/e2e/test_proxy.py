@@ -3,6 +3,7 @@ import asyncio
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -491,3 +492,52 @@ clusters:
     for c in conns + [third]:
         c.close()
     assert p.metric("trellis_proxy_downstream_connections_rejected_total", listener="web") == 1
+
+
+def test_connection_moves_to_a_listener_added_back(procs, echo):
+    """A connection kept open while its listener is removed and added back is counted by the
+    listener's new runtime once it sends another request: max_connections holds."""
+    origin = echo("api")
+
+    def cfg(with_web):
+        web = """  - name: web
+    address: 127.0.0.1:0
+    max_connections: 1
+    routes:
+      - match: {prefix: /}
+        cluster: api
+""" if with_web else ""
+        return f"""
+admin: {{address: 127.0.0.1:0}}
+listeners:
+{web}  - name: other
+    address: 127.0.0.1:0
+    routes:
+      - match: {{prefix: /}}
+        cluster: api
+clusters:
+  - name: api
+    endpoints: [{origin.address}]
+"""
+    p = start_proxy(procs, cfg(True), concurrency=1)
+    a = http.client.HTTPConnection("127.0.0.1", p.port(), timeout=10)
+    assert request(p.port(), "/", conn=a)[0] == 200
+    for with_web in (False, True):
+        with open(p.cfg_path, "w") as f:
+            f.write(cfg(with_web))
+        assert p.admin("/reload", method="POST")[0] == 200
+    rx = re.compile(r"listener web listening on 127\.0\.0\.1:(\d+)")
+    wait_until(lambda: len([m for m in map(rx.search, p.proc.lines) if m]) == 2,
+               what="web bound again")
+    port = int([m for m in map(rx.search, p.proc.lines) if m][-1].group(1))
+    assert request(p.port(), "/", conn=a)[0] == 200  # still served, now counted by the new web
+    b = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    with pytest.raises((ConnectionError, http.client.RemoteDisconnected, OSError)):
+        request(port, "/", conn=b)  # one open already: over max_connections
+    a.close()
+    b.close()
+    wait_until(lambda: p.metric("trellis_proxy_downstream_connections_active", listener="web") == 0,
+               what="the proxy noticed the close")
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    assert request(port, "/", conn=c)[0] == 200  # and released when it closed
+    c.close()

@@ -461,13 +461,21 @@ Status ConfigBuilder::assemble(const std::string& name, const ServiceEntry& entr
   if (a.cluster && a.definition_rev == entry.definition_rev &&
       a.endpoints_rev == entry.endpoints_rev)
     return okStatus();
-  Cluster c = cache.def.cluster;
-  c.name = name;
-  c.endpoints = cache.eps.endpoints;
-  if (c.lb.policy == LbPolicy::kMaglev && c.endpoints.size() >= c.lb.maglev_table_size)
+  // New endpoints move from the parse into the cluster (kept once, there); a new definition
+  // of the same endpoints copies them from the cluster it replaces.
+  const bool new_endpoints = !a.cluster || a.endpoints_rev != entry.endpoints_rev;
+  const std::vector<Endpoint>& eps = new_endpoints ? cache.eps.endpoints : a.cluster->endpoints;
+  const Cluster& def = cache.def.cluster;
+  if (def.lb.policy == LbPolicy::kMaglev && eps.size() >= def.lb.maglev_table_size)
     return makeError(ErrorCode::kInvalidArgument,
                      "services.{}.cluster.maglev.table_size: {} is not above the {} endpoints",
-                     name, c.lb.maglev_table_size, c.endpoints.size());
+                     name, def.lb.maglev_table_size, eps.size());
+  Cluster c = def;
+  c.name = name;
+  if (new_endpoints)
+    c.endpoints = std::move(cache.eps.endpoints);
+  else
+    c.endpoints = eps;
   a.definition_rev = entry.definition_rev;
   a.endpoints_rev = entry.endpoints_rev;
   a.cluster = std::make_shared<const Cluster>(std::move(c));

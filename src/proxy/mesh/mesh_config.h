@@ -81,7 +81,7 @@ private:
   };
   struct ParsedEndpoints {
     uint64_t rev = 0;
-    std::vector<Endpoint> endpoints;
+    std::vector<Endpoint> endpoints; // until assembled: then in the cluster (moved)
     std::optional<Error> error;
   };
   struct ParsedGateway {

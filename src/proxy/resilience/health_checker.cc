@@ -140,6 +140,7 @@ void HealthChecker::setClusters(std::vector<std::shared_ptr<ClusterState>> clust
   for (size_t ci = 0; ci < clusters_.size(); ++ci) {
     const auto& c = clusters_[ci];
     const Cluster& cfg = c->config();
+    slots_[ci].name = cfg.name;
     slots_[ci].checked = cfg.health_check.has_value();
     if (cfg.health_check) {
       if (auto same = by_state.find(c.get()); same != by_state.end()) {
@@ -224,10 +225,10 @@ bool HealthChecker::replaceClusters(const std::vector<size_t>& replaced,
   for (size_t i : replaced) {
     const Cluster& cfg = clusters[i]->config();
     const Slot& s = slots_[i];
-    if (s.checked || cfg.health_check || cfg.outlier_detection.has_value() != (s.ticker != nullptr))
+    if (s.name != cfg.name || s.checked || cfg.health_check ||
+        cfg.outlier_detection.has_value() != (s.ticker != nullptr))
       return false;
-    if (s.ticker && (s.ticker->interval != cfg.outlier_detection->interval ||
-                     s.ticker->cluster_name != cfg.name))
+    if (s.ticker && s.ticker->interval != cfg.outlier_detection->interval)
       return false;
   }
   for (size_t i : replaced) {

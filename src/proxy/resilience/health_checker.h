@@ -1,6 +1,7 @@
 #pragma once
 
 #include <functional>
+#include <string>
 #include <memory>
 #include <vector>
 
@@ -74,6 +75,7 @@ private:
   // Per entry of clusters_: its ticker (none without outlier detection) and whether it has
   // health checks.
   struct Slot {
+    std::string name; // of the cluster there (an update that only reorders is not seen)
     Ticker* ticker = nullptr;
     bool checked = false;
   };

@@ -632,10 +632,16 @@ TEST(MeshConfig, IncrementalBuildEqualsAFreshOne) {
 }
 
 // Deltas of every kind, against a fresh build of the same state after each: endpoint lists
-// (whole and by changes, some invalid), definitions, services added and removed, snapshots.
-// Most steps take the path that replaces only the changed services' clusters.
+// (whole and by changes, some invalid), definitions, services added and removed, snapshots,
+// and for a gateway its routes changed and removed. Most steps take the path that replaces
+// only the changed services' clusters.
 TEST(MeshConfig, BuildAfterDeltasEqualsAFreshOne) {
-  for (uint32_t seed = 1; seed <= 4; ++seed) {
+  ProxySpec gateway;
+  gateway.kind = ProxySpec::Kind::kGateway;
+  gateway.gateway = "edge";
+  gateway.listen = addr("127.0.0.1:0");
+  for (uint32_t seed = 1; seed <= 6; ++seed) {
+    const ProxySpec spec = seed % 2 ? sidecarSpec() : gateway;
     std::mt19937 rng(seed);
     const std::vector<std::string> names = {"alpha", "beta", "gamma", "orders", "users"};
     auto endpoint = [&] { return "10.0.0." + std::to_string(1 + rng() % 6) + ":80"; };
@@ -647,7 +653,7 @@ TEST(MeshConfig, BuildAfterDeltasEqualsAFreshOne) {
       eps.erase(std::unique(eps.begin(), eps.end()), eps.end());
       return eps;
     };
-    ConfigBuilder incremental(sidecarSpec());
+    ConfigBuilder incremental(spec);
     MeshState st;
     uint64_t version = 1;
     json all = json::object();
@@ -671,18 +677,29 @@ TEST(MeshConfig, BuildAfterDeltasEqualsAFreshOne) {
           services[n] = {{"cluster", {{"lb", rng() % 2 ? "round_robin" : "least_request"}}}};
         } else if (kind == 4) {
           services[n] = {{"endpoints", json::array({"10.0.0.1:80", "not-an-address"})}};
-        } else if (kind < 10) {
+        } else if (kind < 8) {
           std::vector<std::string> eps = list();
           services[n] = {{"endpoints", eps}};
+        } else if (kind < 10) {
+          // The gateway's routes (a sidecar has none, and ignores them): changed or removed.
+          json d = {{"type", "delta"}, {"version", ++version}, {"services", json::object()}};
+          if (kind == 8)
+            d["gateways"] = {{"edge", {{"routes", json::array({{{"match", {{"prefix", "/x"}}},
+                                                                {"cluster", n}}})}}}};
+          else
+            d["removed_gateways"] = json::array({"edge"});
+          ASSERT_TRUE(st.applyDelta(parseMessage(d.dump()).value()).ok());
+          services = d;
         } else {
           services[n] = {{"endpoints_added", json::array({endpoint()})},
                          {"endpoints_removed", json::array({endpoint()})}};
         }
-        ASSERT_TRUE(st.applyDelta(parseMessage(deltaLine(++version, services, removed)).value())
-                        .ok());
+        if (kind >= 10 || kind < 8)
+          ASSERT_TRUE(
+              st.applyDelta(parseMessage(deltaLine(++version, services, removed)).value()).ok());
       }
       auto a = incremental.build(st);
-      auto b = ConfigBuilder(sidecarSpec()).build(st);
+      auto b = ConfigBuilder(spec).build(st);
       const std::string where = "seed " + std::to_string(seed) + " step " +
                                 std::to_string(step) + ": " + services.dump();
       ASSERT_EQ(a.ok(), b.ok()) << where << (a.ok() ? b.error() : a.error()).message();
@@ -694,9 +711,10 @@ TEST(MeshConfig, BuildAfterDeltasEqualsAFreshOne) {
       EXPECT_TRUE(**a == **b) << where;
       EXPECT_EQ(endpointsOf(**a, n), endpointsOf(**b, n)) << where;
     }
-    // Most builds replaced only the changed cluster: the path under test was taken.
-    EXPECT_LT(incremental.fullBuilds() * 2, static_cast<uint64_t>(builds))
-        << "seed " << seed << ": " << incremental.fullBuilds() << " of " << builds;
+    // Many builds replaced only the changed cluster: the path under test was taken.
+    EXPECT_GE(300 - incremental.fullBuilds(), 60u)
+        << "seed " << seed << ": " << incremental.fullBuilds() << " full of 300 (" << builds
+        << " good)";
   }
 }
 

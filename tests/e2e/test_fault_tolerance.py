@@ -552,6 +552,25 @@ def peer_errors(p):
     return metric(p, "trellis_proxy_upstream_errors_total", cluster=CLUSTER, kind="proxy_error")
 
 
+def gets_retried_posts_not(p, status, flag):
+    """Six GETs, then six POSTs through `p` (round robin over a failing and a live peer). Each
+    GET whose first try failed at the peer is retried on the other: all succeed. A POST is
+    not retried: those that failed are answered by `p` itself with `status` and `flag`.
+    Returns (retries, failed POSTs)."""
+    gets = [request(p.port(), "/") for _ in range(6)]
+    assert [a[0] for a in gets] == [200] * 6, gets
+    assert all("x-trellis-proxy-error" not in a[1] for a in gets)
+    retried = metric(p, "trellis_proxy_retries_total", cluster=CLUSTER)
+    assert retried >= 3 and retried == peer_errors(p)
+    posts = [request(p.port(), "/", method="POST", body=b"x") for _ in range(6)]
+    failed = [a for a in posts if a[0] != 200]
+    assert len(failed) >= 3, posts
+    assert all(a[0] == status and a[1].get("x-trellis-proxy-error") == flag for a in failed)
+    assert metric(p, "trellis_proxy_retries_total", cluster=CLUSTER) == retried
+    assert peer_errors(p) == retried + len(failed)
+    return retried, failed
+
+
 def test_peer_proxy_connect_failure_is_retried_on_another_endpoint(procs, echo):
     dead_app = f"127.0.0.1:{free_port()}"  # nothing listens there
     failing = inner_proxy(procs, dead_app)
@@ -561,21 +580,11 @@ def test_peer_proxy_connect_failure_is_retried_on_another_endpoint(procs, echo):
     assert (status, headers.get("x-trellis-proxy-error")) == (503, "UF"), headers
 
     p = peers_behind(procs, failing, live, "connect-failure", trust=True)
-    # Round robin sends first tries to the failing peer too. Its 503 counts as a connect
-    # failure here: retried on the other endpoint.
-    answers = [request(p.port(), "/") for _ in range(6)]
-    assert [a[0] for a in answers] == [200] * 6, answers
-    assert all("x-trellis-proxy-error" not in a[1] for a in answers)
-    retried = metric(p, "trellis_proxy_retries_total", cluster=CLUSTER)
-    assert retried >= 3 and retried == peer_errors(p)
-    # Not for a POST: an endpoint registered without a sidecar could send the header after
-    # doing the work, so its word does not make a non-idempotent request retried. It fails as
-    # it would have without the header, answered by this proxy.
-    posts = [request(p.port(), "/", method="POST", body=b"x") for _ in range(6)]
-    failed = [a for a in posts if a[0] != 200]
-    assert len(failed) >= 3, posts
-    assert all(a[0] == 503 and a[1].get("x-trellis-proxy-error") == "UF" for a in failed)
-    assert metric(p, "trellis_proxy_retries_total", cluster=CLUSTER) == retried
+    # The failing peer's 503 counts as a connect failure here: a GET is retried on the other
+    # endpoint. Not a POST: an endpoint registered without a sidecar could send the header
+    # after doing the work, so its word does not make a non-idempotent request retried. It
+    # fails as it would have without the header.
+    gets_retried_posts_not(p, 503, "UF")
 
     # Not trusted: the peer's 503 is an answer like any other, passed on without the header
     # (only a proxy's own answers carry it). Without retries, round robin alternates.
@@ -595,17 +604,8 @@ def test_peer_proxy_reset_is_retried_for_idempotent_methods_only(procs, echo):
         assert (status, headers.get("x-trellis-proxy-error")) == (502, "UC"), headers
         live = inner_proxy(procs, echo("api").address)
         p = peers_behind(procs, failing, live, "reset", trust=True)
-        # A GET whose first try hits the failing peer is retried on the other.
-        gets = [request(p.port(), "/") for _ in range(6)]
-        assert [a[0] for a in gets] == [200] * 6, gets
-        retried = metric(p, "trellis_proxy_retries_total", cluster=CLUSTER)
-        assert retried >= 3 and retried == peer_errors(p)
-        # A POST may have reached the app: its reset is final, answered by this proxy (UC).
-        posts = [request(p.port(), "/", method="POST", body=b"x") for _ in range(6)]
-        failed = [a for a in posts if a[0] != 200]
-        assert len(failed) >= 3, posts
-        assert all(a[0] == 502 and a[1].get("x-trellis-proxy-error") == "UC" for a in failed)
-        assert metric(p, "trellis_proxy_retries_total", cluster=CLUSTER) == retried
-        assert peer_errors(p) == retried + len(failed)
+        # A GET whose first try hits the failing peer is retried on the other; a POST may have
+        # reached the app: its reset is final, answered by this proxy (UC).
+        gets_retried_posts_not(p, 502, "UC")
     finally:
         app.close()

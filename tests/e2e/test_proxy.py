@@ -43,6 +43,37 @@ clusters:
 """
 
 
+def one_route_config(origin, listener_keys=""):
+    """Listener web (with `listener_keys`, YAML lines indented 4) sending everything to
+    cluster api, made of `origin`."""
+    return f"""
+admin: {{address: 127.0.0.1:0}}
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+{listener_keys}    routes:
+      - match: {{prefix: /}}
+        cluster: api
+clusters:
+  - name: api
+    endpoints: [{origin.address}]
+"""
+
+
+def assert_refused(port):
+    """A new connection to `port` is closed without an answer (over max_connections)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    with pytest.raises((ConnectionError, http.client.RemoteDisconnected, OSError)):
+        request(port, "/", conn=c)
+    c.close()
+
+
+def wait_no_open_connection(p, listener="web"):
+    wait_until(lambda: p.metric("trellis_proxy_downstream_connections_active",
+                                listener=listener) == 0,
+               what="the proxy noticed the closes")
+
+
 def who(resp):
     status, headers, body = resp
     assert status == 200, (status, body[:200])
@@ -427,21 +458,7 @@ clusters:
 
 
 def test_slow_header_client_gets_408(procs, echo):
-    api = echo("api")
-    cfg = f"""
-admin: {{address: 127.0.0.1:0}}
-listeners:
-  - name: web
-    address: 127.0.0.1:0
-    header_read_timeout: 300ms
-    routes:
-      - match: {{prefix: /}}
-        cluster: api
-clusters:
-  - name: api
-    endpoints: [{api.address}]
-"""
-    p = start_proxy(procs, cfg)
+    p = start_proxy(procs, one_route_config(echo("api"), "    header_read_timeout: 300ms\n"))
     s = socket.create_connection(("127.0.0.1", p.port()), timeout=10)
     s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")   # and never finishes the head
     data = b""
@@ -458,38 +475,20 @@ clusters:
 def test_connection_limit_counts_connections_closed_after_a_reload(procs, echo):
     """max_connections counts open connections however many configurations they lived
     through: one accepted before a reload and closed after it leaves the count."""
-    origin = echo("api")
-    p = start_proxy(procs, f"""
-admin: {{address: 127.0.0.1:0}}
-listeners:
-  - name: web
-    address: 127.0.0.1:0
-    max_connections: 2
-    routes:
-      - match: {{prefix: /}}
-        cluster: api
-clusters:
-  - name: api
-    endpoints: [{origin.address}]
-""", concurrency=1)
-
-    def active():
-        return p.metric("trellis_proxy_downstream_connections_active", listener="web")
-
+    p = start_proxy(procs, one_route_config(echo("api"), "    max_connections: 2\n"),
+                    concurrency=1)
     for _ in range(3):
         c = http.client.HTTPConnection("127.0.0.1", p.port(), timeout=10)
         assert request(p.port(), "/", conn=c)[0] == 200  # open, kept alive
         assert p.admin("/reload", method="POST")[0] == 200
         c.close()  # closed under the new configuration, without another request
-        wait_until(lambda: active() == 0, what="the proxy noticed the close")
+        wait_no_open_connection(p)
     # Nothing is open: two at once are within the limit, and a third is over it.
     conns = [http.client.HTTPConnection("127.0.0.1", p.port(), timeout=10) for _ in range(2)]
     for c in conns:
         assert request(p.port(), "/", conn=c)[0] == 200
-    third = http.client.HTTPConnection("127.0.0.1", p.port(), timeout=10)
-    with pytest.raises((ConnectionError, http.client.RemoteDisconnected, OSError)):
-        request(p.port(), "/", conn=third)
-    for c in conns + [third]:
+    assert_refused(p.port())
+    for c in conns:
         c.close()
     assert p.metric("trellis_proxy_downstream_connections_rejected_total", listener="web") == 1
 
@@ -531,13 +530,9 @@ clusters:
                what="web bound again")
     port = int([m for m in map(rx.search, p.proc.lines) if m][-1].group(1))
     assert request(p.port(), "/", conn=a)[0] == 200  # still served, now counted by the new web
-    b = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    with pytest.raises((ConnectionError, http.client.RemoteDisconnected, OSError)):
-        request(port, "/", conn=b)  # one open already: over max_connections
+    assert_refused(port)  # one open already: over max_connections
     a.close()
-    b.close()
-    wait_until(lambda: p.metric("trellis_proxy_downstream_connections_active", listener="web") == 0,
-               what="the proxy noticed the close")
+    wait_no_open_connection(p)
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     assert request(port, "/", conn=c)[0] == 200  # and released when it closed
     c.close()

@@ -1270,14 +1270,14 @@ void HttpSession::startTunnel() {
     lrt_->routes[route_index_][target_index_].by_class[0].inc();
   auto cfg = cfg_;
   ListenerRuntime* lrt = lrt_;
-  auto counted = counted_in_ ? std::move(counted_in_) : std::make_shared<uint32_t>(0);
+  auto counted = std::move(counted_in_); // null when the listener was not found at start
   auto tunnel = std::make_shared<Tunnel>(
       worker_.dispatcher(), std::move(down_), std::move(conn->socket), std::move(to_up),
       std::move(to_down), idle_timeout_, [cfg, lrt, counted](const Tunnel::Counters& c) {
         lrt->bytes_in.add(c.a_to_b);
         lrt->bytes_out.add(c.b_to_a);
         lrt->cx_active.dec();
-        if (*counted > 0)
+        if (counted && *counted > 0)
           --*counted; // as closeDown() would have done
       });
   closed_ = true; // the session is done; the tunnel owns the sockets

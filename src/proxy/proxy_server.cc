@@ -143,7 +143,6 @@ Status ProxyServer::apply(std::shared_ptr<const Snapshot> snap) {
   auto shared = sharedStateFor(*snap, fresh_clusters, in_place);
   const bool clusters_changed =
       fresh_clusters > 0 || !snapshot_ || snapshot_->clusters.size() != snap->clusters.size();
-  const size_t snapshot_before = snapshot_ ? snapshot_->clusters.size() : 0;
   snapshot_ = snap;
   shared_ = shared;
   // All workers switch at once; waiting for each in turn would add their wake-up latencies.
@@ -162,9 +161,8 @@ Status ProxyServer::apply(std::shared_ptr<const Snapshot> snap) {
     health_ = std::make_unique<HealthChecker>(main_, *prober_, random_);
   }
   // A mesh delta replaces a few clusters in place: their ticks move, the rest is not visited.
-  const bool only_in_place = in_place.size() == fresh_clusters && snapshot_before > 0 &&
-                             snapshot_before == snap->clusters.size();
-  if (clusters_changed && !(only_in_place && health_->replaceClusters(in_place, shared->clusters)))
+  if (clusters_changed &&
+      !(!in_place.empty() && health_->replaceClusters(in_place, shared->clusters)))
     health_->setClusters(shared->clusters.toVector());
   // The group's own descriptors are no longer needed: each worker holds a dup.
   for (auto& [name, b] : bound_)
@@ -213,7 +211,6 @@ std::shared_ptr<SharedState> ProxyServer::sharedStateFor(const Snapshot& snap, s
     const ClusterState* from = nullptr;
     if (snapshot_ && i < snapshot_->clusters.size() && snapshot_->clusters[i].name == c.name) {
       from = shared_->clusters[i].get();
-      in_place.push_back(i);
     } else {
       index();
       if (auto it = by_object.find(&c); it != by_object.end()) {

@@ -68,8 +68,9 @@ private:
   // snapshot keep their ClusterState (health, ejections, breaker counts untouched); others
   // get a new one that inherits endpoint state from the cluster of the same name. `fresh`
   // counts the new ones.
-  // `fresh`: how many clusters got a new state; `in_place`: the indices of those that replaced
-  // the state at the same index under the same name.
+  // `fresh`: how many clusters got a new state; `in_place`: when every one of them replaced
+  // the state at the same index under the same name (sharedStateInPlace), their indices;
+  // empty otherwise.
   std::shared_ptr<SharedState> sharedStateFor(const Snapshot& snap, size_t& fresh,
                                               std::vector<size_t>& in_place);
   // sharedStateFor() when `snap` has the running snapshot's clusters with some replaced in

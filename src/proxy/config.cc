@@ -1,6 +1,7 @@
 #include "proxy/config.h"
 
 #include <algorithm>
+#include <atomic>
 #include <charconv>
 #include <cmath>
 #include <cstring>
@@ -60,6 +61,34 @@ size_t matchInStep(const std::vector<Endpoint>& now, const std::vector<Endpoint>
     }
   }
   return matched;
+}
+
+uint64_t nextEndpointLineageId() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
+
+bool pairByLineage(const Cluster& now, const Cluster& before, std::vector<size_t>& from) {
+  const EndpointLineage* n = now.lineage.ptr.get();
+  const EndpointLineage* b = before.lineage.ptr.get();
+  if (n == nullptr || b == nullptr)
+    return false;
+  if (n->id == b->id && now.endpoints.size() == before.endpoints.size()) {
+    from.resize(now.endpoints.size());
+    for (size_t i = 0; i < from.size(); ++i)
+      from[i] = i;
+    return true;
+  }
+  if (n->base != b->id || n->origin.size() != now.endpoints.size())
+    return false;
+  from.resize(n->origin.size());
+  for (size_t i = 0; i < from.size(); ++i) {
+    const uint32_t o = n->origin[i];
+    if (o != EndpointLineage::kNew && o >= before.endpoints.size())
+      return false; // cannot happen for lineages the builder made; never trust it blindly
+    from[i] = o == EndpointLineage::kNew ? kNotInStep : o;
+  }
+  return true;
 }
 
 std::vector<LbEndpoint> lbEndpoints(const Cluster& cluster) {
@@ -569,11 +598,11 @@ Status Parser::parseAccessLog(const YAML::Node& n, const std::string& path,
 // ---- clusters --------------------------------------------------------------------------------
 
 Status Parser::parseCluster(const YAML::Node& n, const std::string& path, Cluster& out) const {
-  TRELLIS_RETURN_IF_ERROR(checkKeys(
-      n, path,
-      {"name", "lb", "hash_on", "connect_timeout", "endpoints", "health_check", "outlier_detection",
-       "circuit_breakers", "panic_threshold", "pool", "least_request", "ring_hash", "maglev",
-       "trust_proxy_errors"}));
+  TRELLIS_RETURN_IF_ERROR(
+      checkKeys(n, path,
+                {"name", "lb", "hash_on", "connect_timeout", "endpoints", "health_check",
+                 "outlier_detection", "circuit_breakers", "panic_threshold", "pool",
+                 "least_request", "ring_hash", "maglev", "trust_proxy_errors"}));
   TRELLIS_RETURN_IF_ERROR(required(n, path, "name", out.name, name()));
 
   if (const YAML::Node lb = n["lb"]; lb.IsDefined()) {
@@ -640,8 +669,7 @@ Status Parser::parseCluster(const YAML::Node& n, const std::string& path, Cluste
   TRELLIS_RETURN_IF_ERROR(
       field(n, path, "panic_threshold", out.lb.panic_threshold, integer(0, 100)));
   TRELLIS_RETURN_IF_ERROR(field(n, path, "connect_timeout", out.connect_timeout, duration(false)));
-  TRELLIS_RETURN_IF_ERROR(
-      field(n, path, "trust_proxy_errors", out.trust_proxy_errors, boolean()));
+  TRELLIS_RETURN_IF_ERROR(field(n, path, "trust_proxy_errors", out.trust_proxy_errors, boolean()));
 
   const YAML::Node eps = n["endpoints"];
   if (!eps.IsDefined())
@@ -747,10 +775,9 @@ Status Parser::parseHashPolicy(const YAML::Node& n, const std::string& path,
 
 Status Parser::parseHealthCheck(const YAML::Node& n, const std::string& path,
                                 HealthCheck& out) const {
-  TRELLIS_RETURN_IF_ERROR(checkKeys(
-      n, path,
-      {"path", "tcp", "host", "interval", "timeout", "healthy_threshold", "unhealthy_threshold",
-       "start_healthy"}));
+  TRELLIS_RETURN_IF_ERROR(checkKeys(n, path,
+                                    {"path", "tcp", "host", "interval", "timeout",
+                                     "healthy_threshold", "unhealthy_threshold", "start_healthy"}));
   bool tcp = false;
   TRELLIS_RETURN_IF_ERROR(field(n, path, "tcp", tcp, boolean()));
   const bool has_path = n["path"].IsDefined();
@@ -892,8 +919,8 @@ Status Parser::parseRoute(const YAML::Node& n, const std::string& path, Route& o
   TRELLIS_RETURN_IF_ERROR(
       checkKeys(n, path,
                 {"name", "match", "cluster", "weighted_clusters", "request_headers_to_add",
-                 "request_headers_to_append", "request_headers_to_remove", "redirect",
-                 "timeout", "retries", "fault", "rate_limit"}));
+                 "request_headers_to_append", "request_headers_to_remove", "redirect", "timeout",
+                 "retries", "fault", "rate_limit"}));
   TRELLIS_RETURN_IF_ERROR(field(n, path, "name", out.name, name()));
   const YAML::Node m = n["match"];
   if (!m.IsDefined())
@@ -905,9 +932,9 @@ Status Parser::parseRoute(const YAML::Node& n, const std::string& path, Route& o
   if (const YAML::Node rd = n["redirect"]; rd.IsDefined()) {
     // A redirect answers the request itself: nothing is forwarded, so nothing of forwarding
     // applies.
-    for (const char* k : {"cluster", "weighted_clusters", "request_headers_to_add",
-                          "request_headers_to_append", "request_headers_to_remove", "retries",
-                          "fault", "rate_limit"}) {
+    for (const char* k :
+         {"cluster", "weighted_clusters", "request_headers_to_add", "request_headers_to_append",
+          "request_headers_to_remove", "retries", "fault", "rate_limit"}) {
       if (n[k].IsDefined())
         return errorAt(n[k], joinPath(path, k),
                        "not allowed with redirect (a redirect route forwards nothing)");
@@ -1077,15 +1104,14 @@ Status Parser::parseRedirect(const YAML::Node& n, const std::string& path, Redir
     auto s = scalar(h, path + ".host", "a host name");
     if (!s.ok())
       return s.error();
-    const bool ok = !s->empty() && s->size() <= 253 &&
-                    std::all_of(s->begin(), s->end(), [](char ch) {
-                      return std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' ||
-                             ch == '.';
-                    });
+    const bool ok =
+        !s->empty() && s->size() <= 253 && std::all_of(s->begin(), s->end(), [](char ch) {
+          return std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '.';
+        });
     if (!ok)
-      return errorAt(h, path + ".host",
-                     fmt::format("must be a host name (letters, digits, '-', '.'), got \"{}\"",
-                                 *s));
+      return errorAt(
+          h, path + ".host",
+          fmt::format("must be a host name (letters, digits, '-', '.'), got \"{}\"", *s));
     out.host = *s;
   }
   if (n["port"].IsDefined()) {

@@ -279,6 +279,25 @@ struct PoolConfig {
 // flag as its value (UF, UC, UH, ...; see docs/proxy.md), like Linkerd's l5d-proxy-error.
 inline constexpr std::string_view kProxyErrorHeader = "x-trellis-proxy-error";
 
+// Which endpoint list a cluster has and, when it was made by editing another one (a mesh
+// delta that added or removed a few endpoints), where each endpoint was in that list. The
+// runtime then carries each endpoint's state over by position, without comparing addresses.
+// Not part of the cluster's content: two clusters that differ only in it are equal.
+struct EndpointLineage {
+  static constexpr uint32_t kNew = UINT32_MAX;
+  uint64_t id = 0;   // of this list; unique in the process (nextEndpointLineageId)
+  uint64_t base = 0; // the list it was edited from; 0: none (origin is empty)
+  // Per endpoint: its index in the base list, or kNew.
+  std::vector<uint32_t> origin;
+};
+uint64_t nextEndpointLineageId();
+
+// A shared_ptr to the lineage that compares equal to any other (see EndpointLineage).
+struct LineageRef {
+  std::shared_ptr<const EndpointLineage> ptr;
+  bool operator==(const LineageRef&) const { return true; }
+};
+
 struct Cluster {
   std::string name;
   LbConfig lb;                       // policy, its options and panic_threshold
@@ -293,6 +312,7 @@ struct Cluster {
   // kProxyErrorHeader counts as the failure it names (UF, UH: the app was never reached; UC:
   // reset), so it is retried and ejected like one. Off: the header is dropped from responses.
   bool trust_proxy_errors = false;
+  LineageRef lineage; // null for clusters from a file
 
   bool operator==(const Cluster&) const = default;
 };
@@ -305,6 +325,12 @@ struct Cluster {
 inline constexpr size_t kNotInStep = SIZE_MAX;
 size_t matchInStep(const std::vector<Endpoint>& now, const std::vector<Endpoint>& before,
                    std::vector<size_t>& from);
+
+// Pairs the endpoints of `now` with those of `before` from their lineages, when `now`'s list
+// is `before`'s (the same id) or was edited from it: from[i] is the index in `before` of
+// now.endpoints[i], or kNotInStep for an endpoint that is new. Exact, so an endpoint without a
+// pair is new. Returns false (and leaves `from` alone) when the lineages do not say.
+bool pairByLineage(const Cluster& now, const Cluster& before, std::vector<size_t>& from);
 
 // The endpoints in the form load balancers take, in the same order. Keys ("ip:port") are
 // set for the hashing policies (ring_hash, maglev), which place endpoints by them; empty for

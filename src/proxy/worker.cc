@@ -2,7 +2,6 @@
 
 #include <unistd.h>
 
-
 #include "base/log.h"
 #include "proxy/http_session.h"
 
@@ -10,7 +9,9 @@ namespace trellis::proxy {
 
 // ---- UpstreamPool -------------------------------------------------------------------------
 
-UpstreamPool::~UpstreamPool() { closeAll(); }
+UpstreamPool::~UpstreamPool() {
+  closeAll();
+}
 
 std::shared_ptr<UpstreamConn> UpstreamPool::take() {
   while (!idle_.empty()) {
@@ -359,15 +360,17 @@ void Worker::apply(std::shared_ptr<const Snapshot> snapshot,
   // Pools whose endpoint no cluster of the new configuration has are closed; the others
   // keep their warm connections. Counted from what changed: added clusters first, so an
   // endpoint that moves from one cluster to another never drops to zero on the way.
-  // A cluster changed in place counts only the difference between its lists: walked in step
-  // (the usual case: a few endpoints added or removed), an endpoint in both is no change.
+  // A cluster changed in place counts only the difference between its lists, paired by
+  // lineage (a mesh delta's edit) or walked in step (the usual case of a file: a few endpoints
+  // added or removed): an endpoint in both is no change.
   std::vector<const net::SocketAddress*> gone;
   std::vector<size_t> from;
   for (const auto& [c, j] : replaced) {
     const auto& now = c->endpoints;
     const auto& before = old_clusters[j]->cfg.endpoints;
     std::vector<bool> stays(before.size(), false);
-    matchInStep(now, before, from);
+    if (!pairByLineage(*c, old_clusters[j]->cfg, from))
+      matchInStep(now, before, from);
     for (size_t i = 0; i < now.size(); ++i) {
       if (from[i] != kNotInStep)
         stays[from[i]] = true;
@@ -424,8 +427,7 @@ void Worker::apply(std::shared_ptr<const Snapshot> snapshot,
     a.address = l->address;
     a.acceptor = std::make_unique<asio::ip::tcp::acceptor>(dispatcher_.io());
     std::error_code ec;
-    a.acceptor->assign(l->address.ip.is_v6() ? asio::ip::tcp::v6() : asio::ip::tcp::v4(), fd,
-                       ec);
+    a.acceptor->assign(l->address.ip.is_v6() ? asio::ip::tcp::v6() : asio::ip::tcp::v4(), fd, ec);
     if (ec) {
       TLOG_ERROR("worker {}: cannot adopt listener {}: {}", index_, name, ec.message());
       ::close(fd);
@@ -441,16 +443,16 @@ void Worker::apply(std::shared_ptr<const Snapshot> snapshot,
 }
 
 void Worker::accept(Acceptor& a) {
-  a.acceptor->async_accept([this, &a, name = a.name](const std::error_code& ec,
-                                                      asio::ip::tcp::socket socket) {
-    if (ec == asio::error::operation_aborted || shutting_down_ || !a.acceptor->is_open())
-      return;
-    if (!ec)
-      onAccepted(name, std::move(socket));
-    else
-      TLOG_WARN("listener {}: accept failed: {}", name, ec.message());
-    accept(a);
-  });
+  a.acceptor->async_accept(
+      [this, &a, name = a.name](const std::error_code& ec, asio::ip::tcp::socket socket) {
+        if (ec == asio::error::operation_aborted || shutting_down_ || !a.acceptor->is_open())
+          return;
+        if (!ec)
+          onAccepted(name, std::move(socket));
+        else
+          TLOG_WARN("listener {}: accept failed: {}", name, ec.message());
+        accept(a);
+      });
 }
 
 void Worker::onAccepted(const std::string& listener, asio::ip::tcp::socket socket) {

@@ -19,6 +19,7 @@ Ack MeshSession::reject(uint64_t version, const Error& e) {
 
 Ack MeshSession::applyState(uint64_t version) {
   auto snap = builder_.build(state_);
+  state_.rebaseEndpointOrigins(); // the next build edits what this one read
   if (!snap.ok())
     return reject(version, snap.error());
   if (auto applied = applier_.apply(*snap); !applied.ok())
@@ -28,8 +29,7 @@ Ack MeshSession::applyState(uint64_t version) {
   return Ack{state_.stream(), version, true, {}};
 }
 
-bool MeshSession::take(std::string_view line, std::optional<uint64_t>& pending,
-                       BatchOutcome& out) {
+bool MeshSession::take(std::string_view line, std::optional<uint64_t>& pending, BatchOutcome& out) {
   auto flush = [&] {
     if (pending)
       out.acks.push_back(applyState(*pending));

@@ -185,6 +185,69 @@ std::optional<size_t> firstRepeated(const std::vector<Endpoint>& eps) {
   return first;
 }
 
+// What one element of an endpoints list gives: its address as written and its weight.
+struct Element {
+  const std::string* text = nullptr;
+  uint32_t weight = 1;
+};
+
+// Error paths only: formatting them for every endpoint would be most of the cost.
+std::string elementAddressPath(const json& e, const std::string& path, size_t i) {
+  return e.is_object() ? fmt::format("{}[{}].address", path, i) : fmt::format("{}[{}]", path, i);
+}
+
+// Checks an element of a list (an address string or {address, weight}); errors name it as
+// `path[i]`.
+Result<Element> readElement(const json& e, const std::string& path, size_t i) {
+  Element out;
+  const json* addr = &e;
+  if (e.is_object()) {
+    // One pass over the members instead of a lookup for each (most of this loop's cost);
+    // members other than these two are ignored.
+    const json* a = nullptr;
+    const json* w = nullptr;
+    using namespace std::string_view_literals;
+    for (const auto& [key, value] : e.get_ref<const json::object_t&>()) {
+      if (std::string_view(key) == "address"sv) // sizes first: no memcmp for the other
+        a = &value;
+      else if (std::string_view(key) == "weight"sv)
+        w = &value;
+    }
+    if (a == nullptr)
+      return makeError(ErrorCode::kInvalidArgument, "{}[{}]: missing \"address\"", path, i);
+    addr = a;
+    if (w != nullptr) {
+      if (!w->is_number_integer() || w->get<int64_t>() < 1 || w->get<int64_t>() > 1000000)
+        return makeError(ErrorCode::kInvalidArgument,
+                         "{}[{}].weight: must be an integer 1..1000000, got {}", path, i,
+                         w->dump(-1, ' ', false, json::error_handler_t::replace));
+      out.weight = static_cast<uint32_t>(w->get<int64_t>());
+    }
+  } else if (!e.is_string()) {
+    return makeError(ErrorCode::kInvalidArgument,
+                     "{}[{}]: must be an address string or {{address, weight}}, got {}", path, i,
+                     e.type_name());
+  }
+  if (!addr->is_string())
+    return makeError(ErrorCode::kInvalidArgument, "{}: must be a string, got {}",
+                     elementAddressPath(e, path, i), addr->type_name());
+  out.text = &addr->get_ref<const std::string&>();
+  return out;
+}
+
+// The address an element's text names (port 0 is no endpoint).
+Result<net::SocketAddress> parseElementAddress(const json& e, const std::string& text,
+                                               const std::string& path, size_t i) {
+  auto sa = net::parseSocketAddress(text);
+  if (!sa.ok())
+    return makeError(ErrorCode::kInvalidArgument, "{}: {}", elementAddressPath(e, path, i),
+                     sa.error().message());
+  if (sa->port == 0)
+    return makeError(ErrorCode::kInvalidArgument, "{}: port 0 is not allowed for an endpoint",
+                     elementAddressPath(e, path, i));
+  return *sa;
+}
+
 } // namespace
 
 Result<std::vector<Endpoint>> parseEndpoints(const json& eps, const std::string& path,
@@ -202,9 +265,7 @@ Result<std::vector<Endpoint>> parseEndpoints(const json& eps, const std::string&
     return makeError(ErrorCode::kInvalidArgument, "{}: must be a list, got {}", path,
                      eps.type_name());
   out.reserve(eps.size());
-  // Error paths only: formatting them for every endpoint would be most of the cost.
-  auto ep = [&](size_t i) { return fmt::format("{}[{}]", path, i); };
-  auto apath = [&](size_t i) { return eps[i].is_object() ? ep(i) + ".address" : ep(i); };
+  auto apath = [&](size_t i) { return elementAddressPath(eps[i], path, i); };
   // Errors are reported in list order: a repeated address before the failing element is
   // the first error.
   auto repeatedOr = [&](Error e) -> Error {
@@ -219,41 +280,12 @@ Result<std::vector<Endpoint>> parseEndpoints(const json& eps, const std::string&
   if (reuse != nullptr)
     texts.reserve(eps.size());
   for (size_t i = 0; i < eps.size(); ++i) {
-    const json& e = eps[i];
-    const json* addr = &e;
+    auto element = readElement(eps[i], path, i);
+    if (!element.ok())
+      return repeatedOr(element.error());
     Endpoint out_ep;
-    if (e.is_object()) {
-      // One pass over the members instead of a lookup for each (most of this loop's cost);
-      // members other than these two are ignored.
-      const json* a = nullptr;
-      const json* w = nullptr;
-      using namespace std::string_view_literals;
-      for (const auto& [key, value] : e.get_ref<const json::object_t&>()) {
-        if (std::string_view(key) == "address"sv) // sizes first: no memcmp for the other
-          a = &value;
-        else if (std::string_view(key) == "weight"sv)
-          w = &value;
-      }
-      if (a == nullptr)
-        return repeatedOr(
-            makeError(ErrorCode::kInvalidArgument, "{}: missing \"address\"", ep(i)));
-      addr = a;
-      if (w != nullptr) {
-        if (!w->is_number_integer() || w->get<int64_t>() < 1 || w->get<int64_t>() > 1000000)
-          return repeatedOr(makeError(
-              ErrorCode::kInvalidArgument, "{}.weight: must be an integer 1..1000000, got {}",
-              ep(i), w->dump(-1, ' ', false, json::error_handler_t::replace)));
-        out_ep.weight = static_cast<uint32_t>(w->get<int64_t>());
-      }
-    } else if (!e.is_string()) {
-      return repeatedOr(makeError(ErrorCode::kInvalidArgument,
-                                  "{}: must be an address string or {{address, weight}}, got {}",
-                                  ep(i), e.type_name()));
-    }
-    if (!addr->is_string())
-      return repeatedOr(makeError(ErrorCode::kInvalidArgument, "{}: must be a string, got {}",
-                                  apath(i), addr->type_name()));
-    const std::string& text = addr->get_ref<const std::string&>();
+    out_ep.weight = element->weight;
+    const std::string& text = *element->text;
     if (reuse != nullptr)
       texts.push_back(&text);
     // The last parse's list, walked in step: skip what sorts before this address (gone from
@@ -264,13 +296,9 @@ Result<std::vector<Endpoint>> parseEndpoints(const json& eps, const std::string&
     if (next < last.text.size() && order == 0) {
       out_ep.address = last.address[next++]; // was valid, port not 0
     } else {
-      auto sa = net::parseSocketAddress(text);
+      auto sa = parseElementAddress(eps[i], text, path, i);
       if (!sa.ok())
-        return repeatedOr(
-            makeError(ErrorCode::kInvalidArgument, "{}: {}", apath(i), sa.error().message()));
-      if (sa->port == 0)
-        return repeatedOr(makeError(ErrorCode::kInvalidArgument,
-                                    "{}: port 0 is not allowed for an endpoint", apath(i)));
+        return repeatedOr(sa.error());
       out_ep.address = *sa;
       if (reuse != nullptr)
         parsed.push_back(i);
@@ -315,8 +343,8 @@ Status ConfigBuilder::refresh(const std::string& name, const ServiceEntry& entry
     } else if (entry.protocol == "tcp") {
       def.protocol = Protocol::kTcp;
     } else {
-      fail(makeError(ErrorCode::kInvalidArgument, "{}.protocol: must be \"http\" or \"tcp\"",
-                     path));
+      fail(
+          makeError(ErrorCode::kInvalidArgument, "{}.protocol: must be \"http\" or \"tcp\"", path));
     }
     if (!def.error && !entry.cluster.is_null() && !entry.cluster.is_object())
       fail(makeError(ErrorCode::kInvalidArgument, "{}.cluster: must be an object, got {}", path,
@@ -345,19 +373,79 @@ Status ConfigBuilder::refresh(const std::string& name, const ServiceEntry& entry
   if (def.error)
     return *def.error;
   ParsedEndpoints& eps = cache.eps;
-  if (eps.rev != entry.endpoints_rev) {
+  if (eps.rev != entry.endpoints_rev && !editEndpoints(entry, cache)) {
     eps = ParsedEndpoints{};
     eps.rev = entry.endpoints_rev;
-    auto parsed =
-        parseEndpoints(entry.endpoints, "services." + name + ".endpoints", &cache.texts);
-    if (parsed.ok())
+    auto parsed = parseEndpoints(entry.endpoints, "services." + name + ".endpoints", &cache.texts);
+    if (parsed.ok()) {
       eps.endpoints = std::move(parsed).value();
-    else
+      auto lineage = std::make_shared<EndpointLineage>();
+      lineage->id = nextEndpointLineageId();
+      eps.lineage = std::move(lineage);
+    } else {
       eps.error = parsed.error();
+    }
   }
   if (eps.error)
     return *eps.error;
   return okStatus();
+}
+
+bool ConfigBuilder::editEndpoints(const ServiceEntry& entry, ServiceCache& cache) {
+  const EndpointOrigins& origins = entry.origins;
+  const AssembledCluster& a = cache.assembled;
+  if (origins.base_rev == 0 || !origins.edited || !a.cluster ||
+      a.endpoints_rev != origins.base_rev || cache.eps.rev != origins.base_rev ||
+      !a.cluster->lineage.ptr || !entry.endpoints.is_array() ||
+      entry.endpoints.size() != origins.index.size())
+    return false;
+  const std::vector<Endpoint>& base = a.cluster->endpoints;
+  const json::array_t& list = entry.endpoints.get_ref<const json::array_t&>();
+  auto lineage = std::make_shared<EndpointLineage>();
+  lineage->id = nextEndpointLineageId();
+  lineage->base = a.cluster->lineage.ptr->id;
+  lineage->origin.reserve(list.size());
+  std::vector<Endpoint> out;
+  out.reserve(list.size());
+  std::vector<size_t> read; // indexes of the elements read (not copied)
+  const std::string path;   // errors are not reported from here: the full parse names them
+  for (size_t i = 0; i < list.size(); ++i) {
+    const uint32_t o = origins.index[i];
+    const uint32_t at = o == EndpointOrigins::kNew ? o : (o & ~EndpointOrigins::kChanged);
+    if (at != EndpointOrigins::kNew && at >= base.size())
+      return false;
+    if (o == at && at != EndpointOrigins::kNew) {
+      out.push_back(base[at]);
+      lineage->origin.push_back(at);
+      continue;
+    }
+    auto element = readElement(list[i], path, i);
+    if (!element.ok())
+      return false;
+    auto sa = parseElementAddress(list[i], *element->text, path, i);
+    if (!sa.ok())
+      return false;
+    out.push_back(Endpoint{*sa, element->weight});
+    // A changed element keeps its place's state only if it kept its address.
+    const bool same = at != EndpointOrigins::kNew && base[at].address == *sa;
+    lineage->origin.push_back(same ? at : EndpointLineage::kNew);
+    read.push_back(i);
+  }
+  // The copied ones are distinct (they were in a valid list): compare the read ones with all.
+  if (read.size() > kDirectRepeatCheck) {
+    if (firstRepeated(out))
+      return false;
+  } else {
+    for (size_t r : read)
+      for (size_t j = 0; j < out.size(); ++j)
+        if (j != r && out[j].address == out[r].address)
+          return false;
+  }
+  cache.eps = ParsedEndpoints{};
+  cache.eps.rev = entry.endpoints_rev;
+  cache.eps.endpoints = std::move(out);
+  cache.eps.lineage = std::move(lineage);
+  return true;
 }
 
 Result<std::shared_ptr<const Snapshot>> ConfigBuilder::build(const MeshState& state) {
@@ -472,10 +560,13 @@ Status ConfigBuilder::assemble(const std::string& name, const ServiceEntry& entr
                      name, def.lb.maglev_table_size, eps.size());
   Cluster c = def;
   c.name = name;
-  if (new_endpoints)
+  if (new_endpoints) {
     c.endpoints = std::move(cache.eps.endpoints);
-  else
+    c.lineage.ptr = cache.eps.lineage;
+  } else {
     c.endpoints = eps;
+    c.lineage = a.cluster->lineage; // the same list
+  }
   a.definition_rev = entry.definition_rev;
   a.endpoints_rev = entry.endpoints_rev;
   a.cluster = std::make_shared<const Cluster>(std::move(c));
@@ -563,7 +654,7 @@ void ConfigBuilder::assembleLayout(const MeshState& state,
   std::vector<Listener> listeners;
   if (sidecar) {
     Cluster app = defaultCluster(kLocalAppCluster);
-    app.outlier_detection.reset(); // the one app: nothing to eject it in favour of
+    app.outlier_detection.reset();  // the one app: nothing to eject it in favour of
     app.trust_proxy_errors = false; // the app is no proxy: its answers are passed as they are
     app.endpoints.push_back(Endpoint{spec_.app, 1});
     addCluster(std::move(app));

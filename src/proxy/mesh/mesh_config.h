@@ -81,7 +81,8 @@ private:
   };
   struct ParsedEndpoints {
     uint64_t rev = 0;
-    std::vector<Endpoint> endpoints; // until assembled: then in the cluster (moved)
+    std::vector<Endpoint> endpoints;                // until assembled: then in the cluster (moved)
+    std::shared_ptr<const EndpointLineage> lineage; // of `endpoints`, for their cluster
     std::optional<Error> error;
   };
   struct ParsedGateway {
@@ -106,6 +107,11 @@ private:
   // Re-parses what changed of one service (definition, endpoints) since its cache was made.
   // A changed definition invalidates the layout.
   Status refresh(const std::string& name, const ServiceEntry& entry, ServiceCache& cache);
+  // The service's endpoints made from its last cluster's by the state's edits since (the
+  // endpoints a delta added or changed are read, the others copied), when the state's origins
+  // refer to that cluster's list. False when they do not, or an edited element is not valid
+  // (then a full parse names the error).
+  bool editEndpoints(const ServiceEntry& entry, ServiceCache& cache);
   // Makes the service's cluster anew if its definition or endpoints changed since.
   Status assemble(const std::string& name, const ServiceEntry& entry, ServiceCache& cache);
   // The configuration when only the services named by deltas since the last build may have

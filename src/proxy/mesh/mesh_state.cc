@@ -106,12 +106,28 @@ Status checkEndpointChanges(const std::string& name, const json& entry) {
 // nothing replaced it since). Then a few changes, the usual case (a single registration
 // touches one endpoint of one service), are each put in by binary search; otherwise one merge
 // pass moves the whole list (no copy, no parse), after putting it in order if it was not.
-bool applyEndpointChanges(json& stored, bool& in_order, const json* added, const json* removed) {
+//
+// `origins` (may be null) follows each element's move; putting the list in order loses them.
+bool applyEndpointChanges(json& stored, bool& in_order, const json* added, const json* removed,
+                          EndpointOrigins* origins) {
   if (!stored.is_array()) {
     stored = json::array();
     in_order = false;
+    if (origins != nullptr)
+      *origins = EndpointOrigins{};
   }
   json::array_t& list = stored.get_ref<json::array_t&>();
+  if (origins != nullptr && origins->base_rev == 0)
+    origins = nullptr;
+  if (origins != nullptr && !origins->edited) { // still the base list: each is where it was
+    origins->index.clear();
+    for (uint32_t i = 0; i < list.size(); ++i)
+      origins->index.push_back(i);
+    origins->edited = true;
+  }
+  auto originAt = [&](json::array_t::iterator it) -> uint32_t* {
+    return origins != nullptr ? &origins->index[static_cast<size_t>(it - list.begin())] : nullptr;
+  };
   std::vector<std::string_view> gone;
   if (removed != nullptr)
     for (const json& address : *removed)
@@ -151,6 +167,8 @@ bool applyEndpointChanges(json& stored, bool& in_order, const json* added, const
       if (a != adds.end() && a->first == k)
         continue; // its addition replaces it below (an unchanged one is no change)
       if (auto it = lower(k); at(it, k)) {
+        if (origins != nullptr)
+          origins->index.erase(origins->index.begin() + (it - list.begin()));
         list.erase(it);
         changed = true;
       }
@@ -159,10 +177,15 @@ bool applyEndpointChanges(json& stored, bool& in_order, const json* added, const
       auto it = lower(k);
       if (at(it, k)) {
         if (*it != *ep) {
+          if (uint32_t* o = originAt(it); o != nullptr && *o != EndpointOrigins::kNew)
+            *o |= EndpointOrigins::kChanged;
           *it = *ep;
           changed = true;
         }
       } else {
+        if (origins != nullptr)
+          origins->index.insert(origins->index.begin() + (it - list.begin()),
+                                EndpointOrigins::kNew);
         list.insert(it, *ep);
         changed = true;
       }
@@ -192,9 +215,12 @@ bool applyEndpointChanges(json& stored, bool& in_order, const json* added, const
   for (size_t i = 1; i < addressed && ordered; ++i)
     ordered = !(keys[i] < keys[i - 1]);
   if (!ordered) {
-    auto end = std::stable_partition(list.begin(), list.end(), [](const json& ep) {
-      return endpointAddress(ep) != nullptr;
-    });
+    if (origins != nullptr) { // the sort would have to carry them: rare, so they are dropped
+      *origins = EndpointOrigins{};
+      origins = nullptr;
+    }
+    auto end = std::stable_partition(list.begin(), list.end(),
+                                     [](const json& ep) { return endpointAddress(ep) != nullptr; });
     std::stable_sort(list.begin(), end, [](const json& a, const json& b) {
       return *endpointAddress(a) < *endpointAddress(b);
     });
@@ -211,6 +237,19 @@ bool applyEndpointChanges(json& stored, bool& in_order, const json* added, const
 
   json::array_t out;
   out.reserve(list.size() + adds.size());
+  std::vector<uint32_t> out_origins;
+  auto keep = [&](size_t i, bool content_changed) {
+    if (origins == nullptr)
+      return;
+    uint32_t o = origins->index[i];
+    if (content_changed && o != EndpointOrigins::kNew)
+      o |= EndpointOrigins::kChanged;
+    out_origins.push_back(o);
+  };
+  auto fresh = [&] {
+    if (origins != nullptr)
+      out_origins.push_back(EndpointOrigins::kNew);
+  };
   bool changed = false;
   auto g = gone.begin();
   auto isGone = [&](std::string_view k) {
@@ -222,26 +261,34 @@ bool applyEndpointChanges(json& stored, bool& in_order, const json* added, const
   auto a = adds.begin();
   while (i < addressed || a != adds.end()) {
     if (a == adds.end() || (i < addressed && keys[i] < a->first)) {
-      if (isGone(keys[i]))
+      if (isGone(keys[i])) {
         changed = true;
-      else
+      } else {
+        keep(i, false);
         out.push_back(std::move(list[i]));
+      }
       ++i;
     } else if (i == addressed || a->first < keys[i]) {
+      fresh();
       out.push_back(*a->second);
       changed = true;
       ++a;
     } else { // the same address: the addition replaces it (removals come first)
-      if (*a->second != list[i])
-        changed = true;
+      const bool differs = *a->second != list[i];
+      changed = changed || differs;
+      keep(i, differs);
       out.push_back(*a->second);
       ++i;
       ++a;
     }
   }
-  for (; i < list.size(); ++i)
+  for (; i < list.size(); ++i) {
+    keep(i, false);
     out.push_back(std::move(list[i]));
+  }
   list = std::move(out);
+  if (origins != nullptr)
+    origins->index = std::move(out_origins);
   return changed;
 }
 
@@ -318,7 +365,16 @@ void MeshState::forgetChanges() {
   log_from_ = ++next_rev_;
 }
 
+void MeshState::rebaseEndpointOrigins() {
+  for (ServiceEntry* e : origins_moved_) {
+    e->origins.base_rev = e->endpoints_rev;
+    e->origins.edited = false;
+  }
+  origins_moved_.clear();
+}
+
 void MeshState::clear() {
+  origins_moved_.clear();
   forgetChanges();
   has_snapshot_ = false;
   version_ = 0;
@@ -346,6 +402,10 @@ Status MeshState::applySnapshot(const Message& msg) {
         e.definition_rev = next_rev_++;
       if (setField(e.endpoints, fieldOrNull(entry, "endpoints"), e.endpoints_rev))
         e.endpoints_in_order = false;
+      // Each list as it is now is the base of later edits (a reader whose last read was of
+      // another list reads a changed one whole).
+      e.origins.base_rev = e.endpoints_rev;
+      e.origins.edited = false;
       services.emplace(name, std::move(e));
     }
   }
@@ -361,6 +421,7 @@ Status MeshState::applySnapshot(const Message& msg) {
   }
   services_ = std::move(services);
   gateways_ = std::move(gateways);
+  origins_moved_.clear();
   forgetChanges();
   has_snapshot_ = true;
   version_ = msg.version;
@@ -383,8 +444,11 @@ Status MeshState::applyDelta(const Message& msg) {
   // Removals first, so that a name removed and defined again in one delta ends up defined.
   if (auto it = msg.body.find("removed"); it != msg.body.end())
     for (const auto& n : *it)
-      if (services_.erase(n.get_ref<const std::string&>()) > 0)
+      if (auto s = services_.find(n.get_ref<const std::string&>()); s != services_.end()) {
+        std::erase(origins_moved_, &s->second);
+        services_.erase(s);
         forgetChanges();
+      }
   if (auto it = msg.body.find("removed_gateways"); it != msg.body.end())
     for (const auto& n : *it)
       gateways_.erase(n.get_ref<const std::string&>());
@@ -403,8 +467,10 @@ Status MeshState::applyDelta(const Message& msg) {
         if (f == entry.end())
           continue;
         if (std::string_view(key) == "endpoints") {
-          if (setField(e.endpoints, *f, e.endpoints_rev))
+          if (setField(e.endpoints, *f, e.endpoints_rev)) {
             e.endpoints_in_order = false;
+            e.origins = EndpointOrigins{}; // a new whole list: read whole
+          }
         } else
           def |= setField(std::string_view(key) == "protocol"  ? e.protocol
                           : std::string_view(key) == "cluster" ? e.cluster
@@ -416,8 +482,10 @@ Status MeshState::applyDelta(const Message& msg) {
       if ((added != entry.end() || removed != entry.end()) &&
           applyEndpointChanges(e.endpoints, e.endpoints_in_order,
                                added != entry.end() ? &*added : nullptr,
-                               removed != entry.end() ? &*removed : nullptr))
+                               removed != entry.end() ? &*removed : nullptr, &e.origins))
         e.endpoints_rev = next_rev_++;
+      if (std::find(origins_moved_.begin(), origins_moved_.end(), &e) == origins_moved_.end())
+        origins_moved_.push_back(&e);
       if (def || e.definition_rev == 0)
         e.definition_rev = next_rev_++;
       if (e.endpoints_rev == 0)

@@ -2,9 +2,9 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
-#include <optional>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -30,6 +30,23 @@ struct Message {
 // Anything else is an error that names what is wrong (the stream is then resynchronised).
 Result<Message> parseMessage(std::string_view line);
 
+// Where each element of a service's endpoint list was at an earlier revision of the list,
+// kept through the deltas' endpoint changes, so that a reader that has what it made of that
+// revision (the configuration builder: parsed endpoints) redoes only the changed elements.
+struct EndpointOrigins {
+  static constexpr uint32_t kNew = UINT32_MAX;
+  // Or'ed into an index: the element at that index is still there (same address) but its
+  // content changed (a weight), so it must be read again.
+  static constexpr uint32_t kChanged = 0x80000000u;
+  // The endpoints_rev that `index` refers to; 0: not known (the whole list was replaced).
+  uint64_t base_rev = 0;
+  // The list changed since base_rev; until it does, each element is where it was.
+  bool edited = false;
+  // When edited, per element of the list now: its index at base_rev (maybe | kChanged) or
+  // kNew.
+  std::vector<uint32_t> index;
+};
+
 // A service as received. Fields are kept as JSON (validated when the configuration is built)
 // with revisions that change only when the field's content changes, so the builder re-parses
 // only what a delta touched.
@@ -43,6 +60,8 @@ struct ServiceEntry {
   // `endpoints` is known to be ordered by address (endpoint changes left it so); a new
   // complete list is not, until the next change puts it in order.
   bool endpoints_in_order = false;
+  // Since the last rebaseEndpointOrigins(): valid when origins.base_rev != 0.
+  EndpointOrigins origins;
 };
 
 struct GatewayEntry {
@@ -77,6 +96,9 @@ public:
   uint64_t nextRev() const { return next_rev_; }
   std::optional<std::vector<std::string_view>> servicesNamedSince(uint64_t rev) const;
   static constexpr size_t kMaxChangeLog = 1024;
+  // Makes each service's endpoint origins refer to its list as it is now: call after building
+  // on the state, so the next build finds where each endpoint was in the list it last read.
+  void rebaseEndpointOrigins();
 
 private:
   // The set of service names may have changed: readers from before must look at everything.
@@ -97,6 +119,9 @@ private:
   };
   std::vector<Named> log_;
   uint64_t log_from_ = 1;
+  // Services whose origins changed since the last rebaseEndpointOrigins() (map nodes are
+  // stable; an erased service leaves this list with it).
+  std::vector<ServiceEntry*> origins_moved_;
 };
 
 } // namespace trellis::proxy::mesh

@@ -35,11 +35,12 @@ const char* limitKindName(LimitKind k) {
 }
 
 ClusterState::ClusterState(const Cluster& config)
-    : cfg_(config), n_(config.endpoints.size()),
-      limits_{SharedLimit(config.circuit_breakers.max_connections),
-              SharedLimit(config.circuit_breakers.max_pending_requests),
-              SharedLimit(config.circuit_breakers.max_requests),
-              SharedLimit(config.circuit_breakers.max_retries)} {
+    : cfg_(config),
+      n_(config.endpoints.size()), limits_{
+                                       SharedLimit(config.circuit_breakers.max_connections),
+                                       SharedLimit(config.circuit_breakers.max_pending_requests),
+                                       SharedLimit(config.circuit_breakers.max_requests),
+                                       SharedLimit(config.circuit_breakers.max_retries)} {
   if (!cfg_.outlier_detection && !cfg_.health_check)
     return; // nothing ever changes an endpoint's state: no per-endpoint memory
   ejected_ = std::make_unique<std::atomic<bool>[]>(n_);
@@ -128,16 +129,18 @@ void ClusterState::inheritFrom(const ClusterState& old) {
   overflow_base_ = old.overflow_base_ + (old.outlier_ ? old.outlier_->overflows() : 0);
   if (!ejected_ || !old.ejected_)
     return;
-  // By address as it is (no text): a mesh delta re-creates the state of every changed
-  // cluster, and formatting each endpoint twice was most of the cost. The two lists are
-  // usually in the same order with a few endpoints added or removed (the mesh sends them
-  // sorted; a file keeps its order), so both are walked in step, each endpoint looked for where
-  // the walk is or one further. One not found there is new, unless some old endpoint was not
-  // found either (the list was reordered): only then is the old list indexed by address.
+  // A mesh delta re-creates the state of every changed cluster, so this is on the update
+  // path. A list edited from the old one (the mesh's) says where each endpoint was. Else by
+  // address as it is (no text): the two lists are usually in the same order with a few
+  // endpoints added or removed (a file keeps its order), so both are walked in step, each
+  // endpoint looked for where the walk is or one further. One not found there is new, unless
+  // some old endpoint was not found either (the list was reordered): only then is the old list
+  // indexed by address.
   const auto& olds = old.cfg_.endpoints;
   std::vector<size_t> from;
-  const size_t matched = matchInStep(cfg_.endpoints, olds, from);
-  if (matched < n_ && matched < old.n_) {
+  const bool exact = pairByLineage(cfg_, old.cfg_, from);
+  const size_t matched = exact ? 0 : matchInStep(cfg_.endpoints, olds, from);
+  if (!exact && matched < n_ && matched < old.n_) {
     std::unordered_map<net::SocketAddress, size_t, AddressHash> old_index;
     old_index.reserve(old.n_);
     for (size_t j = 0; j < old.n_; ++j)

@@ -4,6 +4,7 @@
 #include <functional>
 #include <map>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -174,6 +175,7 @@ TEST_P(EndpointChangesModel, MatchesAModel) {
   };
   for (int round = 0; round < 300; ++round) {
     MeshState st;
+    json base; // the list as it was at the last rebase of the origins
     std::map<std::string, json> model;
     json stored = json::array();
     for (int i = 0, n = static_cast<int>(rng() % max_initial); i < n; ++i) {
@@ -186,7 +188,12 @@ TEST_P(EndpointChangesModel, MatchesAModel) {
     json svc = named("orders", service({}));
     svc["endpoints"] = stored;
     ASSERT_TRUE(st.applySnapshot(parseMessage(snapshotLine(1, {{"orders", svc}})).value()).ok());
+    base = st.services().at("orders").endpoints;
     for (uint64_t v = 2; v < 12; ++v) {
+      if (rng() % 3 == 0) { // a reader built on the state
+        st.rebaseEndpointOrigins();
+        base = st.services().at("orders").endpoints;
+      }
       json added = json::array(), removed = json::array();
       for (int i = 0, n = static_cast<int>(rng() % 5); i < n; ++i)
         removed.push_back(address());
@@ -214,6 +221,30 @@ TEST_P(EndpointChangesModel, MatchesAModel) {
       // The revision moves exactly when the content did (putting a list in order is no change).
       EXPECT_EQ(st.services().at("orders").endpoints_rev != rev, model_before != model)
           << delta.dump();
+      // Origins, where known, say where each element was at the last rebase: an unchanged
+      // element is there as it is now, a changed one has its address there; each place once.
+      const ServiceEntry& e = st.services().at("orders");
+      if (e.origins.base_rev == 0)
+        continue; // lost when an unordered list was put in order
+      if (!e.origins.edited) {
+        EXPECT_EQ(e.endpoints, base) << delta.dump();
+        continue;
+      }
+      ASSERT_EQ(e.origins.index.size(), e.endpoints.size()) << delta.dump();
+      std::set<uint32_t> places;
+      for (size_t i = 0; i < e.endpoints.size(); ++i) {
+        const uint32_t o = e.origins.index[i];
+        if (o == EndpointOrigins::kNew)
+          continue;
+        const uint32_t at = o & ~EndpointOrigins::kChanged;
+        ASSERT_LT(at, base.size()) << delta.dump();
+        EXPECT_TRUE(places.insert(at).second) << delta.dump();
+        if (o == at) {
+          EXPECT_EQ(e.endpoints[i], base[at]) << delta.dump();
+        } else {
+          EXPECT_EQ(addressOf(e.endpoints[i]), addressOf(base[at])) << delta.dump();
+        }
+      }
     }
   }
 }
@@ -251,11 +282,12 @@ TEST(MeshState, EndpointChangesApplyByAddressAndEqualTheFullList) {
   orders["endpoints"] = json::parse(R"([{"address":"10.0.0.1:1001","weight":1},
                                         {"address":"10.0.0.1:1002","weight":1},
                                         {"address":"10.0.0.1:1003","weight":1}])");
-  ASSERT_TRUE(st.applySnapshot(parseMessage(snapshotLine(10, {{"orders", orders},
-                                                              {"users", named("users", service(
-                                                                  {"127.0.0.1:2001"}))}}))
-                                   .value())
-                  .ok());
+  ASSERT_TRUE(
+      st.applySnapshot(
+            parseMessage(snapshotLine(10, {{"orders", orders},
+                                           {"users", named("users", service({"127.0.0.1:2001"}))}}))
+                .value())
+          .ok());
   const uint64_t def_rev = st.services().at("orders").definition_rev;
   const uint64_t ep_rev = st.services().at("orders").endpoints_rev;
   const uint64_t users_ep = st.services().at("users").endpoints_rev;
@@ -364,12 +396,11 @@ TEST_F(SessionTest, SnapshotThenDeltasBuildTheConfiguration) {
   ASSERT_FALSE(out.stream.ok());
   ASSERT_TRUE(out.ack);
   EXPECT_FALSE(out.ack->accepted);
-  EXPECT_NE(out.ack->error.find("services.orders: \"endpoints\" together with"),
-            std::string::npos)
+  EXPECT_NE(out.ack->error.find("services.orders: \"endpoints\" together with"), std::string::npos)
       << out.ack->error;
   EXPECT_EQ(endpointsOf(*applier.current, "orders"), (std::vector<std::string>{"127.0.0.1:1001"}));
-  out = session.handleLine(snapshotLine(
-      8, {{"orders", named("orders", service({"127.0.0.1:1003"}))}}));
+  out = session.handleLine(
+      snapshotLine(8, {{"orders", named("orders", service({"127.0.0.1:1003"}))}}));
   ASSERT_TRUE(out.ack && out.ack->accepted) << (out.ack ? out.ack->error : "");
   EXPECT_EQ(session.appliedVersion(), 8u);
 
@@ -645,6 +676,10 @@ TEST(MeshConfig, BuildAfterDeltasEqualsAFreshOne) {
     std::mt19937 rng(seed);
     const std::vector<std::string> names = {"alpha", "beta", "gamma", "orders", "users"};
     auto endpoint = [&] { return "10.0.0." + std::to_string(1 + rng() % 6) + ":80"; };
+    auto weighted = [&] {
+      return rng() % 2 ? json(endpoint())
+                       : json{{"address", endpoint()}, {"weight", 1 + rng() % 2}};
+    };
     auto list = [&] {
       std::vector<std::string> eps;
       for (int e = 0, k = static_cast<int>(rng() % 5); e < k; ++e)
@@ -661,6 +696,8 @@ TEST(MeshConfig, BuildAfterDeltasEqualsAFreshOne) {
       all[n] = named(n, service(list()));
     ASSERT_TRUE(st.applySnapshot(parseMessage(snapshotLine(version, all)).value()).ok());
     int builds = 0;
+    int edited = 0;
+    std::shared_ptr<const Snapshot> last;
     for (int step = 0; step < 300; ++step) {
       const std::string& n = names[rng() % names.size()];
       json services = json::object();
@@ -684,24 +721,27 @@ TEST(MeshConfig, BuildAfterDeltasEqualsAFreshOne) {
           // The gateway's routes (a sidecar has none, and ignores them): changed or removed.
           json d = {{"type", "delta"}, {"version", ++version}, {"services", json::object()}};
           if (kind == 8)
-            d["gateways"] = {{"edge", {{"routes", json::array({{{"match", {{"prefix", "/x"}}},
-                                                                {"cluster", n}}})}}}};
+            d["gateways"] = {
+                {"edge",
+                 {{"routes", json::array({{{"match", {{"prefix", "/x"}}}, {"cluster", n}}})}}}};
           else
             d["removed_gateways"] = json::array({"edge"});
           ASSERT_TRUE(st.applyDelta(parseMessage(d.dump()).value()).ok());
           services = d;
         } else {
-          services[n] = {{"endpoints_added", json::array({endpoint()})},
+          services[n] = {{"endpoints_added", json::array({weighted()})},
                          {"endpoints_removed", json::array({endpoint()})}};
         }
-        if (kind >= 10 || kind < 8)
+        if (kind >= 10 || kind < 8) {
           ASSERT_TRUE(
               st.applyDelta(parseMessage(deltaLine(++version, services, removed)).value()).ok());
+        }
       }
       auto a = incremental.build(st);
+      st.rebaseEndpointOrigins(); // as the session does after each build
       auto b = ConfigBuilder(spec).build(st);
-      const std::string where = "seed " + std::to_string(seed) + " step " +
-                                std::to_string(step) + ": " + services.dump();
+      const std::string where =
+          "seed " + std::to_string(seed) + " step " + std::to_string(step) + ": " + services.dump();
       ASSERT_EQ(a.ok(), b.ok()) << where << (a.ok() ? b.error() : a.error()).message();
       if (!a.ok()) {
         EXPECT_EQ(a.error().message(), b.error().message()) << where;
@@ -710,7 +750,29 @@ TEST(MeshConfig, BuildAfterDeltasEqualsAFreshOne) {
       builds++;
       EXPECT_TRUE(**a == **b) << where;
       EXPECT_EQ(endpointsOf(**a, n), endpointsOf(**b, n)) << where;
+      // A cluster whose list was edited from the last build's says where each endpoint was
+      // there; the runtime carries endpoint state over by it.
+      for (const Cluster& c : (*a)->clusters) {
+        const EndpointLineage* l = c.lineage.ptr.get(); // null: not a service's cluster
+        if (l == nullptr || l->base == 0 || last == nullptr)
+          continue;
+        const Cluster* before = last->findCluster(c.name);
+        if (before == nullptr || before->lineage.ptr->id != l->base)
+          continue;
+        edited++;
+        std::vector<size_t> from;
+        ASSERT_TRUE(pairByLineage(c, *before, from)) << where;
+        std::set<size_t> places;
+        for (size_t i = 0; i < from.size(); ++i) {
+          if (from[i] == kNotInStep)
+            continue;
+          EXPECT_TRUE(places.insert(from[i]).second) << where;
+          EXPECT_EQ(c.endpoints[i].address, before->endpoints[from[i]].address) << where;
+        }
+      }
+      last = *a;
     }
+    EXPECT_GE(edited, 30) << "seed " << seed << ": lists edited instead of parsed";
     // Many builds replaced only the changed cluster: the path under test was taken.
     EXPECT_GE(300 - incremental.fullBuilds(), 60u)
         << "seed " << seed << ": " << incremental.fullBuilds() << " full of 300 (" << builds
@@ -743,8 +805,12 @@ TEST(MeshConfig, EndpointValidation) {
                       "e");
   ASSERT_TRUE(ok.ok()) << ok.error().message();
   EXPECT_EQ(ok->size(), 6u);
-  r = parseEndpoints(json::array({"10.0.0.3:80", "10.0.0.1:80", {{"address", "10.0.0.2:80"}},
-                                  "10.0.0.9:9", {{"address", "10.0.0.1:80"}}, "10.0.0.3:80",
+  r = parseEndpoints(json::array({"10.0.0.3:80",
+                                  "10.0.0.1:80",
+                                  {{"address", "10.0.0.2:80"}},
+                                  "10.0.0.9:9",
+                                  {{"address", "10.0.0.1:80"}},
+                                  "10.0.0.3:80",
                                   "bad"}),
                      "e");
   ASSERT_FALSE(r.ok());

@@ -25,7 +25,9 @@ namespace {
 
 using namespace std::chrono_literals;
 
-MonotonicTime at(Duration d) { return MonotonicTime{} + d; }
+MonotonicTime at(Duration d) {
+  return MonotonicTime{} + d;
+}
 
 OutlierDetection outlierConfig() {
   OutlierDetection c;
@@ -434,6 +436,55 @@ TEST(ClusterState, InheritedStateFollowsTheAddressInAnyOrder) {
   }
 }
 
+// A list a mesh delta edited says where each endpoint was: state follows that, not a search
+// by address. An endpoint removed and added back since (a new registration) starts afresh;
+// a lineage from another list is ignored (the address walk then pairs it).
+TEST(ClusterState, AnEditedListCarriesStateByItsLineage) {
+  Cluster a = makeCluster(4);
+  a.outlier_detection = outlierConfig();
+  a.outlier_detection->max_ejection_percent = 100;
+  a.lineage.ptr =
+      std::make_shared<EndpointLineage>(EndpointLineage{nextEndpointLineageId(), 0, {}});
+  ClusterState old(a);
+  for (size_t ep : {1, 3})
+    for (int k = 0; k < 3; ++k)
+      old.reportOutcome(ep, Outcome::kLocalFailure, at(0s));
+  ASSERT_EQ(old.activeEjections(), 2u);
+  Cluster b = a;
+  b.endpoints = {a.endpoints[0], Endpoint{*net::parseSocketAddress("127.0.0.1:9999"), 1},
+                 a.endpoints[1], a.endpoints[3]};
+  constexpr uint32_t kNew = EndpointLineage::kNew;
+  auto edited = [&](uint64_t base) {
+    Cluster c = b;
+    c.lineage.ptr = std::make_shared<EndpointLineage>(
+        EndpointLineage{nextEndpointLineageId(), base, {0, kNew, kNew, 3}});
+    return c;
+  };
+  const Cluster by_lineage = edited(a.lineage.ptr->id);
+  ClusterState fresh(by_lineage);
+  fresh.inheritFrom(old);
+  EXPECT_EQ(fresh.state(0), EndpointState::kHealthy);
+  EXPECT_EQ(fresh.state(1), EndpointState::kHealthy);
+  EXPECT_EQ(fresh.state(2), EndpointState::kHealthy); // added back: new
+  EXPECT_EQ(fresh.state(3), EndpointState::kEjected);
+  EXPECT_EQ(fresh.activeEjections(), 1u);
+
+  const Cluster other = edited(a.lineage.ptr->id + 1000);
+  ClusterState by_address(other);
+  by_address.inheritFrom(old);
+  EXPECT_EQ(by_address.state(2), EndpointState::kEjected);
+  EXPECT_EQ(by_address.state(3), EndpointState::kEjected);
+
+  // The same list (a new definition of the same endpoints) pairs each with itself.
+  Cluster same = a;
+  same.connect_timeout = 2s;
+  ClusterState kept(same);
+  kept.inheritFrom(old);
+  EXPECT_EQ(kept.state(1), EndpointState::kEjected);
+  EXPECT_EQ(kept.state(3), EndpointState::kEjected);
+  EXPECT_EQ(kept.activeEjections(), 2u);
+}
+
 TEST(SharedState, RateLimitedRoutesGetABucketEach) {
   Snapshot snap;
   snap.clusters.push_back(makeCluster(1));
@@ -598,7 +649,7 @@ TEST_F(HealthCheckerTest, FrequentUpdatesKeepSchedulesSoEjectionsEndAndChecksRun
     advance(500ms);
   }
   EXPECT_EQ(state->state(0), EndpointState::kHealthy); // base ejection 10 s, ticks went on
-  EXPECT_GE(prober_.probes[ep1], 11); // one check per second throughout
+  EXPECT_GE(prober_.probes[ep1], 11);                  // one check per second throughout
   EXPECT_LE(prober_.probes[ep1], 13); // and not restarted (spread anew) by every update
 }
 

@@ -91,16 +91,22 @@ bool pairByLineage(const Cluster& now, const Cluster& before, std::vector<size_t
   return true;
 }
 
-std::vector<LbEndpoint> lbEndpoints(const Cluster& cluster) {
+EndpointSet endpointSetOf(const Cluster& cluster) {
   // Only the hashing policies read keys; formatting every address for the others was most
   // of the cost of a worker's new cluster (a mesh update re-creates each changed one).
   const bool keyed =
       cluster.lb.policy == LbPolicy::kRingHash || cluster.lb.policy == LbPolicy::kMaglev;
-  std::vector<LbEndpoint> out;
-  out.reserve(cluster.endpoints.size());
+  std::vector<uint32_t> weights;
+  weights.reserve(cluster.endpoints.size());
   for (const Endpoint& ep : cluster.endpoints)
-    out.push_back({keyed ? ep.address.toString() : std::string(), ep.weight});
-  return out;
+    weights.push_back(ep.weight);
+  std::vector<std::string> keys;
+  if (keyed) {
+    keys.reserve(cluster.endpoints.size());
+    for (const Endpoint& ep : cluster.endpoints)
+      keys.push_back(ep.address.toString());
+  }
+  return EndpointSet(std::move(weights), std::move(keys));
 }
 
 const Cluster* Snapshot::findCluster(std::string_view name) const {

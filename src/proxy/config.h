@@ -333,9 +333,9 @@ size_t matchInStep(const std::vector<Endpoint>& now, const std::vector<Endpoint>
 bool pairByLineage(const Cluster& now, const Cluster& before, std::vector<size_t>& from);
 
 // The endpoints in the form load balancers take, in the same order. Keys ("ip:port") are
-// set for the hashing policies (ring_hash, maglev), which place endpoints by them; empty for
+// set for the hashing policies (ring_hash, maglev), which place endpoints by them; none for
 // the others, which never read them.
-std::vector<LbEndpoint> lbEndpoints(const Cluster& cluster);
+EndpointSet endpointSetOf(const Cluster& cluster);
 
 // ---- the whole configuration ---------------------------------------------------------------
 

@@ -123,7 +123,7 @@ const char* timeoutKindName(TimeoutKind k) {
 }
 
 ClusterRuntime::ClusterRuntime(const Cluster& c, Worker& w, std::shared_ptr<ClusterState> st)
-    : cfg(c), worker(w), state(std::move(st)), endpoints(lbEndpoints(c)),
+    : cfg(c), worker(w), state(std::move(st)), endpoints(endpointSetOf(c)),
       pools(c.endpoints.size(), nullptr) {
   lb = createLoadBalancer(c.lb, endpoints, w.random());
   syncHealthSlow(state->generation());
@@ -368,12 +368,12 @@ void Worker::apply(std::shared_ptr<const Snapshot> snapshot,
   for (const auto& [c, j] : replaced) {
     const auto& now = c->endpoints;
     const auto& before = old_clusters[j]->cfg.endpoints;
-    std::vector<bool> stays(before.size(), false);
+    std::vector<uint8_t> stays(before.size(), 0);
     if (!pairByLineage(*c, old_clusters[j]->cfg, from))
       matchInStep(now, before, from);
     for (size_t i = 0; i < now.size(); ++i) {
       if (from[i] != kNotInStep)
-        stays[from[i]] = true;
+        stays[from[i]] = 1;
       else
         endpoint_refs_[now[i].address]++; // new here (or moved: its old place is released below)
     }

@@ -14,13 +14,43 @@ const char* endpointStateName(EndpointState s) {
   return "unknown";
 }
 
-EndpointSet::EndpointSet(std::vector<LbEndpoint> endpoints)
-    : endpoints_(std::move(endpoints)), states_(endpoints_.size(), EndpointState::kHealthy),
-      active_(endpoints_.size(), 0), available_(endpoints_.size()) {
-  for (auto& ep : endpoints_) {
-    if (ep.weight == 0)
-      ep.weight = 1;
-  }
+namespace {
+
+std::vector<uint32_t> weightsOf(const std::vector<LbEndpoint>& eps) {
+  std::vector<uint32_t> w;
+  w.reserve(eps.size());
+  for (const auto& ep : eps)
+    w.push_back(ep.weight);
+  return w;
+}
+
+std::vector<std::string> keysOf(const std::vector<LbEndpoint>& eps) {
+  std::vector<std::string> k;
+  k.reserve(eps.size());
+  for (const auto& ep : eps)
+    k.push_back(ep.key);
+  return k;
+}
+
+} // namespace
+
+EndpointSet::EndpointSet(const std::vector<LbEndpoint>& endpoints)
+    : EndpointSet(weightsOf(endpoints), keysOf(endpoints)) {}
+
+EndpointSet::EndpointSet(std::vector<uint32_t> weights, std::vector<std::string> keys)
+    : weights_(std::move(weights)), keys_(std::move(keys)),
+      states_(weights_.size(), EndpointState::kHealthy), active_(weights_.size(), 0),
+      available_(weights_.size()) {
+  for (auto& w : weights_)
+    if (w == 0)
+      w = 1;
+  if (keys_.size() != weights_.size())
+    keys_.clear();
+}
+
+const std::string& EndpointSet::key(size_t i) const {
+  static const std::string kNone;
+  return keys_.empty() ? kNone : keys_[i];
 }
 
 void EndpointSet::setState(size_t i, EndpointState s) {

@@ -18,7 +18,7 @@ const char* endpointStateName(EndpointState s);
 
 // An endpoint as load balancers see it. `key` identifies it for consistent hashing (the
 // address, "10.0.0.7:8080"), so an endpoint keeps its ring positions when others come and go;
-// policies that do not hash leave it empty (lbEndpoints).
+// policies that do not hash have none (endpointSetOf).
 struct LbEndpoint {
   std::string key;
   uint32_t weight = 1;
@@ -32,11 +32,15 @@ struct LbEndpoint {
 class EndpointSet {
 public:
   // Weights of 0 are treated as 1; configuration rejects them before they get here.
-  explicit EndpointSet(std::vector<LbEndpoint> endpoints);
+  explicit EndpointSet(const std::vector<LbEndpoint>& endpoints);
+  // The same from the weights, and the keys when a hashing policy reads them (else empty: a
+  // mesh update makes a set per changed cluster, and keys nobody reads were most of its cost).
+  explicit EndpointSet(std::vector<uint32_t> weights, std::vector<std::string> keys = {});
 
-  size_t size() const { return endpoints_.size(); }
-  const LbEndpoint& endpoint(size_t i) const { return endpoints_[i]; }
-  uint32_t weight(size_t i) const { return endpoints_[i].weight; }
+  size_t size() const { return weights_.size(); }
+  // Endpoint i's key; empty when the set was made without keys.
+  const std::string& key(size_t i) const;
+  uint32_t weight(size_t i) const { return weights_[i]; }
 
   EndpointState state(size_t i) const { return states_[i]; }
   bool available(size_t i) const { return states_[i] == EndpointState::kHealthy; }
@@ -58,7 +62,8 @@ public:
   uint64_t generation() const { return generation_; }
 
 private:
-  std::vector<LbEndpoint> endpoints_;
+  std::vector<uint32_t> weights_;
+  std::vector<std::string> keys_; // empty, or one per endpoint
   std::vector<EndpointState> states_;
   std::vector<uint32_t> active_;
   size_t available_ = 0;

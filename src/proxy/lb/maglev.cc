@@ -39,7 +39,7 @@ MaglevLoadBalancer::MaglevLoadBalancer(const LbConfig& config, const EndpointSet
   offset_.reserve(endpoints.size());
   skip_.reserve(endpoints.size());
   for (size_t i = 0; i < endpoints.size(); ++i) {
-    const std::string& key = endpoints.endpoint(i).key;
+    const std::string& key = endpoints.key(i);
     offset_.push_back(hash64(key, kOffsetSeed) % m);
     skip_.push_back(hash64(key, kSkipSeed) % (m - 1) + 1);
   }

@@ -40,7 +40,7 @@ RingHashLoadBalancer::RingHashLoadBalancer(const LbConfig& config, const Endpoin
   for (size_t i = 0; i < n; ++i) {
     const double units = static_cast<double>(endpoints.weight(i) / unit);
     const auto count = std::max<uint64_t>(1, static_cast<uint64_t>(std::llround(units * per_unit)));
-    const std::string& key = endpoints.endpoint(i).key;
+    const std::string& key = endpoints.key(i);
     for (uint64_t v = 0; v < count; ++v)
       ring_.push_back({hash64(key, v), static_cast<uint32_t>(i)});
   }

@@ -415,8 +415,14 @@ bool ConfigBuilder::editEndpoints(const ServiceEntry& entry, ServiceCache& cache
     if (at != EndpointOrigins::kNew && at >= base.size())
       return false;
     if (o == at && at != EndpointOrigins::kNew) {
-      out.push_back(base[at]);
-      lineage->origin.push_back(at);
+      // Unchanged: the run of those that follow it in the base list too, copied at once.
+      size_t n = 1;
+      while (i + n < list.size() && at + n < base.size() && origins.index[i + n] == at + n)
+        ++n;
+      out.insert(out.end(), base.begin() + at, base.begin() + at + n);
+      for (size_t k = 0; k < n; ++k)
+        lineage->origin.push_back(static_cast<uint32_t>(at + k));
+      i += n - 1;
       continue;
     }
     auto element = readElement(list[i], path, i);

@@ -23,8 +23,7 @@ std::shared_ptr<UpstreamConn> UpstreamPool::take() {
     conn->socket.cancel(ec);
     if (!ec && conn->socket.is_open())
       return conn;
-    if (active_gauge)
-      active_gauge->dec();
+    active_gauge.dec();
   }
   return nullptr;
 }
@@ -35,8 +34,7 @@ void UpstreamPool::release(std::shared_ptr<UpstreamConn> conn, uint32_t max_idle
       !conn->socket.is_open()) {
     std::error_code ec;
     conn->socket.close(ec);
-    if (active_gauge)
-      active_gauge->dec();
+    active_gauge.dec();
     return;
   }
   conn->idle = true;
@@ -65,8 +63,7 @@ void UpstreamPool::drop(UpstreamConn* conn) {
       idle_[i]->idle = false;
       idle_[i]->socket.close(ec);
       idle_.erase(idle_.begin() + static_cast<std::ptrdiff_t>(i));
-      if (active_gauge)
-        active_gauge->dec();
+      active_gauge.dec();
       return;
     }
   }
@@ -83,8 +80,7 @@ void UpstreamPool::sweep(MonotonicTime now) {
     std::error_code ec;
     idle_[i]->idle = false;
     idle_[i]->socket.close(ec);
-    if (active_gauge)
-      active_gauge->dec();
+    active_gauge.dec();
   }
   idle_.erase(idle_.begin(), idle_.begin() + static_cast<std::ptrdiff_t>(stale));
 }
@@ -94,8 +90,7 @@ void UpstreamPool::closeAll() {
     std::error_code ec;
     c->idle = false;
     c->socket.close(ec);
-    if (active_gauge)
-      active_gauge->dec();
+    active_gauge.dec();
   }
   idle_.clear();
 }
@@ -142,7 +137,7 @@ UpstreamPool& ClusterRuntime::pool(size_t ep) {
     pools[ep] = p;
   }
   // Several clusters may share an endpoint; the latest user's settings apply to its pool.
-  p->active_gauge = &stats().cx_active;
+  p->active_gauge = stats().cx_active;
   p->idle_timeout = cfg.pool.idle_timeout;
   p->owner = worker.config().get();
   return *p;

@@ -66,8 +66,10 @@ public:
   size_t idleCount() const { return idle_.size(); }
   void closeAll();
 
-  // Set by the cluster using this pool: the upstream connection gauge and idle timeout.
-  telemetry::GaugeHandle* active_gauge = nullptr;
+  // Set by the cluster using this pool: the upstream connection gauge and idle timeout. The
+  // gauge is held by value (a handle to the registry's series): the runtime that set it may be
+  // gone (a mesh update replaced its cluster) when an idle connection is swept.
+  telemetry::GaugeHandle active_gauge;
   Duration idle_timeout{0};
   const WorkerConfig* owner = nullptr; // the configuration that last claimed this pool
 

@@ -43,7 +43,17 @@ Dispatcher::Dispatcher(std::string name, TimeSource& time_source)
 
 Dispatcher::~Dispatcher() {
   time_.removeListener(this);
+  // Pending handlers go first, while the timers and deferred deletions they may touch exist
+  // (as members, those would be destroyed before the io_context).
+  shutdown();
   deferred_.clear();
+}
+
+void Dispatcher::shutdown() {
+  if (shut_down_)
+    return;
+  shut_down_ = true;
+  io_.shutdownServices();
 }
 
 std::unique_ptr<Timer> Dispatcher::createTimer(std::function<void()> cb) {
@@ -69,6 +79,8 @@ void Dispatcher::clearDeferred() {
 }
 
 void Dispatcher::run() {
+  if (shut_down_)
+    return; // nothing would ever wake the loop up
   owner_ = std::this_thread::get_id();
   // An exit() that came before run() (another thread asked to stop before this one got
   // here) makes run() return at once; the loop is restarted afterwards for the next run().
@@ -77,6 +89,8 @@ void Dispatcher::run() {
 }
 
 size_t Dispatcher::runReady() {
+  if (shut_down_)
+    return 0;
   owner_ = std::this_thread::get_id();
   if (io_.stopped())
     io_.restart();

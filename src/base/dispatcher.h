@@ -65,6 +65,13 @@ public:
   size_t runReady();
   // Makes run() return. Thread-safe.
   void exit();
+  // Destroys, without running them, every handler still queued or waiting for I/O (and what
+  // they own: sessions that reference objects about to go). For teardown, before destroying
+  // what those handlers reference; call on the loop's thread while it is not running.
+  // Afterwards the loop no longer runs (run() and runReady() return at once, posted handlers
+  // are destroyed with the dispatcher); sockets and timers may still be closed and destroyed.
+  // The destructor does it first. Idempotent.
+  void shutdown();
 
   // True when called on the thread that is running (or last ran) this loop.
   bool isThreadSafe() const { return std::this_thread::get_id() == owner_.load(); }
@@ -72,6 +79,13 @@ public:
 private:
   friend class DispatcherTimer;
   using TimerSet = std::multimap<MonotonicTime, DispatcherTimer*>;
+  // An io_context whose services can be shut down before it is destroyed (asio's shutdown()
+  // is protected: the destructor is its only caller otherwise).
+  class Context : public asio::io_context {
+  public:
+    using asio::io_context::io_context;
+    void shutdownServices() { shutdown(); }
+  };
 
   TimerSet::iterator schedule(MonotonicTime at, DispatcherTimer* t);
   void unschedule(TimerSet::iterator it);
@@ -83,7 +97,7 @@ private:
 
   std::string name_;
   TimeSource& time_;
-  asio::io_context io_;
+  Context io_;
   asio::executor_work_guard<asio::io_context::executor_type> work_;
   asio::steady_timer os_timer_;
   MonotonicTime os_timer_at_{MonotonicTime::max()};
@@ -92,6 +106,7 @@ private:
   bool deferred_posted_ = false;
   uint64_t next_seq_ = 0;
   bool fire_posted_ = false;
+  bool shut_down_ = false;
   std::atomic<std::thread::id> owner_;
 };
 

@@ -20,17 +20,6 @@ size_t defaultConcurrency() {
   return n == 0 ? 1 : n;
 }
 
-// Runs `fn` on `d`'s thread and waits for it: used only at start, reload and stop, never on
-// the request path.
-template <typename Fn> void runOn(Dispatcher& d, Fn fn) {
-  std::promise<void> done;
-  d.post([&] {
-    fn();
-    done.set_value();
-  });
-  done.get_future().wait();
-}
-
 } // namespace
 
 ProxyServer::ProxyServer(Dispatcher& main, ProxyOptions options)
@@ -39,7 +28,40 @@ ProxyServer::ProxyServer(Dispatcher& main, ProxyOptions options)
       registry_(telemetry::RegistryOptions{
           .shards = (options_.concurrency ? options_.concurrency : defaultConcurrency()) + 1}) {}
 
-ProxyServer::~ProxyServer() { stop(); }
+ProxyServer::~ProxyServer() {
+  stop();
+  // Sessions and tunnels are owned by the pending handlers of their worker's dispatcher (a
+  // read on an idle keep-alive connection, a request waiting for a slow upstream) and use the
+  // Worker, the stats and the access log: destroy them, unrun, while all of that exists. The
+  // worker threads are joined; a worker on main_ shares its loop, which main's owner has
+  // stopped running before destroying this (see the class comment).
+  if (pool_) {
+    for (size_t i = 0; i < pool_->size(); ++i)
+      pool_->dispatcher(i).shutdown();
+  } else if (!workers_.empty()) {
+    main_.shutdown();
+  }
+  // Workers before their dispatchers: a Worker closes its acceptors and pools on its loop.
+  workers_.clear();
+  pool_.reset();
+}
+
+void ProxyServer::onWorkers(size_t from, size_t to, const std::function<void(size_t)>& fn) {
+  std::vector<std::promise<void>> done(pool_ ? to - from : 0);
+  for (size_t i = from; i < to; ++i) {
+    Dispatcher& d = workerDispatcher(i);
+    if (&d == &main_) {
+      fn(i);
+      continue;
+    }
+    d.post([&fn, i, &p = done[i - from]] {
+      fn(i);
+      p.set_value();
+    });
+  }
+  for (auto& p : done)
+    p.get_future().wait();
+}
 
 net::SocketAddress ProxyServer::adminAddress() const {
   return admin_ ? admin_->boundAddress() : net::SocketAddress{};
@@ -82,14 +104,18 @@ Status ProxyServer::start(std::shared_ptr<const Snapshot> initial) {
     TRELLIS_RETURN_IF_ERROR(access_log_->registerMetrics(registry_));
   }
 
-  pool_ = std::make_unique<WorkerPool>(concurrency_, main_.timeSource(), "worker");
+  // One worker runs on the main dispatcher: a sidecar's usual setting, where handing every
+  // update (and admin query) to a second thread and waiting costs more than it buys.
+  if (concurrency_ > 1)
+    pool_ = std::make_unique<WorkerPool>(concurrency_, main_.timeSource(), "worker");
   for (size_t i = 0; i < concurrency_; ++i)
-    workers_.push_back(std::make_unique<Worker>(i, pool_->dispatcher(i), stats_,
+    workers_.push_back(std::make_unique<Worker>(i, workerDispatcher(i), stats_,
                                                 access_log_ ? &access_log_->worker(i) : nullptr));
-  pool_->start();
+  if (pool_)
+    pool_->start();
   if (access_log_)
-    for (size_t i = 0; i < concurrency_; ++i)
-      runOn(pool_->dispatcher(i), [this, i] { access_log_->worker(i).startTimer(pool_->dispatcher(i)); });
+    onWorkers(0, concurrency_,
+              [this](size_t i) { access_log_->worker(i).startTimer(workerDispatcher(i)); });
 
   auto st = apply(initial);
   if (!st.ok())
@@ -145,17 +171,8 @@ Status ProxyServer::apply(std::shared_ptr<const Snapshot> snap) {
       fresh_clusters > 0 || !snapshot_ || snapshot_->clusters.size() != snap->clusters.size();
   snapshot_ = snap;
   shared_ = shared;
-  // All workers switch at once; waiting for each in turn would add their wake-up latencies.
-  std::vector<std::promise<void>> done(concurrency_);
-  for (size_t i = 0; i < concurrency_; ++i) {
-    Worker* w = workers_[i].get();
-    pool_->dispatcher(i).post([w, snap, shared, f = std::move(fds[i]), &d = done[i]]() mutable {
-      w->apply(snap, shared, std::move(f));
-      d.set_value();
-    });
-  }
-  for (auto& d : done)
-    d.get_future().wait();
+  onWorkers(0, concurrency_,
+            [&](size_t i) { workers_[i]->apply(snap, shared, std::move(fds[i])); });
   if (!health_) {
     prober_ = std::make_unique<HealthProberImpl>(main_);
     health_ = std::make_unique<HealthChecker>(main_, *prober_, random_);
@@ -281,27 +298,29 @@ Status ProxyServer::reload() {
 }
 
 void ProxyServer::stop() {
-  if (stopped_ || !pool_)
+  if (stopped_ || workers_.empty())
     return;
   stopped_ = true;
   if (admin_)
     admin_->stop();
   health_.reset();
   prober_.reset();
-  for (size_t i = 0; i < concurrency_; ++i) {
-    Worker* w = workers_[i].get();
-    runOn(pool_->dispatcher(i), [this, w, i] {
-      w->shutdown();
-      if (access_log_)
-        access_log_->worker(i).stopTimer();
-    });
+  onWorkers(0, workers_.size(), [this](size_t i) {
+    workers_[i]->shutdown();
+    if (access_log_)
+      access_log_->worker(i).stopTimer();
+  });
+  if (pool_) {
+    pool_->stop();
+    // What became ready (cancelled accepts and pool watches) runs here, on this thread; the
+    // sessions still open are destroyed by the destructor.
+    for (size_t i = 0; i < pool_->size(); ++i) {
+      pool_->dispatcher(i).io().restart();
+      pool_->dispatcher(i).io().poll();
+    }
   }
-  pool_->stop();
-  // Sessions still open are torn down with their dispatchers' io_contexts.
-  for (size_t i = 0; i < concurrency_; ++i) {
-    pool_->dispatcher(i).io().restart();
-    pool_->dispatcher(i).io().poll();
-  }
+  // A worker on main_ may still finish a request while main's loop runs: its line is counted
+  // as dropped (the writer is stopped), as it would be lost on a stopped worker thread.
   if (access_log_)
     access_log_->stop();
 }
@@ -374,7 +393,7 @@ std::string ProxyServer::clustersJson() {
   nlohmann::json out = nlohmann::json::array();
   if (workers_.empty())
     return out.dump();
-  runOn(pool_->dispatcher(0), [&] {
+  onWorkers(0, 1, [&](size_t) {
     const auto& cfg = workers_[0]->config();
     for (const auto& c : cfg->clusters) {
       nlohmann::json cj;

@@ -1,10 +1,11 @@
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
-#include <string_view>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "base/dispatcher.h"
@@ -28,9 +29,17 @@ struct ProxyOptions {
 // The proxy process: the main dispatcher (admin listener, reloads, signals) and the workers.
 // Configuration changes arrive as whole snapshots; each worker switches on its own thread,
 // new requests use the new snapshot and requests in flight finish on the one they started on.
+//
+// With concurrency 1 the one worker runs on `main` itself (no worker thread): an update is
+// applied by a direct call instead of a post, a wait and two wake-ups. Its sessions are then
+// handlers of main's loop, so such a ProxyServer is destroyed on main's thread while that
+// loop is not running, as its last user: the destructor shuts `main` down
+// (Dispatcher::shutdown) to destroy the sessions still open before the worker they use.
 class ProxyServer {
 public:
   ProxyServer(Dispatcher& main, ProxyOptions options);
+  // Stops (if stop() was not called), destroys the sessions still open (in flight or idle),
+  // then the workers.
   ~ProxyServer();
 
   // Loads the configuration, binds every listener and the admin address, starts the workers.
@@ -44,7 +53,10 @@ public:
   // Applies a snapshot built elsewhere (the control plane). Main thread. A failure (a listener
   // that cannot bind) leaves the running configuration in place.
   Status apply(std::shared_ptr<const Snapshot> snapshot);
-  // Stops accepting, lets the workers finish, stops them. Idempotent.
+  // Stops accepting and closes idle upstream connections. Worker threads are stopped and
+  // joined; a worker on the main dispatcher has no thread to stop: connections it has open
+  // are served while main's loop runs (the owner exits it next) and go with the destructor.
+  // Idempotent; may run inside a handler of the main loop (admin, signal, mesh client).
   void stop();
 
   std::shared_ptr<const Snapshot> snapshot() const { return snapshot_; }
@@ -78,6 +90,13 @@ private:
   // visiting only the chunks the snapshots do not share. Null when that does not hold.
   std::shared_ptr<SharedState> sharedStateInPlace(const Snapshot& snap, size_t& fresh,
                                                   std::vector<size_t>& in_place);
+  // Worker i's dispatcher: a pool thread's, or main_ when the one worker runs there.
+  Dispatcher& workerDispatcher(size_t i) { return pool_ ? pool_->dispatcher(i) : main_; }
+  // Runs fn(i) for workers [from, to) on their dispatchers and returns when all are done:
+  // posted to the worker threads at once (waiting for each in turn would add up their
+  // wake-up latencies), called directly for a worker on main_, where a post and a wait would
+  // deadlock. Main thread; never on the request path.
+  void onWorkers(size_t from, size_t to, const std::function<void(size_t)>& fn);
   void handleAdmin(http::ServerRequest& req, std::shared_ptr<http::ResponseWriter> w);
   std::string clustersJson();
   // Endpoint health, ejections and circuit-breaker capacity, read from the shared cluster
@@ -94,7 +113,7 @@ private:
   RandomGeneratorImpl random_{0x6865616c7468ull};
   std::unique_ptr<HealthProberImpl> prober_;
   std::unique_ptr<HealthChecker> health_;
-  std::unique_ptr<WorkerPool> pool_;
+  std::unique_ptr<WorkerPool> pool_; // null with one worker: it runs on main_
   std::vector<std::unique_ptr<Worker>> workers_;
   std::map<std::string, BoundListener> bound_;
   std::unique_ptr<telemetry::AccessLog> access_log_;

@@ -49,6 +49,25 @@ class Proxy:
         return total if found else None
 
 
+def one_route_config(origins, route="", cluster="", listener=""):
+    """One http listener `web` with one route to cluster `api` made of `origins` (objects with
+    an `address`); `route`, `cluster` and `listener` are extra YAML lines (indented for their
+    place) for the route, the cluster, the listener."""
+    eps = ", ".join(o.address for o in origins)
+    return f"""
+admin: {{address: 127.0.0.1:0}}
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+{listener}    routes:
+      - match: {{prefix: /}}
+        cluster: api
+{route}clusters:
+  - name: api
+    endpoints: [{eps}]
+{cluster}"""
+
+
 def start_proxy(procs, yaml_text, concurrency=2, extra_args=()):
     """Writes the config, starts the proxy, and waits until every listener reports its port."""
     d = tempfile.mkdtemp(prefix="trellis-proxy-")

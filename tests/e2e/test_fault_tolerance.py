@@ -15,7 +15,7 @@ import time
 
 from conftest import free_port, wait_until
 from loadgen import ClusterWatcher, LoadGen, cluster_states, format_summary, format_windows
-from proxyutil import request, start_proxy
+from proxyutil import one_route_config, request, start_proxy
 
 LOAD_RATE = 500
 LOAD_SECONDS = 10
@@ -24,24 +24,6 @@ CLUSTER = "api"
 
 def three(echo):
     return [echo("api") for _ in range(3)]
-
-
-def config(origins, route="", cluster="", listener=""):
-    """One http listener with one route to cluster `api` made of `origins`; `route`,
-    `cluster` and `listener` are extra YAML lines for the route, the cluster, the listener."""
-    eps = ", ".join(o.address for o in origins)
-    return f"""
-admin: {{address: 127.0.0.1:0}}
-listeners:
-  - name: web
-    address: 127.0.0.1:0
-{listener}    routes:
-      - match: {{prefix: /}}
-        cluster: {CLUSTER}
-{route}clusters:
-  - name: {CLUSTER}
-    endpoints: [{eps}]
-{cluster}"""
 
 
 def indent(text, n):
@@ -98,7 +80,7 @@ def served_by(samples):
 def test_kill_one_origin_under_load_no_failures_and_fast_ejection(procs, echo):
     origins = three(echo)
     victim = origins[1]
-    p = start_proxy(procs, config(origins, route=KILL_ROUTE, cluster=KILL_CLUSTER))
+    p = start_proxy(procs, one_route_config(origins, route=KILL_ROUTE, cluster=KILL_CLUSTER))
     watcher = ClusterWatcher(p.admin_port, interval=0.01).start()
     assert watcher.state(CLUSTER, victim.address) == "healthy"
     gen = LoadGen(p.port(), rate=LOAD_RATE, threads=32).start(LOAD_SECONDS)
@@ -143,7 +125,7 @@ def test_half_failing_origin_retried_to_success(procs, echo):
     # ~80 retries/s each waiting up to 25 ms of backoff overlap ~1 at a time, 3 or more about
     # 10 % of the time: the budget's floor is sized for that burst (docs/proxy.md, "Sizing the
     # floor"); the default 3 would refuse ~1 % of requests' retries.
-    p = start_proxy(procs, config(origins, route=indent(
+    p = start_proxy(procs, one_route_config(origins, route=indent(
         "retries: {attempts: 2, on: [5xx], budget_min_concurrency: 10}", 8)))
     gen = LoadGen(p.port(), rate=LOAD_RATE, threads=32, inspect=attempt_header).run(LOAD_SECONDS)
     s = gen.summary()
@@ -181,7 +163,7 @@ def test_slow_origin_cut_by_per_try_timeout(procs, echo):
 timeout: 5s
 retries: {attempts: 2, per_try_timeout: 200ms, on: [gateway-error]}
 """, 8)
-    p = start_proxy(procs, config(origins, route=route))
+    p = start_proxy(procs, one_route_config(origins, route=route))
     # A third of requests spend 200 ms on the slow origin first: ~35 in flight at 500/s.
     gen = LoadGen(p.port(), rate=LOAD_RATE, threads=96).run(LOAD_SECONDS)
     s = gen.summary()
@@ -254,7 +236,7 @@ def test_all_origins_dead_fail_fast_without_pile_up(procs, echo):
     # default 50 would be in panic and try the dead endpoints anyway; that is fast here only
     # because a refused loopback connect is instant (a dead remote host costs connect_timeout).
     cluster = KILL_CLUSTER + indent("panic_threshold: 0", 4)
-    p = start_proxy(procs, config(origins, route=KILL_ROUTE, cluster=cluster))
+    p = start_proxy(procs, one_route_config(origins, route=KILL_ROUTE, cluster=cluster))
     watcher = ClusterWatcher(p.admin_port, interval=0.01).start()
     up_active = "trellis_proxy_upstream_connections_active"
     down_active = "trellis_proxy_downstream_connections_active"
@@ -320,8 +302,8 @@ def test_all_origins_dead_fail_fast_without_pile_up(procs, echo):
 
 def test_circuit_breaker_rejects_exactly_the_overflow(procs, echo):
     origins = three(echo)
-    p = start_proxy(procs, config(origins, cluster=indent("circuit_breakers: {max_requests: 10}",
-                                                          4)))
+    breakers = indent("circuit_breakers: {max_requests: 10}", 4)
+    p = start_proxy(procs, one_route_config(origins, cluster=breakers))
     remaining = "trellis_proxy_circuit_breaker_remaining"
     assert p.metric(remaining, cluster=CLUSTER, limit="requests") == 10
     n, admitted = 50, 10
@@ -383,7 +365,7 @@ def test_retry_budget_caps_retries_when_everything_fails(procs, echo):
     route = indent("retries: {attempts: 3, on: [5xx], budget_percent: 20, "
                    "budget_min_concurrency: 3}", 8)
     cluster = indent("circuit_breakers: {max_retries: 100000}", 4)
-    p = start_proxy(procs, config(origins, route=route, cluster=cluster))
+    p = start_proxy(procs, one_route_config(origins, route=route, cluster=cluster))
     # Each try takes the origin's 100 ms, so ~50 first tries are in flight at 500/s and 20%
     # of active requests (~10) is well above budget_min_concurrency: the percentage binds.
     # With instant 503s a few requests would be in flight at a time and the floor of 3
@@ -417,7 +399,7 @@ def test_retry_budget_caps_retries_when_everything_fails(procs, echo):
 
 def test_rate_limit_answers_429_with_retry_after(procs, echo):
     origins = three(echo)
-    p = start_proxy(procs, config(origins, route=indent(
+    p = start_proxy(procs, one_route_config(origins, route=indent(
         "rate_limit: {requests_per_second: 10, burst: 5}", 8)))
     conn = http.client.HTTPConnection("127.0.0.1", p.port(), timeout=10)
     t0 = time.monotonic()
@@ -439,7 +421,7 @@ def test_rate_limit_answers_429_with_retry_after(procs, echo):
 
 def test_fault_abort_answers_without_the_origin(procs, echo):
     origins = three(echo)
-    p = start_proxy(procs, config(origins, route=indent(
+    p = start_proxy(procs, one_route_config(origins, route=indent(
         "fault: {abort: {percent: 100, status: 503}}", 8)))
     statuses = [request(p.port(), "/")[0] for _ in range(10)]
     assert statuses == [503] * 10
@@ -450,7 +432,7 @@ def test_fault_abort_answers_without_the_origin(procs, echo):
 
 def test_fault_delay_holds_requests(procs, echo):
     origins = three(echo)
-    p = start_proxy(procs, config(origins, route=indent(
+    p = start_proxy(procs, one_route_config(origins, route=indent(
         "fault: {delay: {percent: 100, duration: 300ms}}", 8)))
     for _ in range(3):
         t0 = time.monotonic()
@@ -466,7 +448,7 @@ def test_health_check_takes_failing_origin_out_and_back(procs, echo):
     sick = origins[0]
     cluster = indent("health_check: {path: /healthz, interval: 200ms, timeout: 150ms, "
                      "healthy_threshold: 2, unhealthy_threshold: 2}", 4)
-    p = start_proxy(procs, config(origins, cluster=cluster))
+    p = start_proxy(procs, one_route_config(origins, cluster=cluster))
 
     def state():
         return cluster_states(p.admin_port)[(CLUSTER, sick.address)]
@@ -535,14 +517,14 @@ class ClosingApp:
 
 def inner_proxy(procs, app_address):
     """A Trellis proxy in front of one app, as a sidecar's inbound is."""
-    return start_proxy(procs, config([At(app_address)]))
+    return start_proxy(procs, one_route_config([At(app_address)]))
 
 
 def peers_behind(procs, failing, live, retry_on, trust):
     """A proxy whose cluster is the two inner proxies (round robin on one worker, one retry on
     `retry_on`, no outlier detection so the failing one keeps its turn)."""
     eps = [At(f"127.0.0.1:{failing.port()}"), At(f"127.0.0.1:{live.port()}")]
-    return start_proxy(procs, config(
+    return start_proxy(procs, one_route_config(
         eps, route=indent(f"retries: {{attempts: 1, on: [{retry_on}]}}", 8),
         cluster=indent(f"trust_proxy_errors: {'true' if trust else 'false'}", 4)),
         concurrency=1)

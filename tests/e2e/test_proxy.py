@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import TRELLIS, wait_until
-from proxyutil import start_proxy, request, raw_exchange
+from proxyutil import one_route_config, start_proxy, request, raw_exchange
 
 
 def two_cluster_config(api, canary, extra_routes=""):
@@ -40,23 +40,6 @@ clusters:
   - name: canary
     endpoints:
       - {{address: {canary.address}, weight: 1}}
-"""
-
-
-def one_route_config(origin, listener_keys=""):
-    """Listener web (with `listener_keys`, YAML lines indented 4) sending everything to
-    cluster api, made of `origin`."""
-    return f"""
-admin: {{address: 127.0.0.1:0}}
-listeners:
-  - name: web
-    address: 127.0.0.1:0
-{listener_keys}    routes:
-      - match: {{prefix: /}}
-        cluster: api
-clusters:
-  - name: api
-    endpoints: [{origin.address}]
 """
 
 
@@ -458,7 +441,8 @@ clusters:
 
 
 def test_slow_header_client_gets_408(procs, echo):
-    p = start_proxy(procs, one_route_config(echo("api"), "    header_read_timeout: 300ms\n"))
+    p = start_proxy(procs,
+                    one_route_config([echo("api")], listener="    header_read_timeout: 300ms\n"))
     s = socket.create_connection(("127.0.0.1", p.port()), timeout=10)
     s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")   # and never finishes the head
     data = b""
@@ -475,7 +459,7 @@ def test_slow_header_client_gets_408(procs, echo):
 def test_connection_limit_counts_connections_closed_after_a_reload(procs, echo):
     """max_connections counts open connections however many configurations they lived
     through: one accepted before a reload and closed after it leaves the count."""
-    p = start_proxy(procs, one_route_config(echo("api"), "    max_connections: 2\n"),
+    p = start_proxy(procs, one_route_config([echo("api")], listener="    max_connections: 2\n"),
                     concurrency=1)
     for _ in range(3):
         c = http.client.HTTPConnection("127.0.0.1", p.port(), timeout=10)

@@ -248,6 +248,16 @@ Result<net::SocketAddress> parseElementAddress(const json& e, const std::string&
   return *sa;
 }
 
+// Whether an endpoint at one of `fresh` has the address of another one, compared directly:
+// for a list whose other endpoints are known distinct and few fresh ones (kDirectRepeatCheck).
+bool repeatsOneOf(const std::vector<Endpoint>& eps, const std::vector<size_t>& fresh) {
+  for (size_t f : fresh)
+    for (size_t j = 0; j < eps.size(); ++j)
+      if (j != f && eps[j].address == eps[f].address)
+        return true;
+  return false;
+}
+
 } // namespace
 
 Result<std::vector<Endpoint>> parseEndpoints(const json& eps, const std::string& path,
@@ -308,14 +318,8 @@ Result<std::vector<Endpoint>> parseEndpoints(const json& eps, const std::string&
   // Reused addresses are distinct (each comes from a different element of a list that had no
   // repetition), so with few parsed ones it is enough to compare those with the rest; the
   // sort finds the first repetition in list order for the error.
-  bool maybe_repeated = true;
-  if (reuse != nullptr && parsed.size() <= kDirectRepeatCheck) {
-    maybe_repeated = false;
-    for (size_t p : parsed)
-      for (size_t j = 0; j < out.size() && !maybe_repeated; ++j)
-        maybe_repeated = j != p && out[j].address == out[p].address;
-  }
-  if (auto r = maybe_repeated ? firstRepeated(out) : std::nullopt)
+  const bool direct = reuse != nullptr && parsed.size() <= kDirectRepeatCheck;
+  if (auto r = !direct || repeatsOneOf(out, parsed) ? firstRepeated(out) : std::nullopt)
     return makeError(ErrorCode::kInvalidArgument, "{}: {} is listed twice", apath(*r),
                      out[*r].address.toString());
   if (reuse != nullptr) {
@@ -438,15 +442,8 @@ bool ConfigBuilder::editEndpoints(const ServiceEntry& entry, ServiceCache& cache
     read.push_back(i);
   }
   // The copied ones are distinct (they were in a valid list): compare the read ones with all.
-  if (read.size() > kDirectRepeatCheck) {
-    if (firstRepeated(out))
-      return false;
-  } else {
-    for (size_t r : read)
-      for (size_t j = 0; j < out.size(); ++j)
-        if (j != r && out[j].address == out[r].address)
-          return false;
-  }
+  if (read.size() > kDirectRepeatCheck ? firstRepeated(out).has_value() : repeatsOneOf(out, read))
+    return false;
   cache.eps = ParsedEndpoints{};
   cache.eps.rev = entry.endpoints_rev;
   cache.eps.endpoints = std::move(out);

@@ -118,6 +118,10 @@ Status ControlPlane::start(std::function<void(Status)> ready) {
   hs.max_request_body_bytes = 1024 * 1024;
   hs.idle_timeout = std::chrono::minutes(15); // longer than the longest blocking query
   hs.max_connections = 16384;
+  // A proxy's stream carries its acks in its request body (docs/protocol.md).
+  hs.streams_request_body = [](const http::ServerRequest& req) {
+    return req.method == http::Method::kPost && req.path == "/v1/mesh/stream";
+  };
   mesh::MeshSettings ms;
   ms.heartbeat = o.mesh_heartbeat;
   ms.coalesce = o.mesh_coalesce;

@@ -230,6 +230,16 @@ public:
 
   bool active() const { return !done_; }
 
+  bool writeBody(std::string_view piece) {
+    if (done_ || !streaming || !opts_.open_body)
+      return false;
+    if (piece.empty())
+      return true; // an empty chunk would end the body
+    appendChunk(piece, body_out_);
+    flushBody();
+    return true;
+  }
+
   // ParserCallbacks
   Action onMessageBegin() override {
     rsp_ = ClientResponse{};
@@ -307,8 +317,11 @@ private:
     h.remove("Transfer-Encoding");
     h.remove("Content-Length");
     const Method method = methodFromToken(m);
-    if (!req_.body.empty() || method == Method::kPost || method == Method::kPut ||
-        method == Method::kPatch)
+    const bool open_body = streaming && opts_.open_body;
+    if (open_body)
+      h.add("Transfer-Encoding", "chunked");
+    else if (!req_.body.empty() || method == Method::kPost || method == Method::kPut ||
+             method == Method::kPatch)
       h.add("Content-Length", std::to_string(req_.body.size()));
     if (listHasToken(h.getAll("Connection"), "close"))
       close_requested_ = true;
@@ -316,7 +329,12 @@ private:
       h.add("Connection", "close");
     out_.reserve(m.size() + t.size() + h.byteSize() + 4 * h.size() + 32 + req_.body.size());
     serializeRequestHead(m, t, Version::kHttp11, h, out_);
-    out_.append(req_.body);
+    if (open_body) {
+      if (!req_.body.empty())
+        appendChunk(req_.body, out_);
+    } else {
+      out_.append(req_.body);
+    }
     req_.body.clear();
     req_.body.shrink_to_fit();
     method_ = method;
@@ -363,8 +381,27 @@ private:
                           return;
                         self->write_done_ = true;
                         self->releaseOutput();
+                        self->flushBody();
                       });
     read();
+  }
+
+  // Sends the open body's queued chunks once the head is out, one write at a time.
+  void flushBody() {
+    if (done_ || !write_done_ || body_writing_ || body_out_.empty())
+      return;
+    body_in_flight_.swap(body_out_);
+    body_out_.clear();
+    body_writing_ = true;
+    asio::async_write(sock_, asio::buffer(body_in_flight_),
+                      [self = shared_from_this(), gen = gen_](const asio::error_code&, size_t) {
+                        // As for the head: the read side reports a broken connection.
+                        if (gen != self->gen_)
+                          return;
+                        self->body_writing_ = false;
+                        self->body_in_flight_.clear();
+                        self->flushBody();
+                      });
   }
 
   // The request bytes are kept while they may have to be sent again.
@@ -546,6 +583,9 @@ private:
   Parser parser_;
   ClientResponse rsp_;
   std::string out_;
+  std::string body_out_;       // open body: chunks not handed to a write yet
+  std::string body_in_flight_; // open body: the chunks being written
+  bool body_writing_ = false;
   std::array<char, 16 * 1024> rbuf_;
   std::unique_ptr<Timer> connect_timer_;
   std::unique_ptr<Timer> total_timer_;
@@ -570,6 +610,11 @@ void RequestHandle::cancel() {
 bool RequestHandle::active() const {
   auto ex = ex_.lock();
   return ex && ex->active();
+}
+
+bool RequestHandle::write(std::string_view piece) {
+  auto ex = ex_.lock();
+  return ex && ex->writeBody(piece);
 }
 
 Client::Client(Dispatcher& dispatcher, ClientSettings settings)

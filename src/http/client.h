@@ -48,6 +48,10 @@ struct RequestOptions {
   // request() only: reuse an idle pooled connection and leave this one in the pool afterwards
   // when it can be (see the comment at the top). The request may be sent twice; see there.
   bool keep_alive = false;
+  // stream() only: the request goes with "Transfer-Encoding: chunked" (ClientRequest::body
+  // is its first piece, if any) and its body stays open: RequestHandle::write() sends more,
+  // for as long as the exchange lasts (the mesh stream's acks ride on it).
+  bool open_body = false;
 };
 
 // The Client's pool of idle keep-alive connections.
@@ -97,6 +101,11 @@ public:
   void cancel();
   // True until the request completed, failed or was cancelled.
   bool active() const;
+  // A request with RequestOptions::open_body: sends `piece` as the next chunk of its body
+  // (after the head, in call order; queued while connecting). False when the exchange is over
+  // or its body is not open. A write that fails is not reported here: the response side sees
+  // the closed connection.
+  bool write(std::string_view piece);
 
 private:
   std::weak_ptr<ClientExchange> ex_;

@@ -38,11 +38,27 @@ public:
   void onClosed(std::function<void()> cb) override;
   size_t bufferedBytes() const override;
   Dispatcher& dispatcher() override { return dispatcher_; }
+  void onRequestBody(std::function<void(std::string_view, bool)> cb) override {
+    if (body_streamed && open_)
+      on_body_ = std::move(cb);
+  }
+  // A piece of a streamed request body (end: it ended).
+  void bodyPiece(std::string_view piece, bool end) {
+    if (on_body_) {
+      auto keep = on_body_; // the callback may replace or drop itself
+      keep(piece, end);
+    }
+    if (end)
+      on_body_ = nullptr;
+  }
 
   // Connection gone: the writer goes quiet and tells the handler if it had not finished.
   void markClosed();
   // The response is out of the writer's hands; drop the callback (it may hold the writer).
-  void completed() { on_closed_ = nullptr; }
+  void completed() {
+    on_closed_ = nullptr;
+    on_body_ = nullptr; // a body still streaming in is read and dropped
+  }
 
   ServerRequest request;
   std::string pending; // output not yet handed to the connection
@@ -51,8 +67,9 @@ public:
   bool request_keep_alive = true;
   bool force_close = false; // an error response: the connection closes after it
   bool close_after = false; // decided when the response head is written
-  bool ready = false;       // the request was read completely
+  bool ready = false;       // the request was read completely (or its body is streamed)
   bool dispatched = false;  // handed to the handler
+  bool body_streamed = false; // handed over at its head; body pieces go to on_body_
 
 private:
   // Builds the head; false when headers are invalid (then a 500 is sent instead).
@@ -65,6 +82,7 @@ private:
   bool chunked_ = false;
   bool suppress_body_ = false;
   std::function<void()> on_closed_;
+  std::function<void(std::string_view, bool)> on_body_;
 };
 
 class ServerConnection : public std::enable_shared_from_this<ServerConnection>,
@@ -204,6 +222,14 @@ public:
                                    *head.content_length, settings_.max_request_body_bytes));
       return Action::kPause;
     }
+    if (head.framing == BodyFraming::kChunked && settings_.streams_request_body &&
+        settings_.streams_request_body(r)) {
+      // Handed over now (outside the parser); the body follows piece by piece.
+      cur_->body_streamed = true;
+      r.body_streamed = true;
+      cur_->ready = true;
+      return Action::kPause;
+    }
     if (head.content_length)
       r.body.reserve(static_cast<size_t>(std::min<uint64_t>(*head.content_length, 64 * 1024)));
     if (head.expect_continue && head.version == Version::kHttp11 &&
@@ -217,6 +243,11 @@ public:
   }
 
   Action onBody(std::string_view piece) override {
+    if (cur_->body_streamed) {
+      auto keep = cur_;
+      keep->bodyPiece(piece, false);
+      return closed_ || closing_ ? Action::kPause : Action::kContinue;
+    }
     std::string& body = cur_->request.body;
     if (body.size() + piece.size() > settings_.max_request_body_bytes) {
       if (server_ != nullptr)
@@ -231,6 +262,12 @@ public:
 
   Action onMessageComplete() override {
     cur_->ready = true;
+    if (cur_->body_streamed) {
+      auto keep = std::move(cur_);
+      cur_ = nullptr;
+      keep->bodyPiece({}, true);
+      return Action::kPause;
+    }
     cur_ = nullptr;
     // Hand the request over outside the parser.
     return Action::kPause;
@@ -331,6 +368,11 @@ private:
     if (w->phase == ResponseWriterImpl::Phase::kWaiting) {
       HeaderMap h{{"Content-Type", "text/plain; charset=utf-8"}};
       w->send(status, h, fmt::format("{}\n", why));
+    } else if (w->phase == ResponseWriterImpl::Phase::kStreaming) {
+      // Its response started (a request whose body is streamed): no room for an error
+      // answer, and the response would never end; the close tells the handler.
+      TLOG_DEBUG("http server: closing connection from {}: {}", peer_.toString(), why);
+      close();
     }
   }
 
@@ -394,7 +436,8 @@ private:
       header_timer_->disable();
     }
     const bool idle = !closing_ && parser_.idle() && pipeline_.empty();
-    const bool body = !closing_ && !parser_.idle() && !head;
+    // A streamed body may be silent for as long as its request lasts.
+    const bool body = !closing_ && !parser_.idle() && !head && !(cur_ && cur_->body_streamed);
     if (idle || body || write_in_flight_) {
       if (progress || !idle_timer_->enabled())
         idle_timer_->enable(settings_.idle_timeout);
@@ -565,6 +608,7 @@ void ResponseWriterImpl::markClosed() {
     return;
   open_ = false;
   pending.clear();
+  on_body_ = nullptr;
   auto cb = std::move(on_closed_);
   on_closed_ = nullptr;
   if (phase != Phase::kDone && cb)

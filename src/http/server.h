@@ -23,6 +23,8 @@
 // Everything runs on one Dispatcher.
 namespace trellis::http {
 
+struct ServerRequest;
+
 struct ServerSettings {
   // Largest request body buffered for the handler; above it the server answers 413 and
   // closes (before reading the body when Content-Length announces it).
@@ -46,6 +48,12 @@ struct ServerSettings {
   // drained so the client sees the response rather than a reset.
   Duration close_linger_timeout = std::chrono::seconds(2);
   ParserLimits parser;
+  // Requests to hand to the handler as soon as their head is read, asked for each request
+  // whose body is chunked: their body then goes to the handler piece by piece
+  // (ResponseWriter::onRequestBody) for as long as it lasts, max_request_body_bytes does
+  // not apply, and a silent body is not timed out (a long-lived upload beside a streaming
+  // response: the mesh stream's acks). Unset: every body is buffered.
+  std::function<bool(const ServerRequest&)> streams_request_body;
 };
 
 // Counters of one server; read on its dispatcher's thread.
@@ -75,6 +83,8 @@ struct ServerRequest {
   std::string body;
   net::SocketAddress peer;
   bool keep_alive = true;
+  // The body is not in `body`: it comes piece by piece (ServerSettings::streams_request_body).
+  bool body_streamed = false;
 
   // The first value of query parameter `name`.
   std::optional<std::string_view> query(std::string_view name) const;
@@ -111,6 +121,11 @@ public:
   // Bytes of this connection's responses not yet taken by the kernel.
   virtual size_t bufferedBytes() const = 0;
   virtual Dispatcher& dispatcher() = 0;
+  // For a request handed over before its body (ServerSettings::streams_request_body): `cb`
+  // gets each piece of the decoded body as it arrives, then ("", true) once it ended.
+  // Pieces that arrive before it is set are dropped; it is dropped when the connection
+  // closes. Does nothing for other requests.
+  virtual void onRequestBody(std::function<void(std::string_view piece, bool end)> cb) = 0;
 };
 
 using RequestHandler = std::function<void(ServerRequest&, std::shared_ptr<ResponseWriter>)>;

@@ -225,7 +225,9 @@ def test_server_stopped_under_load_then_back(procs, echo, mesh_server, tmp_path)
 # ---- against a stand-in server: what the real one never sends -------------------------------
 
 class NdjsonServer:
-    """Serves /v1/mesh/stream with queued lines and records /v1/mesh/ack bodies."""
+    """Serves GET /v1/mesh/stream with queued lines and records /v1/mesh/ack bodies. Like a
+    server that streams only to GET, it answers 405 to POST /v1/mesh/stream (a stream with
+    acks in its body): the proxy asks again with GET and posts its acks."""
 
     def __init__(self):
         self.sock = socket.socket()
@@ -236,6 +238,7 @@ class NdjsonServer:
         self.acks = []
         self.cv = threading.Condition()
         self.streams = 0
+        self.refused = 0
         self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -260,6 +263,13 @@ class NdjsonServer:
                 return
             data += chunk
         head, _, rest = data.partition(b"\r\n\r\n")
+        if head.startswith(b"POST /v1/mesh/stream"):
+            with self.cv:
+                self.refused += 1
+            c.sendall(b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n"
+                      b"connection: close\r\n\r\n")
+            c.close()
+            return
         if head.startswith(b"POST /v1/mesh/ack"):
             length = int([l.split(b":")[1] for l in head.split(b"\r\n")
                           if l.lower().startswith(b"content-length")][0])
@@ -304,6 +314,7 @@ def test_rejected_update_keeps_last_good_and_counts(procs, echo):
                    "services": {"orders": svc}, "gateways": {}})
     acks = stand_in.wait_acks(1)
     assert acks[0]["accepted"] is True and acks[0]["version"] == 10 and acks[0]["stream"] == "x1"
+    assert stand_in.refused == 1  # asked with POST once, then with GET
     wait_until(lambda: who(get(up)) == "orders-a", what="orders-a served")
     stand_in.send({"type": "delta", "version": 11,
                    "services": {"orders": {"cluster": {"lb": "round-robbin"},

@@ -76,6 +76,10 @@ MeshServer::MeshServer(Dispatcher& loop, registry::Registry& registry, telemetry
     acks_accepted_ = (*f)->handle(0, {"accepted"});
     acks_rejected_ = (*f)->handle(0, {"rejected"});
   }
+  if (auto f = metrics_.counter("trellis_mesh_ack_errors_total",
+                                "Ack lines in proxies' stream bodies that were not a valid ack "
+                                "(each logged and ignored)"))
+    ack_errors_ = (*f)->handle(0);
   if (auto f = metrics_.counter("trellis_mesh_rejected_total",
                                 "Mesh updates a proxy rejected (it kept its last good state)"))
     rejected_ = (*f)->handle(0);
@@ -398,6 +402,16 @@ void MeshServer::openStream(http::ServerRequest& req, const Writer& w) {
     if (auto st = weak.lock())
       closeStream(st, false);
   });
+  if (req.method == http::Method::kPost)
+    w->onRequestBody([this, alive, weak](std::string_view piece, bool end) {
+      if (!*alive)
+        return;
+      if (auto st = weak.lock(); st && !st->closed) {
+        onAckBytes(st, piece);
+        if (end && !st->ack_line.empty())
+          onAckBytes(st, "\n"); // a last line without its newline still counts
+      }
+    });
   // The snapshot: the per-stream head, then the body every stream at this version shares.
   // A change still being coalesced is not in it; it follows as the next delta.
   s->sent_version = compiler_.version();
@@ -431,7 +445,13 @@ void MeshServer::handle(http::ServerRequest& req, std::shared_ptr<http::Response
   if (!started_)
     return reply(w, 503, "the mesh is not started yet\n");
   if (rest == "stream") {
-    if (method(http::Method::kGet))
+    if (req.method == http::Method::kPost) {
+      if (!req.body_streamed)
+        return reply(w, 400,
+                     "POST /v1/mesh/stream takes the proxy's acks in a chunked request body "
+                     "(Transfer-Encoding: chunked); GET opens a stream without\n");
+      openStream(req, w); // acks follow in the request body
+    } else if (method(http::Method::kGet))
       openStream(req, w);
     return;
   }
@@ -455,6 +475,74 @@ void MeshServer::handle(http::ServerRequest& req, std::shared_ptr<http::Response
   reply(w, 404, fmt::format("no such endpoint: {}\n", req.path));
 }
 
+Status MeshServer::readAck(const json& body, AckFields& out) const {
+  auto v = body.find("version");
+  if (v == body.end())
+    return makeError(ErrorCode::kInvalidArgument, "version: required");
+  if (!v->is_number_unsigned())
+    return makeError(ErrorCode::kInvalidArgument, "version: expected an unsigned integer, got {}",
+                     v->dump());
+  out.version = v->get<uint64_t>();
+  auto a = body.find("accepted");
+  if (a == body.end())
+    return makeError(ErrorCode::kInvalidArgument, "accepted: required");
+  if (!a->is_boolean())
+    return makeError(ErrorCode::kInvalidArgument, "accepted: expected true or false, got {}",
+                     a->dump());
+  out.accepted = a->get<bool>();
+  out.error.clear();
+  if (auto e = body.find("error"); e != body.end() && !e->is_null()) {
+    if (!e->is_string())
+      return makeError(ErrorCode::kInvalidArgument, "error: expected a string, got {}",
+                       e->type_name());
+    out.error = e->get<std::string>();
+    if (out.error.size() > settings_.max_ack_error_bytes)
+      out.error.resize(settings_.max_ack_error_bytes);
+  }
+  return okStatus();
+}
+
+Status MeshServer::recordAck(Stream& s, AckFields ack) {
+  const uint64_t version = ack.version;
+  if (version > s.sent_version)
+    return makeError(ErrorCode::kInvalidArgument,
+                     "version: {} was not sent on this stream (latest {})", version,
+                     s.sent_version);
+  // Acks are cumulative, and two may travel on different connections: one for an older
+  // version than the stream's latest ack is recorded and counted, but does not take the
+  // stream's state back.
+  const bool late = s.acked && version < s.acked_version;
+  if (!late) {
+    s.acked = true;
+    s.acked_version = version;
+    s.last_accepted = ack.accepted;
+  }
+  if (settings_.ack_history > 0) {
+    const auto now = loop_.timeSource().systemTime().time_since_epoch();
+    const Stream::AckRecord rec{
+        version, std::chrono::duration_cast<std::chrono::microseconds>(now).count(), ack.accepted};
+    if (s.acks.size() < settings_.ack_history) {
+      s.acks.push_back(rec);
+    } else {
+      s.acks[s.ack_next] = rec;
+      s.ack_next = (s.ack_next + 1) % s.acks.size();
+    }
+  }
+  if (ack.accepted) {
+    ++stats_.acks_accepted;
+    acks_accepted_.inc();
+  } else {
+    ++stats_.acks_rejected;
+    ++s.rejected;
+    acks_rejected_.inc();
+    rejected_.inc();
+    TLOG_WARN("mesh: {} rejected version {}: {}", s.node, version, ack.error);
+    if (!late)
+      s.last_error = std::move(ack.error);
+  }
+  return okStatus();
+}
+
 void MeshServer::ack(http::ServerRequest& req, const Writer& w) {
   auto body = json::parse(req.body, nullptr, false);
   if (body.is_discarded())
@@ -474,73 +562,68 @@ void MeshServer::ack(http::ServerRequest& req, const Writer& w) {
     out = it->get<std::string>();
     return true;
   };
-  std::string node, stream_id, error;
+  std::string node, stream_id;
   if (!str("node", node) || !str("stream", stream_id))
     return;
-  auto v = body.find("version");
-  if (v == body.end())
-    return reply(w, 400, "version: required\n");
-  if (!v->is_number_unsigned())
-    return reply(w, 400,
-                 fmt::format("version: expected an unsigned integer, got {}\n", v->dump()));
-  const uint64_t version = v->get<uint64_t>();
-  auto a = body.find("accepted");
-  if (a == body.end())
-    return reply(w, 400, "accepted: required\n");
-  if (!a->is_boolean())
-    return reply(w, 400, fmt::format("accepted: expected true or false, got {}\n", a->dump()));
-  const bool accepted = a->get<bool>();
-  if (auto e = body.find("error"); e != body.end() && !e->is_null()) {
-    if (!e->is_string())
-      return reply(w, 400, fmt::format("error: expected a string, got {}\n", e->type_name()));
-    error = e->get<std::string>();
-    if (error.size() > settings_.max_ack_error_bytes)
-      error.resize(settings_.max_ack_error_bytes);
-  }
+  AckFields fields;
+  if (Status st = readAck(body, fields); !st.ok())
+    return reply(w, 400, st.error().message() + "\n");
   auto it = streams_.find(node);
   if (it == streams_.end() || it->second->id != stream_id)
     return reply(w, 404,
                  fmt::format("no stream {} for node {} (closed or replaced: the proxy gets a "
                              "new snapshot when it reconnects)\n",
                              stream_id.substr(0, 64), node.substr(0, 128)));
-  Stream& s = *it->second;
-  if (version > s.sent_version)
-    return reply(w, 400,
-                 fmt::format("version: {} was not sent on this stream (latest {})\n", version,
-                             s.sent_version));
-  // Acks are cumulative, and two may travel on different connections: one for an older
-  // version than the stream's latest ack is recorded and counted, but does not take the
-  // stream's state back.
-  const bool late = s.acked && version < s.acked_version;
-  if (!late) {
-    s.acked = true;
-    s.acked_version = version;
-    s.last_accepted = accepted;
-  }
-  if (settings_.ack_history > 0) {
-    const auto now = loop_.timeSource().systemTime().time_since_epoch();
-    const Stream::AckRecord rec{
-        version, std::chrono::duration_cast<std::chrono::microseconds>(now).count(), accepted};
-    if (s.acks.size() < settings_.ack_history) {
-      s.acks.push_back(rec);
-    } else {
-      s.acks[s.ack_next] = rec;
-      s.ack_next = (s.ack_next + 1) % s.acks.size();
-    }
-  }
-  if (accepted) {
-    ++stats_.acks_accepted;
-    acks_accepted_.inc();
-  } else {
-    ++stats_.acks_rejected;
-    ++s.rejected;
-    acks_rejected_.inc();
-    rejected_.inc();
-    if (!late)
-      s.last_error = error;
-    TLOG_WARN("mesh: {} rejected version {}: {}", node, version, error);
-  }
+  if (Status st = recordAck(*it->second, std::move(fields)); !st.ok())
+    return reply(w, 400, st.error().message() + "\n");
   reply(w, 200, "{}\n", "application/json");
+}
+
+void MeshServer::onAckBytes(const StreamPtr& s, std::string_view piece) {
+  while (!piece.empty() && !s->closed) {
+    const size_t nl = piece.find('\n');
+    const std::string_view part = piece.substr(0, nl);
+    if (s->ack_line.size() + part.size() > settings_.max_ack_line_bytes) {
+      ++stats_.ack_errors;
+      ack_errors_.inc();
+      TLOG_WARN("mesh: closing the stream of {} ({}): an ack line exceeds {} bytes "
+                "(max_ack_line_bytes)",
+                s->node, s->peer, settings_.max_ack_line_bytes);
+      s->ack_line.clear();
+      closeStream(s, true);
+      return;
+    }
+    if (nl == std::string_view::npos) {
+      s->ack_line.append(part);
+      return;
+    }
+    piece.remove_prefix(nl + 1);
+    std::string_view line = part;
+    if (!s->ack_line.empty()) {
+      s->ack_line.append(part);
+      line = s->ack_line;
+    }
+    if (!line.empty() && line.back() == '\r')
+      line.remove_suffix(1);
+    if (!line.empty()) {
+      Status st = okStatus();
+      auto body = json::parse(line, nullptr, false);
+      AckFields fields;
+      if (body.is_discarded())
+        st = makeError(ErrorCode::kInvalidArgument, "not valid JSON");
+      else if (!body.is_object())
+        st = makeError(ErrorCode::kInvalidArgument, "expected a JSON object {{version, accepted}}");
+      else if (st = readAck(body, fields); st.ok())
+        st = recordAck(*s, std::move(fields));
+      if (!st.ok()) {
+        ++stats_.ack_errors;
+        ack_errors_.inc();
+        TLOG_WARN("mesh: ignored an ack line from {} ({}): {}", s->node, s->peer,
+                  st.error().message());
+      }
+    }
+    s->ack_line.clear();
+  }
 }
 
 void MeshServer::snapshot(http::ServerRequest& req, const Writer& w) {

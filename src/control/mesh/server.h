@@ -10,6 +10,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "base/dispatcher.h"
 #include "control/mesh/compiler.h"
 #include "http/server.h"
@@ -43,6 +45,9 @@ struct MeshSettings {
   Duration backlog_retry = std::chrono::milliseconds(1);
   // Longest error text kept from a rejecting ack.
   size_t max_ack_error_bytes = 1024;
+  // Longest ack line a proxy may send in its stream's request body (POST /v1/mesh/stream,
+  // docs/protocol.md "Acknowledgements"); a longer one closes the stream.
+  size_t max_ack_line_bytes = 4096;
   // Acks remembered per stream (version, time, result), shown by
   // GET /v1/mesh/proxies?history=true: when each proxy applied each version
   // (bench/propagation). 24 bytes each.
@@ -64,6 +69,7 @@ struct MeshStats {
   uint64_t bytes_sent = 0;
   uint64_t acks_accepted = 0;
   uint64_t acks_rejected = 0;
+  uint64_t ack_errors = 0; // stream ack lines that were not a valid ack (ignored)
 };
 
 class MeshServer : public registry::CatalogObserver {
@@ -129,11 +135,25 @@ private:
     // one delta from `sent_version` to the current version once its queue is empty, instead
     // of every delta in between (a slow stream costs no memory and catches up in one step).
     bool behind = false;
+    // Acks come in this stream's request body (POST): the line received so far.
+    std::string ack_line;
   };
   using StreamPtr = std::shared_ptr<Stream>;
 
   void openStream(http::ServerRequest& req, const Writer& w);
   void ack(http::ServerRequest& req, const Writer& w);
+  // One ack, from either place: its fields as sent (`error` may be null).
+  struct AckFields {
+    uint64_t version = 0;
+    bool accepted = false;
+    std::string error;
+  };
+  // Reads version, accepted and error from an ack object; the error names the field.
+  Status readAck(const nlohmann::json& body, AckFields& out) const;
+  // Records an ack of `s`; an error when it acks a version not sent on the stream.
+  Status recordAck(Stream& s, AckFields ack);
+  // A piece of a POST stream's body: ack lines.
+  void onAckBytes(const StreamPtr& s, std::string_view piece);
   void snapshot(http::ServerRequest& req, const Writer& w);
   void proxies(http::ServerRequest& req, const Writer& w);
   void resources(http::ServerRequest& req, const Writer& w, std::string_view rest);
@@ -171,7 +191,7 @@ private:
   MeshStats stats_;
 
   telemetry::CounterHandle sent_snapshot_, sent_delta_, sent_heartbeat_, bytes_sent_;
-  telemetry::CounterHandle acks_accepted_, acks_rejected_, rejected_, lagging_;
+  telemetry::CounterHandle acks_accepted_, acks_rejected_, ack_errors_, rejected_, lagging_;
   std::vector<telemetry::CallbackRegistration> callbacks_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };

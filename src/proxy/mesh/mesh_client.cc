@@ -174,6 +174,7 @@ void MeshClient::start() {
 void MeshClient::stop() {
   running_ = false;
   stream_.cancel();
+  stream_takes_acks_ = false;
   reconnect_timer_->disable();
   watchdog_timer_->disable();
   restart_timer_->disable();
@@ -204,6 +205,7 @@ void MeshClient::connect() {
   attempts_++;
   buffer_.clear();
   session_.beginStream();
+  stream_takes_acks_ = false;
   http::ClientRequest req;
   req.target = streamTarget();
   req.headers.add("accept", "application/x-ndjson");
@@ -212,6 +214,11 @@ void MeshClient::connect() {
   http::RequestOptions ro;
   ro.connect_timeout = options_.connect_timeout;
   ro.timeout = Duration::zero();
+  if (options_.acks_in_stream) {
+    req.method = "POST";
+    req.headers.add("content-type", "application/x-ndjson");
+    ro.open_body = true;
+  }
   http::Client::StreamCallbacks cbs;
   cbs.on_head = [this](const http::ClientResponseHead& h) { onHead(h); };
   cbs.on_body = [this](std::string_view piece) { onBody(piece); };
@@ -223,12 +230,20 @@ void MeshClient::connect() {
 }
 
 void MeshClient::onHead(const http::ClientResponseHead& head) {
+  if (head.status == 405 && options_.acks_in_stream) {
+    // A server that streams only to GET: acks go as requests of their own from now on.
+    options_.acks_in_stream = false;
+    failure_ = "the server does not take acks in the stream (405 to POST); asking with GET";
+    restart_timer_->enable(Duration::zero());
+    return;
+  }
   if (head.status != 200) {
     failure_ = fmt::format("stream answered {} {}", head.status, head.reason);
     restart_timer_->enable(Duration::zero());
     return;
   }
   watchdog_timer_->enable(options_.heartbeat * options_.missed_heartbeats);
+  stream_takes_acks_ = options_.acks_in_stream;
   setConnected(true);
   TLOG_INFO("mesh: stream to {} is up", currentServer().toString());
 }
@@ -312,11 +327,14 @@ void MeshClient::drainLines() {
 void MeshClient::onDone(const Status& st) {
   if (!running_)
     return;
+  if (restart_timer_->enabled()) // a failure found first says more (e.g. the head's status)
+    return retry(failure_);
   retry(st.ok() ? std::string("the server ended the stream") : st.error().message());
 }
 
 void MeshClient::retry(const std::string& why) {
   stream_.cancel();
+  stream_takes_acks_ = false;
   watchdog_timer_->disable();
   restart_timer_->disable();
   buffer_.clear();
@@ -340,6 +358,12 @@ void MeshClient::retry(const std::string& why) {
 }
 
 void MeshClient::sendAck(const Ack& ack) {
+  // Accepted acks of this stream ride on it: one write, no request, no response to wait for.
+  // A rejection goes as its own request, which reports whether it arrived (the proxy may be
+  // about to drop the stream).
+  if (ack.accepted && stream_takes_acks_ && ack.stream == session_.state().stream() &&
+      stream_.write(fmt::format("{{\"version\":{},\"accepted\":true}}\n", ack.version)))
+    return;
   if (ack.accepted && !acks_.empty() && acks_.back().accepted)
     acks_.back() = ack;
   else

@@ -120,6 +120,10 @@ struct MeshClientOptions {
   Duration ack_timeout = std::chrono::seconds(5);
   // Longest line (one message) accepted; a snapshot of 10,000 instances is about 1 MiB.
   uint64_t max_message_bytes = 64 * 1024 * 1024;
+  // Open the stream as POST and send accepted acks as lines of its request body (no request
+  // and response per ack; docs/protocol.md "Acknowledgements"). A server that answers 405 to
+  // that is asked again with GET, and acks go as POST /v1/mesh/ack. False: always GET.
+  bool acks_in_stream = true;
 };
 
 // Keeps one stream open to one of the servers, on the main dispatcher's thread. While no
@@ -151,9 +155,10 @@ private:
   void onDone(const Status& st);
   // Drops the stream (if any) and tries again after a backoff.
   void retry(const std::string& why);
-  // Queues an ack; acks go one at a time, in order (on different connections a late older
-  // one could overtake a newer one). An accepted ack replaces a queued accepted one (acks are
-  // cumulative); rejections are kept, so the server sees each.
+  // An accepted ack goes in the stream's body when the stream takes acks. Otherwise it is
+  // queued for POST /v1/mesh/ack: those go one at a time, in order (on different connections
+  // a late older one could overtake a newer one), an accepted ack replacing a queued accepted
+  // one (acks are cumulative); rejections are kept, so the server sees each.
   void sendAck(const Ack& ack);
   void sendNextAck();
   // Handles the complete lines received so far (all that one read delivered) as one batch.
@@ -167,6 +172,8 @@ private:
   ReconnectBackoff backoff_;
   http::Client http_;
   http::RequestHandle stream_;
+  // The current stream takes accepted acks in its body (it answered 200 to a POST).
+  bool stream_takes_acks_ = false;
   std::deque<Ack> acks_; // not sent yet, oldest first; at most kMaxQueuedAcks
   bool ack_in_flight_ = false;
   static constexpr size_t kMaxQueuedAcks = 16;

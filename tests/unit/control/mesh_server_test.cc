@@ -55,6 +55,14 @@ public:
   void onClosed(std::function<void()> cb) override { on_closed_ = std::move(cb); }
   size_t bufferedBytes() const override { return buffered_; }
   Dispatcher& dispatcher() override { return d_; }
+  void onRequestBody(std::function<void(std::string_view, bool)> cb) override {
+    on_body_ = std::move(cb);
+  }
+  // The client sends a piece of a streamed request body (end: the body ends).
+  void clientSends(std::string_view piece, bool end = false) {
+    if (on_body_)
+      on_body_(piece, end);
+  }
 
   void clientCloses() {
     open_ = false;
@@ -86,6 +94,7 @@ public:
 private:
   Dispatcher& d_;
   std::function<void()> on_closed_;
+  std::function<void(std::string_view, bool)> on_body_;
 };
 
 registry::RegisterRequest instance(const std::string& svc, const std::string& id, uint16_t port) {
@@ -143,8 +152,10 @@ protected:
     settle();
   }
   std::shared_ptr<FakeWriter> request(http::Method m, const std::string& path,
-                                      http::QueryParams q = {}, std::string body = "") {
+                                      http::QueryParams q = {}, std::string body = "",
+                                      bool body_streamed = false) {
     http::ServerRequest req;
+    req.body_streamed = body_streamed;
     req.method = m;
     req.method_name = m == http::Method::kGet    ? "GET"
                       : m == http::Method::kPost ? "POST"
@@ -323,6 +334,59 @@ TEST_F(MeshServerTest, AcksAreCheckedAndCounted) {
   EXPECT_EQ(server_->stats().acks_accepted, 1u);
 }
 
+// A stream opened with POST takes its acks as lines of its request body, in any pieces; a
+// bad line is counted and ignored, an over-long one closes the stream.
+TEST_F(MeshServerTest, AcksInTheStreamBodyAreRecordedLineByLine) {
+  MeshSettings ms = settings();
+  ms.max_ack_line_bytes = 64;
+  startServer(ms);
+  auto whole = request(http::Method::kPost, "stream", {{"node", "sidecar-1"}});
+  EXPECT_EQ(whole->status_, 400); // a complete body: no acks could follow
+  EXPECT_NE(whole->body_.find("chunked request body"), std::string::npos) << whole->body_;
+  auto w = request(http::Method::kPost, "stream", {{"node", "sidecar-1"}, {"service", "orders"}},
+                   "", true);
+  ASSERT_EQ(w->status_, 200);
+  const uint64_t v = w->messages().at(0)["version"];
+  auto proxy = [&] {
+    json list = json::parse(request(http::Method::kGet, "proxies")->body_);
+    EXPECT_EQ(list.size(), 1u);
+    return list.empty() ? json() : list[0];
+  };
+  EXPECT_TRUE(proxy()["acked_version"].is_null());
+
+  const std::string line = json{{"version", v}, {"accepted", true}}.dump() + "\n";
+  w->clientSends(line.substr(0, 5)); // a line split across pieces counts once it is whole
+  EXPECT_EQ(server_->stats().acks_accepted, 0u);
+  w->clientSends(line.substr(5) + "\r\n"); // an empty line is nothing
+  EXPECT_EQ(server_->stats().acks_accepted, 1u);
+  EXPECT_EQ(proxy()["acked_version"], v);
+  EXPECT_EQ(proxy()["accepted"], true);
+
+  w->clientSends(json{{"version", v}, {"accepted", false}, {"error", "bad route"}}.dump() + "\n");
+  EXPECT_EQ(server_->stats().acks_rejected, 1u);
+  EXPECT_EQ(proxy()["last_error"], "bad route");
+
+  for (const std::string bad : {std::string("{\n"), std::string("[]\n"),
+                                json{{"version", v + 1}, {"accepted", true}}.dump() + "\n",
+                                json{{"version", v}, {"accepted", 1}}.dump() + "\n"})
+    w->clientSends(bad);
+  EXPECT_EQ(server_->stats().ack_errors, 4u);
+  EXPECT_EQ(server_->stats().acks_accepted, 1u);
+  EXPECT_EQ(server_->streamCount(), 1u);
+  EXPECT_TRUE(w->open_);
+
+  // The body's end with a last line lacking its newline: still an ack.
+  w->clientSends(json{{"version", v}, {"accepted", true}}.dump(), true);
+  EXPECT_EQ(server_->stats().acks_accepted, 2u);
+  EXPECT_EQ(proxy()["accepted"], true);
+
+  // Past max_ack_line_bytes the stream ends (counted); the proxy reconnects.
+  w->clientSends(std::string(65, ' '));
+  EXPECT_EQ(server_->stats().ack_errors, 5u);
+  EXPECT_EQ(server_->streamCount(), 0u);
+  EXPECT_TRUE(w->done_);
+}
+
 TEST_F(MeshServerTest, ProxiesShowAckTimesAndRecentHistory) {
   MeshSettings s = settings();
   s.ack_history = 3;
@@ -405,7 +469,7 @@ TEST_F(MeshServerTest, BadStreamParametersGetPrecise400s) {
     EXPECT_NE(w->body_.find(c.says), std::string::npos) << w->body_;
   }
   EXPECT_EQ(server_->streamCount(), 0u);
-  auto m = request(http::Method::kPost, "stream", {{"node", "n"}});
+  auto m = request(http::Method::kPut, "stream", {{"node", "n"}});
   EXPECT_EQ(m->status_, 405);
   auto u = request(http::Method::kGet, "nope");
   EXPECT_EQ(u->status_, 404);

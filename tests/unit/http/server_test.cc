@@ -195,6 +195,113 @@ TEST_F(ServerTest, StreamCancelledByClientClosesWriter) {
   EXPECT_FALSE(called_done); // cancelled requests do not call back
 }
 
+// A request the settings pick is handed over at its head; its chunked body comes piece by
+// piece while the response streams the other way, past max_request_body_bytes. The client
+// side is an open body (RequestOptions::open_body), written after the head is answered.
+TEST_F(ServerTest, StreamedRequestBodyBesideAStreamingResponse) {
+  ServerSettings s;
+  s.max_request_body_bytes = 16;
+  s.streams_request_body = [](const ServerRequest& r) { return r.path == "/up"; };
+  std::shared_ptr<ResponseWriter> stream;
+  std::string got;
+  bool ended = false;
+  handler_ = [&](ServerRequest& r, std::shared_ptr<ResponseWriter> w) {
+    if (r.path != "/up") {
+      EXPECT_FALSE(r.body_streamed);
+      w->send(200, {}, r.body);
+      return;
+    }
+    EXPECT_TRUE(r.body_streamed);
+    EXPECT_TRUE(r.body.empty());
+    w->onRequestBody([&](std::string_view piece, bool end) {
+      got.append(piece);
+      ended = ended || end;
+    });
+    EXPECT_TRUE(w->startStream(200, {}));
+    stream = std::move(w);
+  };
+  startServer(s);
+  std::optional<ClientResponseHead> head;
+  std::string pieces;
+  Client::StreamCallbacks cbs;
+  cbs.on_head = [&](const ClientResponseHead& h) { head = h; };
+  cbs.on_body = [&](std::string_view p) { pieces.append(p); };
+  RequestOptions opts;
+  opts.timeout = Duration::zero();
+  opts.open_body = true;
+  ClientRequest req;
+  req.method = "POST";
+  req.target = "/up";
+  req.body = "first;"; // the first chunk goes with the head
+  RequestHandle h = client_.stream(server_->boundAddress(), req, opts, cbs);
+  EXPECT_TRUE(h.write("queued;")); // while connecting: sent after the head
+  ASSERT_TRUE(pumpUntil(d_, [&] { return head.has_value() && got == "first;queued;"; })) << got;
+  EXPECT_EQ(head->status, 200);
+  EXPECT_EQ(handled_, 1);
+  std::string expect = got;
+  for (int i = 0; i < 20; ++i) { // 20 lines: more than max_request_body_bytes in all
+    const std::string line = fmt::format("ack {}\n", i);
+    EXPECT_TRUE(h.write(line));
+    expect += line;
+    EXPECT_TRUE(stream->write("event\n"));
+  }
+  ASSERT_TRUE(pumpUntil(d_, [&] { return got == expect && pieces.size() == 20 * 6; })) << got;
+  EXPECT_EQ(server_->stats().body_too_large, 0u);
+  EXPECT_FALSE(ended);
+  EXPECT_TRUE(h.write("")); // nothing: an empty chunk would end the body
+  drain(d_);
+  EXPECT_FALSE(ended);
+
+  // A request the settings do not pick is buffered and limited as before.
+  auto r = roundTrip({"POST", "/other", {}, "short"});
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->body, "short");
+
+  // The client going away closes the writer, and the body callback is let go.
+  bool closed = false;
+  stream->onClosed([&] { closed = true; });
+  h.cancel();
+  EXPECT_FALSE(h.write("late"));
+  ASSERT_TRUE(pumpUntil(d_, [&] { return closed; }));
+  EXPECT_FALSE(stream->isOpen());
+}
+
+// The end of a streamed body reaches the handler; a malformed chunk after the response
+// started closes the connection (no error answer fits any more).
+TEST_F(ServerTest, StreamedRequestBodyEndsOrBreaks) {
+  ServerSettings s;
+  s.streams_request_body = [](const ServerRequest&) { return true; };
+  std::vector<std::shared_ptr<ResponseWriter>> writers;
+  std::string got;
+  int ends = 0;
+  handler_ = [&](ServerRequest&, std::shared_ptr<ResponseWriter> w) {
+    w->onRequestBody([&](std::string_view piece, bool end) {
+      got.append(piece);
+      ends += end ? 1 : 0;
+    });
+    w->startStream(200, {});
+    writers.push_back(std::move(w));
+  };
+  startServer(s);
+  RawConn c(d_, server_->boundAddress());
+  c.send("POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
+  ASSERT_TRUE(pumpUntil(d_, [&] { return got == "hello"; }));
+  c.send("0\r\n\r\n");
+  ASSERT_TRUE(pumpUntil(d_, [&] { return ends == 1; }));
+  EXPECT_TRUE(writers.back()->isOpen()); // the response goes on
+  EXPECT_TRUE(writers.back()->finish());
+  ASSERT_TRUE(pumpUntil(d_, [&] { return c.count("0\r\n\r\n") == 1; }));
+
+  RawConn c2(d_, server_->boundAddress()); // (both live to the end: a RawConn's read
+                                           // handler must not outlive it)
+  c2.send("POST /b HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n");
+  ASSERT_TRUE(pumpUntil(d_, [&] { return got == "hellook"; }));
+  c2.send("zz\r\n");
+  ASSERT_TRUE(pumpUntil(d_, [&] { return c2.eof(); }));
+  EXPECT_FALSE(writers.back()->isOpen());
+  EXPECT_EQ(ends, 1);
+}
+
 TEST_F(ServerTest, BodyOverLimitGets413) {
   ServerSettings s;
   s.max_request_body_bytes = 16;
@@ -529,6 +636,27 @@ TEST_F(ServerTimeoutTest, ClientThatStopsReadingIsClosed) {
   advance(2s);
   ASSERT_TRUE(pumpUntil(d_, [&] { return server_->connectionCount() == 0; }));
   EXPECT_EQ(server_->stats().slow_client_closes, 1u);
+}
+
+TEST_F(ServerTimeoutTest, StreamedRequestBodyIsNotTimedOut) {
+  settings_.streams_request_body = [](const ServerRequest&) { return true; };
+  std::shared_ptr<ResponseWriter> held;
+  std::string got;
+  server_ = std::make_unique<Server>(
+      d_, settings_, [&](ServerRequest&, std::shared_ptr<ResponseWriter> w) {
+        w->onRequestBody([&](std::string_view p, bool) { got.append(p); });
+        w->startStream(200, {});
+        held = std::move(w);
+      });
+  ASSERT_TRUE(server_->listen(loopback()).ok());
+  RawConn c(d_, server_->boundAddress());
+  c.send("POST /s HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n");
+  ASSERT_TRUE(pumpUntil(d_, [&] { return held != nullptr; }));
+  advance(10min); // a proxy with nothing to ack is silent for as long as the mesh is quiet
+  EXPECT_TRUE(held->isOpen());
+  c.send("3\r\nack\r\n");
+  ASSERT_TRUE(pumpUntil(d_, [&] { return got == "ack"; }));
+  EXPECT_EQ(server_->stats().idle_timeouts, 0u);
 }
 
 TEST_F(ServerTimeoutTest, HeldRequestIsNotTimedOut) {

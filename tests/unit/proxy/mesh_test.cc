@@ -947,7 +947,10 @@ public:
   }
   net::SocketAddress address() const { return net::fromEndpoint(acceptor_.local_endpoint()); }
   std::vector<std::string> lines;
-  int streams = 0, acks = 0;
+  // Whether POST /v1/mesh/stream is a stream taking acks in its body (else: 405, as a server
+  // that streams only to GET would answer).
+  bool takes_acks_in_stream = true;
+  int streams = 0, acks = 0, stream_acks = 0, refused_posts = 0;
   std::string last_ack;
   void closeAll() {
     for (auto& c : conns_) {
@@ -961,8 +964,29 @@ private:
     explicit Conn(asio::io_context& io) : sock(io) {}
     asio::ip::tcp::socket sock;
     std::string in;
+    std::string body; // decoded chunks not yet split into lines
+    bool acks_in_body = false;
     char buf[4096];
   };
+  // Decodes the complete chunks of a POST stream's body; each line is an ack.
+  void readAckChunks(Conn& c) {
+    for (;;) {
+      const size_t eol = c.in.find("\r\n");
+      if (eol == std::string::npos)
+        return;
+      const size_t size = std::stoul(c.in.substr(0, eol), nullptr, 16);
+      if (c.in.size() < eol + 2 + size + 2)
+        return;
+      c.body += c.in.substr(eol + 2, size);
+      c.in.erase(0, eol + 2 + size + 2);
+      for (size_t nl; (nl = c.body.find('\n')) != std::string::npos;) {
+        acks++;
+        stream_acks++;
+        last_ack = c.body.substr(0, nl);
+        c.body.erase(0, nl + 1);
+      }
+    }
+  }
   void accept() {
     auto c = std::make_shared<Conn>(d_.io());
     acceptor_.async_accept(c->sock, [this, c](const asio::error_code& ec) {
@@ -978,16 +1002,34 @@ private:
       if (ec)
         return;
       c->in.append(c->buf, n);
+      if (c->acks_in_body) {
+        readAckChunks(*c);
+        return read(c);
+      }
       const size_t end = c->in.find("\r\n\r\n");
       if (end != std::string::npos) {
-        if (c->in.starts_with("GET /v1/mesh/stream")) {
+        const bool post_stream = c->in.starts_with("POST /v1/mesh/stream");
+        if (post_stream && !takes_acks_in_stream) {
+          refused_posts++;
+          std::string rsp = "HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n"
+                            "connection: close\r\n\r\n";
+          asio::write(c->sock, asio::buffer(rsp));
+          return;
+        }
+        if (c->in.starts_with("GET /v1/mesh/stream") || post_stream) {
           streams++;
           std::string rsp = "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n"
                             "transfer-encoding: chunked\r\n\r\n";
           for (const auto& l : lines)
             rsp += fmt::format("{:x}\r\n{}\n\r\n", l.size() + 1, l);
           asio::write(c->sock, asio::buffer(rsp));
-          c->in.clear();
+          c->in.erase(0, end + 4);
+          if (post_stream) { // the body that follows: chunks of ack lines
+            c->acks_in_body = true;
+            readAckChunks(*c);
+          } else {
+            c->in.clear();
+          }
         } else if (c->in.starts_with("POST /v1/mesh/ack")) {
           std::string lower = c->in;
           for (char& ch : lower)
@@ -1028,11 +1070,9 @@ TEST(MeshClient, AppliesAcksAndReconnectsOnSilenceWithBackoff) {
   client.start();
   ASSERT_TRUE(pumpUntil(d, [&] { return server.acks == 1 && client.connected(); }));
   EXPECT_EQ(client.appliedVersion(), 5u);
-  json ack = json::parse(server.last_ack);
-  EXPECT_EQ(ack["node"], "web-1");
-  EXPECT_EQ(ack["stream"], "s1");
-  EXPECT_EQ(ack["version"], 5);
-  EXPECT_EQ(ack["accepted"], true);
+  // The ack is a line of the stream's own body: the connection says whose it is.
+  EXPECT_EQ(server.stream_acks, 1);
+  EXPECT_EQ(json::parse(server.last_ack), (json{{"version", 5}, {"accepted", true}}));
   EXPECT_EQ(client.attempts(), 1u);
 
   // Silence for just under 3 heartbeats keeps the stream; reaching them drops it.
@@ -1066,6 +1106,41 @@ TEST(MeshClient, AppliesAcksAndReconnectsOnSilenceWithBackoff) {
   }
   EXPECT_EQ(endpointsOf(*applier.current, "orders"), (std::vector<std::string>{"127.0.0.1:1001"}));
   client.stop();
+}
+
+// Without acks in the stream (by option, or because the server answers 405 to a POST
+// stream) each ack is a request of its own, naming the node and the stream.
+TEST(MeshClient, AcksGoAsRequestsToAServerThatStreamsOnlyToGet) {
+  for (const bool by_option : {true, false}) {
+    SCOPED_TRACE(by_option);
+    SimulatedTimeSource time;
+    Dispatcher d("test", time);
+    FakeMeshServer server(d);
+    server.takes_acks_in_stream = by_option;
+    server.lines = {snapshotLine(5, {{"orders", named("orders", service({"127.0.0.1:1001"}))}})};
+    ConfigBuilder builder(sidecarSpec());
+    FakeApplier applier;
+    MeshClientOptions o;
+    o.servers = {server.address()};
+    o.node = "web-1";
+    o.service = "web";
+    o.acks_in_stream = !by_option;
+    MeshClient client(d, o, builder, applier, 7);
+    client.start();
+    if (!by_option) { // refused, then asked again with GET after the first backoff
+      ASSERT_TRUE(pumpUntil(d, [&] { return server.refused_posts == 1; }));
+      time.advance(100ms);
+    }
+    ASSERT_TRUE(pumpUntil(d, [&] { return server.acks == 1 && client.connected(); }));
+    EXPECT_EQ(server.stream_acks, 0);
+    EXPECT_EQ(server.streams, 1);
+    json ack = json::parse(server.last_ack);
+    EXPECT_EQ(ack["node"], "web-1");
+    EXPECT_EQ(ack["stream"], "s1");
+    EXPECT_EQ(ack["version"], 5);
+    EXPECT_EQ(ack["accepted"], true);
+    client.stop();
+  }
 }
 
 TEST(MeshClient, LinesThatArriveTogetherAreAppliedOnceAndAckedWithTheLast) {

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/log.h"
+#include "base/units.h"
 #include "manifest/manifest.h"
 
 namespace trellis::control::mesh {
@@ -326,6 +327,7 @@ void MeshServer::closeStream(const StreamPtr& s, bool finish) {
     s->w->finish();
   }
   TLOG_DEBUG("mesh: stream {} of {} closed", s->id, s->node);
+  answerWaiters(); // a closed stream is behind no more
 }
 
 void MeshServer::openStream(http::ServerRequest& req, const Writer& w) {
@@ -540,6 +542,7 @@ Status MeshServer::recordAck(Stream& s, AckFields ack) {
     if (!late)
       s.last_error = std::move(ack.error);
   }
+  answerWaiters();
   return okStatus();
 }
 
@@ -636,19 +639,107 @@ void MeshServer::snapshot(http::ServerRequest& req, const Writer& w) {
 }
 
 void MeshServer::proxies(http::ServerRequest& req, const Writer& w) {
-  bool history = false;
+  ProxiesQuery q;
+  std::optional<Duration> wait;
   for (const auto& [k, v] : req.query_params) {
-    if (k != "history")
+    if (k == "history") {
+      if (v != "true" && v != "false" && !v.empty())
+        return reply(w, 400,
+                     fmt::format("history: \"{}\" is not true or false\n", v.substr(0, 64)));
+      q.history = v != "false";
+    } else if (k == "kind") {
+      if (v != "sidecar" && v != "gateway")
+        return reply(w, 400,
+                     fmt::format("kind: \"{}\" is not sidecar or gateway\n", v.substr(0, 64)));
+      q.kind = v;
+    } else if (k == "behind") {
+      uint64_t n = 0;
+      auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+      if (v.empty() || ec != std::errc() || end != v.data() + v.size())
+        return reply(w, 400,
+                     fmt::format("behind: \"{}\" is not a version (an unsigned integer)\n",
+                                 v.substr(0, 64)));
+      q.behind = n;
+    } else if (k == "wait") {
+      auto d = parseDuration(v);
+      if (!d.ok() || *d < Duration::zero())
+        return reply(w, 400,
+                     fmt::format("wait: \"{}\" is not a duration (e.g. 5s, 250ms)\n",
+                                 v.substr(0, 64)));
+      wait = std::min(*d, settings_.max_proxies_wait);
+    } else {
       return reply(w, 400,
-                   fmt::format("unknown parameter \"{}\" (history)\n", k.substr(0, 200)));
-    if (v != "true" && v != "false" && !v.empty())
-      return reply(w, 400,
-                   fmt::format("history: \"{}\" is not true or false\n", v.substr(0, 64)));
-    history = v != "false";
+                   fmt::format("unknown parameter \"{}\" (history, kind, behind, wait)\n",
+                               k.substr(0, 200)));
+    }
   }
+  if (wait && !q.behind)
+    return reply(w, 400, "wait: only with behind (wait until no proxy is behind that version)\n");
+  if (wait && *wait > Duration::zero()) {
+    bool any = false;
+    for (const auto& [node, s] : streams_)
+      any = any || listed(*s, q);
+    if (any) { // held until none is behind, or the wait ends
+      q.until = loop_.now() + *wait;
+      auto waiter = std::make_shared<Waiter>();
+      waiter->w = w;
+      waiter->q = q;
+      std::weak_ptr<Waiter> weak = waiter;
+      auto alive = alive_;
+      auto drop = [this, alive, weak] {
+        if (!*alive)
+          return;
+        if (auto wt = weak.lock()) {
+          std::erase(waiters_, wt);
+          if (wt->w->isOpen())
+            reply(wt->w, 200, proxiesJson(wt->q) + "\n", "application/json");
+        }
+      };
+      waiter->timer = loop_.createTimer(drop);
+      waiter->timer->enable(*wait);
+      w->onClosed([this, alive, weak] {
+        if (*alive)
+          if (auto wt = weak.lock())
+            std::erase(waiters_, wt);
+      });
+      waiters_.push_back(std::move(waiter));
+      return;
+    }
+  }
+  reply(w, 200, proxiesJson(q) + "\n", "application/json");
+}
+
+bool MeshServer::listed(const Stream& s, const ProxiesQuery& q) const {
+  if (!q.kind.empty() && s.kind != q.kind)
+    return false;
+  return !q.behind || !s.acked || !s.last_accepted || s.acked_version < *q.behind;
+}
+
+void MeshServer::answerWaiters() {
+  if (waiters_.empty())
+    return;
+  auto list = waiters_; // replies may run callbacks that touch waiters_
+  for (const auto& wt : list) {
+    bool any = false;
+    for (const auto& [node, s] : streams_)
+      if (listed(*s, wt->q)) {
+        any = true;
+        break;
+      }
+    if (any)
+      continue;
+    std::erase(waiters_, wt);
+    wt->timer->disable();
+    if (wt->w->isOpen())
+      reply(wt->w, 200, proxiesJson(wt->q) + "\n", "application/json");
+  }
+}
+
+std::string MeshServer::proxiesJson(const ProxiesQuery& q) const {
   std::vector<const Stream*> list;
   for (const auto& [node, s] : streams_)
-    list.push_back(s.get());
+    if (listed(*s, q))
+      list.push_back(s.get());
   std::sort(list.begin(), list.end(),
             [](const Stream* a, const Stream* b) { return a->node < b->node; });
   json out = json::array();
@@ -669,7 +760,7 @@ void MeshServer::proxies(http::ServerRequest& req, const Writer& w) {
       p["accepted"] = s->last_accepted;
     if (!s->acks.empty()) // the newest record is the one before the ring's write position
       p["acked_at_us"] = s->acks[(s->ack_next + s->acks.size() - 1) % s->acks.size()].at_us;
-    if (history) {
+    if (q.history) {
       json acks = json::array();
       for (size_t i = 0; i < s->acks.size(); ++i) {
         const auto& a = s->acks[(s->ack_next + i) % s->acks.size()];
@@ -681,7 +772,7 @@ void MeshServer::proxies(http::ServerRequest& req, const Writer& w) {
       p["last_error"] = s->last_error;
     out.push_back(std::move(p));
   }
-  reply(w, 200, dump(out) + "\n", "application/json");
+  return dump(out);
 }
 
 // ---------------------------------------------------------------------------------------------

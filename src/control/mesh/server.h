@@ -48,6 +48,8 @@ struct MeshSettings {
   // Longest ack line a proxy may send in its stream's request body (POST /v1/mesh/stream,
   // docs/protocol.md "Acknowledgements"); a longer one closes the stream.
   size_t max_ack_line_bytes = 4096;
+  // Longest `wait` of GET /v1/mesh/proxies?behind=V&wait=D (longer is cut to it).
+  Duration max_proxies_wait = std::chrono::minutes(10);
   // Acks remembered per stream (version, time, result), shown by
   // GET /v1/mesh/proxies?history=true: when each proxy applied each version
   // (bench/propagation). 24 bytes each.
@@ -156,6 +158,23 @@ private:
   void onAckBytes(const StreamPtr& s, std::string_view piece);
   void snapshot(http::ServerRequest& req, const Writer& w);
   void proxies(http::ServerRequest& req, const Writer& w);
+  // GET /v1/mesh/proxies: which streams to list, and whether to hold the answer.
+  struct ProxiesQuery {
+    bool history = false;
+    std::string kind;                    // empty: every kind
+    std::optional<uint64_t> behind;      // only those whose newest ack is not an accept >= it
+    std::optional<MonotonicTime> until;  // with behind: answer once none is behind, or then
+  };
+  bool listed(const Stream& s, const ProxiesQuery& q) const;
+  std::string proxiesJson(const ProxiesQuery& q) const;
+  // Answers the held queries that no stream is behind any more (after an ack or a close).
+  void answerWaiters();
+  struct Waiter {
+    Writer w;
+    ProxiesQuery q;
+    std::unique_ptr<Timer> timer;
+  };
+  std::vector<std::shared_ptr<Waiter>> waiters_;
   void resources(http::ServerRequest& req, const Writer& w, std::string_view rest);
   void putResources(http::ServerRequest& req, const Writer& w);
 

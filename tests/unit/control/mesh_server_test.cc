@@ -387,6 +387,82 @@ TEST_F(MeshServerTest, AcksInTheStreamBodyAreRecordedLineByLine) {
   EXPECT_TRUE(w->done_);
 }
 
+// ?kind= and ?behind=V pick streams; with &wait=D the answer is held until no stream is
+// behind V (an ack or a close ends it) or D passes, whichever is first.
+TEST_F(MeshServerTest, ProxiesBehindAVersionAndWaitingForThem) {
+  startServer(settings());
+  auto a = stream("sidecar-1");
+  auto g = request(http::Method::kGet, "stream", {{"node", "gw-1"}, {"kind", "gateway"},
+                                                  {"gateway", "edge"}});
+  const json snap = a->messages().at(0);
+  const std::string a_id = snap["stream"];
+  const uint64_t v = snap["version"];
+  const std::string g_id = g->messages().at(0)["stream"];
+  auto nodes = [&](http::QueryParams q) {
+    auto r = request(http::Method::kGet, "proxies", std::move(q));
+    EXPECT_EQ(r->status_, 200) << r->body_;
+    std::vector<std::string> out;
+    if (r->status_ == 200)
+      for (const json& p : json::parse(r->body_))
+        out.push_back(p["node"]);
+    return out;
+  };
+  using V = std::vector<std::string>;
+  EXPECT_EQ(nodes({{"kind", "gateway"}}), V{"gw-1"});
+  EXPECT_EQ(nodes({{"kind", "sidecar"}}), V{"sidecar-1"});
+  const std::string vs = std::to_string(v);
+  EXPECT_EQ(nodes({{"behind", vs}}), (V{"gw-1", "sidecar-1"})); // none acked yet
+  ASSERT_EQ(request(http::Method::kPost, "ack", {}, ackBody("sidecar-1", a_id, v, true))->status_,
+            200);
+  EXPECT_EQ(nodes({{"behind", vs}}), V{"gw-1"});
+  EXPECT_EQ(nodes({{"behind", std::to_string(v + 1)}}), (V{"gw-1", "sidecar-1"}));
+
+  // Held until the gateway acks v: then answered, with nobody behind.
+  auto held = request(http::Method::kGet, "proxies",
+                      {{"kind", "gateway"}, {"behind", vs}, {"wait", "5s"}});
+  EXPECT_EQ(held->status_, 0);
+  advance(4s);
+  EXPECT_EQ(held->status_, 0);
+  // A rejection is still behind.
+  ASSERT_EQ(request(http::Method::kPost, "ack", {}, ackBody("gw-1", g_id, v, false))->status_, 200);
+  EXPECT_EQ(held->status_, 0);
+  ASSERT_EQ(request(http::Method::kPost, "ack", {}, ackBody("gw-1", g_id, v, true))->status_, 200);
+  EXPECT_EQ(held->status_, 200);
+  EXPECT_EQ(json::parse(held->body_), json::array());
+
+  // Nobody behind: answered at once. Somebody behind past the wait: answered with them.
+  auto now = request(http::Method::kGet, "proxies", {{"behind", vs}, {"wait", "5s"}});
+  EXPECT_EQ(now->status_, 200);
+  auto late = request(http::Method::kGet, "proxies", {{"behind", std::to_string(v + 1)},
+                                                      {"wait", "5s"}, {"kind", "sidecar"}});
+  EXPECT_EQ(late->status_, 0);
+  advance(5s);
+  ASSERT_EQ(late->status_, 200);
+  EXPECT_EQ(json::parse(late->body_).at(0)["node"], "sidecar-1");
+
+  // A stream that closes is behind no more.
+  auto gone = request(http::Method::kGet, "proxies",
+                      {{"behind", std::to_string(v + 1)}, {"wait", "1m"}, {"kind", "sidecar"}});
+  EXPECT_EQ(gone->status_, 0);
+  a->clientCloses();
+  settle();
+  EXPECT_EQ(gone->status_, 200);
+  EXPECT_EQ(json::parse(gone->body_), json::array());
+
+  for (const auto& [q, says] : std::vector<std::pair<http::QueryParams, std::string>>{
+           {{{"kind", "mesh"}}, "kind: \"mesh\" is not sidecar or gateway"},
+           {{{"behind", "-1"}}, "behind: \"-1\" is not a version"},
+           {{{"behind", "7x"}}, "behind: \"7x\" is not a version"},
+           {{{"behind", "1"}, {"wait", "soon"}}, "wait: \"soon\" is not a duration"},
+           {{{"wait", "1s"}}, "wait: only with behind"},
+           {{{"behnd", "1"}}, "unknown parameter \"behnd\""},
+       }) {
+    auto r = request(http::Method::kGet, "proxies", q);
+    EXPECT_EQ(r->status_, 400);
+    EXPECT_NE(r->body_.find(says), std::string::npos) << r->body_;
+  }
+}
+
 TEST_F(MeshServerTest, ProxiesShowAckTimesAndRecentHistory) {
   MeshSettings s = settings();
   s.ack_history = 3;

@@ -35,6 +35,12 @@ bool MeshSession::take(std::string_view line, std::optional<uint64_t>& pending, 
       out.acks.push_back(applyState(*pending));
     pending.reset();
   };
+  // The usual delta (endpoints of known services) without a JSON tree of the message.
+  if (!awaiting_snapshot_)
+    if (auto d = readEndpointDelta(line); d && state_.applyEndpointDelta(*d)) {
+      pending = d->version;
+      return true;
+    }
   auto parsed = parseMessage(line);
   if (!parsed.ok()) {
     flush();

@@ -343,6 +343,194 @@ Result<Message> parseMessage(std::string_view line) {
   return m;
 }
 
+namespace {
+
+// A small reader for readEndpointDelta(): whitespace, plain strings, unsigned integers.
+struct Scanner {
+  std::string_view in;
+  size_t at = 0;
+
+  void space() {
+    while (at < in.size() && (in[at] == ' ' || in[at] == '\t' || in[at] == '\n' || in[at] == '\r'))
+      ++at;
+  }
+  bool eat(char c) {
+    space();
+    if (at < in.size() && in[at] == c) {
+      ++at;
+      return true;
+    }
+    return false;
+  }
+  // A string of printable ASCII without escapes (anything else: the general parser's job).
+  std::optional<std::string_view> string() {
+    if (!eat('"'))
+      return std::nullopt;
+    const size_t from = at;
+    for (; at < in.size(); ++at) {
+      const unsigned char c = static_cast<unsigned char>(in[at]);
+      if (c == '"')
+        return in.substr(from, at++ - from);
+      if (c < 0x20 || c >= 0x7f || c == '\\')
+        return std::nullopt;
+    }
+    return std::nullopt;
+  }
+  std::optional<uint64_t> unsignedInt() {
+    space();
+    const size_t from = at;
+    uint64_t v = 0;
+    for (; at < in.size() && in[at] >= '0' && in[at] <= '9'; ++at) {
+      const uint64_t d = static_cast<uint64_t>(in[at] - '0');
+      if (v > (UINT64_MAX - d) / 10)
+        return std::nullopt;
+      v = v * 10 + d;
+    }
+    const size_t n = at - from;
+    if (n == 0 || (n > 1 && in[from] == '0'))
+      return std::nullopt;
+    if (at < in.size() && (in[at] == '.' || in[at] == 'e' || in[at] == 'E'))
+      return std::nullopt;
+    return v;
+  }
+  // "[" strings "]" as a JSON array of strings.
+  std::optional<json> stringArray() {
+    if (!eat('['))
+      return std::nullopt;
+    json out = json::array();
+    if (eat(']'))
+      return out;
+    do {
+      auto s = string();
+      if (!s)
+        return std::nullopt;
+      out.push_back(std::string(*s));
+    } while (eat(','));
+    if (!eat(']'))
+      return std::nullopt;
+    return out;
+  }
+};
+
+} // namespace
+
+std::optional<EndpointDelta> readEndpointDelta(std::string_view line) {
+  Scanner sc{line};
+  EndpointDelta d;
+  bool type = false, version = false, services = false, removed = false;
+  bool gateways = false, removed_gateways = false;
+  if (!sc.eat('{'))
+    return std::nullopt;
+  do {
+    auto key = sc.string();
+    if (!key || !sc.eat(':'))
+      return std::nullopt;
+    if (*key == "type" && !type) {
+      auto t = sc.string();
+      if (!t || *t != "delta")
+        return std::nullopt;
+      type = true;
+    } else if (*key == "version" && !version) {
+      auto v = sc.unsignedInt();
+      if (!v)
+        return std::nullopt;
+      d.version = *v;
+      version = true;
+    } else if (*key == "removed" && !removed) {
+      if (!sc.eat('[') || !sc.eat(']'))
+        return std::nullopt;
+      removed = true;
+    } else if (*key == "removed_gateways" && !removed_gateways) {
+      if (!sc.eat('[') || !sc.eat(']'))
+        return std::nullopt;
+      removed_gateways = true;
+    } else if (*key == "gateways" && !gateways) {
+      if (!sc.eat('{') || !sc.eat('}'))
+        return std::nullopt;
+      gateways = true;
+    } else if (*key == "services" && !services) {
+      services = true;
+      if (!sc.eat('{'))
+        return std::nullopt;
+      if (sc.eat('}'))
+        continue;
+      do {
+        auto name = sc.string();
+        if (!name || name->empty() || !sc.eat(':') || !sc.eat('{'))
+          return std::nullopt;
+        EndpointDelta::Change c;
+        c.service = std::string(*name);
+        do {
+          auto field = sc.string();
+          if (!field || !sc.eat(':'))
+            return std::nullopt;
+          json* slot = *field == "endpoints_added"     ? &c.added
+                       : *field == "endpoints_removed" ? &c.removed
+                                                       : nullptr;
+          if (slot == nullptr || !slot->is_null())
+            return std::nullopt;
+          auto list = sc.stringArray();
+          if (!list)
+            return std::nullopt;
+          *slot = std::move(*list);
+        } while (sc.eat(','));
+        if (!sc.eat('}'))
+          return std::nullopt;
+        d.services.push_back(std::move(c));
+      } while (sc.eat(','));
+      if (!sc.eat('}'))
+        return std::nullopt;
+    } else {
+      return std::nullopt;
+    }
+  } while (sc.eat(','));
+  if (!sc.eat('}') || !type || !version)
+    return std::nullopt;
+  sc.space();
+  if (sc.at != line.size())
+    return std::nullopt;
+  std::sort(d.services.begin(), d.services.end(),
+            [](const auto& a, const auto& b) { return a.service < b.service; });
+  for (size_t i = 1; i < d.services.size(); ++i)
+    if (d.services[i].service == d.services[i - 1].service)
+      return std::nullopt; // a repeated name: the general parser decides what it means
+  return d;
+}
+
+bool MeshState::applyEndpointDelta(const EndpointDelta& d) {
+  if (!has_snapshot_ || d.version <= version_)
+    return false;
+  std::vector<ServiceEntry*> entries;
+  entries.reserve(d.services.size());
+  for (const auto& c : d.services) {
+    auto it = services_.find(c.service);
+    if (it == services_.end())
+      return false;
+    entries.push_back(&it->second);
+  }
+  // What applyDelta() does for each named service whose entry holds only endpoint changes.
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const EndpointDelta::Change& c = d.services[i];
+    ServiceEntry& e = *entries[i];
+    if (log_.size() >= kMaxChangeLog)
+      forgetChanges();
+    else
+      log_.push_back(Named{next_rev_, c.service});
+    if (applyEndpointChanges(e.endpoints, e.endpoints_in_order,
+                             c.added.is_null() ? nullptr : &c.added,
+                             c.removed.is_null() ? nullptr : &c.removed, &e.origins))
+      e.endpoints_rev = next_rev_++;
+    if (std::find(origins_moved_.begin(), origins_moved_.end(), &e) == origins_moved_.end())
+      origins_moved_.push_back(&e);
+    if (e.definition_rev == 0)
+      e.definition_rev = next_rev_++;
+    if (e.endpoints_rev == 0)
+      e.endpoints_rev = next_rev_++;
+  }
+  version_ = d.version;
+  return true;
+}
+
 bool MeshState::setField(json& field, const json& value, uint64_t& rev) {
   if (rev != 0 && field == value)
     return false;

@@ -30,6 +30,27 @@ struct Message {
 // Anything else is an error that names what is wrong (the stream is then resynchronised).
 Result<Message> parseMessage(std::string_view line);
 
+// A delta that only adds and removes endpoints written as address strings, of services the
+// receiver has: the usual single registration or health change (docs/protocol.md "Endpoint
+// changes"), read without building a JSON tree of the whole message.
+struct EndpointDelta {
+  struct Change {
+    std::string service;
+    nlohmann::json added;   // an array of address strings; null when absent
+    nlohmann::json removed; // likewise
+  };
+  uint64_t version = 0;
+  std::vector<Change> services; // ordered by name
+};
+
+// Reads `line` when it is exactly such a delta: an object whose members are "type":"delta",
+// an unsigned "version", "services" mapping names to objects with only "endpoints_added"
+// and/or "endpoints_removed" (arrays of strings), and optionally an empty "removed",
+// "gateways" and "removed_gateways" (as the server writes them), in any order, with plain
+// ASCII strings (no escapes). Anything else, valid or not, is nullopt:
+// parseMessage() then reads it (and names what is wrong).
+std::optional<EndpointDelta> readEndpointDelta(std::string_view line);
+
 // Where each element of a service's endpoint list was at an earlier revision of the list,
 // kept through the deltas' endpoint changes, so that a reader that has what it made of that
 // revision (the configuration builder: parsed endpoints) redoes only the changed elements.
@@ -79,6 +100,10 @@ public:
   // address (removals first; an absent address or a present one is no error); beside
   // `endpoints` they are an error. Structural errors leave the state as it was.
   Status applyDelta(const Message& msg);
+  // Applies `d` exactly as applyDelta() would the same delta, and returns true; false (and
+  // nothing changed) when applyDelta() must handle it instead: no snapshot yet, a version
+  // not above the current one, a service it does not have.
+  bool applyEndpointDelta(const EndpointDelta& d);
   // Forgets everything (a new stream starts from its snapshot).
   void clear();
 

@@ -276,6 +276,126 @@ TEST(MeshState, RepeatedStoredAddressesAreRemovedEveryCopy) {
   EXPECT_EQ(now.size(), 9u) << now.dump();
 }
 
+// readEndpointDelta() takes exactly the endpoint-only deltas of known shape and leaves
+// everything else to parseMessage().
+TEST(MeshState, EndpointDeltaReaderTakesOnlyItsShape) {
+  auto d = readEndpointDelta(
+      R"( { "removed" : [ ], "services":{"users":{"endpoints_removed":["127.0.0.1:2001"]},)"
+      R"("orders":{"endpoints_added":["10.0.0.1:1","10.0.0.1:2"],"endpoints_removed":[]}},)"
+      R"("version":18446744073709551615,"gateways":{},"removed_gateways":[],"type":"delta"} )");
+  ASSERT_TRUE(d.has_value());
+  EXPECT_EQ(d->version, UINT64_MAX);
+  ASSERT_EQ(d->services.size(), 2u);
+  EXPECT_EQ(d->services[0].service, "orders"); // ordered by name
+  EXPECT_EQ(d->services[0].added, (json{"10.0.0.1:1", "10.0.0.1:2"}));
+  EXPECT_EQ(d->services[0].removed, json::array());
+  EXPECT_TRUE(d->services[1].added.is_null());
+  EXPECT_EQ(d->services[1].removed, json{"127.0.0.1:2001"});
+  EXPECT_TRUE(readEndpointDelta(R"({"type":"delta","version":3})").has_value());
+
+  for (
+      const char* other : {
+          R"({"type":"heartbeat","version":3})",
+          R"({"type":"delta","version":3,"removed":["gone"]})",
+          R"({"type":"delta","version":3,"gateways":{"edge":{"routes":[]}}})",
+          R"({"type":"delta","version":3,"removed_gateways":["edge"]})",
+          R"({"type":"delta","version":3,"gateways":{},"gateways":{}})",
+          R"({"type":"delta","version":3,"services":{"a":{"endpoints":["1.1.1.1:1"]}}})",
+          R"({"type":"delta","version":3,"services":{"a":{"endpoints_added":[{"address":"1.1.1.1:1","weight":2}]}}})",
+          R"({"type":"delta","version":3,"services":{"a":{"cluster":{},"endpoints_added":[]}}})",
+          R"({"type":"delta","version":3,"services":{"a":{}}})",
+          R"({"type":"delta","version":3,"services":{"a":{"endpoints_added":[],"endpoints_added":[]}}})",
+          R"({"type":"delta","version":3,"services":{"a":{"endpoints_added":[]},"a":{"endpoints_added":[]}}})",
+          R"({"type":"delta","version":3,"services":{"a\u0062":{"endpoints_added":[]}}})",
+          R"({"type":"delta","version":3,"services":{"é":{"endpoints_added":[]}}})",
+          R"({"type":"delta","version":03})",
+          R"({"type":"delta","version":3.0})",
+          R"({"type":"delta","version":-3})",
+          R"({"type":"delta","version":18446744073709551616})",
+          R"({"type":"delta","type":"delta","version":3})",
+          R"({"type":"delta"})",
+          R"({"version":3})",
+          R"({"type":"delta","version":3} x)",
+          R"({"type":"delta","version":3)",
+          R"({"type":"delta","version":3,})",
+          R"([])",
+          "",
+      })
+    EXPECT_FALSE(readEndpointDelta(other).has_value()) << other;
+}
+
+// Applying an endpoint-only delta through readEndpointDelta()/applyEndpointDelta() leaves the
+// state exactly as parseMessage()/applyDelta() does: lists, order flags, origins, revisions
+// and the change log, over random deltas with rebases in between.
+TEST(MeshState, EndpointDeltaFastPathEqualsTheGeneralOne) {
+  for (uint32_t seed = 1; seed <= 20; ++seed) {
+    SCOPED_TRACE(seed);
+    std::mt19937 rng(seed);
+    auto addr = [&] { return fmt::format("10.0.{}.{}:80", rng() % 3, rng() % 40); };
+    json services = json::object();
+    for (const char* name : {"a", "b", "c"}) {
+      std::vector<std::string> eps;
+      for (int i = 0; i < 20; ++i)
+        eps.push_back(addr());
+      services[name] = named(name, service(eps));
+    }
+    MeshState general, fast;
+    const std::string snap = snapshotLine(1, services);
+    ASSERT_TRUE(general.applySnapshot(parseMessage(snap).value()).ok());
+    ASSERT_TRUE(fast.applySnapshot(parseMessage(snap).value()).ok());
+    uint64_t since = general.nextRev();
+    for (uint64_t v = 2; v < 80; ++v) {
+      json changes = json::object();
+      for (const char* name : {"a", "b", "c"}) {
+        if (rng() % 2 != 0)
+          continue;
+        json entry = json::object();
+        auto list = [&] {
+          json l = json::array();
+          for (uint32_t n = rng() % 4; n > 0; --n)
+            l.push_back(addr());
+          return l;
+        };
+        if (rng() % 3 != 0)
+          entry["endpoints_added"] = list();
+        if (rng() % 3 != 0 || entry.empty())
+          entry["endpoints_removed"] = list();
+        changes[name] = entry;
+      }
+      const std::string line = deltaLine(v, changes);
+      ASSERT_TRUE(general.applyDelta(parseMessage(line).value()).ok()) << line;
+      auto d = readEndpointDelta(line);
+      ASSERT_TRUE(d.has_value()) << line;
+      ASSERT_TRUE(fast.applyEndpointDelta(*d)) << line;
+      EXPECT_FALSE(fast.applyEndpointDelta(*d)); // the same version again: not above
+      ASSERT_EQ(general.version(), fast.version());
+      ASSERT_EQ(general.nextRev(), fast.nextRev());
+      ASSERT_EQ(general.servicesNamedSince(since), fast.servicesNamedSince(since));
+      for (const auto& [name, g] : general.services()) {
+        const ServiceEntry& f = fast.services().at(name);
+        ASSERT_EQ(g.endpoints, f.endpoints) << name;
+        ASSERT_EQ(g.endpoints_in_order, f.endpoints_in_order) << name;
+        ASSERT_EQ(g.endpoints_rev, f.endpoints_rev) << name;
+        ASSERT_EQ(g.definition_rev, f.definition_rev) << name;
+        ASSERT_EQ(g.origins.base_rev, f.origins.base_rev) << name;
+        ASSERT_EQ(g.origins.edited, f.origins.edited) << name;
+        ASSERT_EQ(g.origins.index, f.origins.index) << name;
+      }
+      if (rng() % 4 == 0) {
+        general.rebaseEndpointOrigins();
+        fast.rebaseEndpointOrigins();
+        since = general.nextRev();
+      }
+    }
+    // A service the state does not have is the general path's (a new one comes complete).
+    auto unknown =
+        readEndpointDelta(deltaLine(100, {{"zz", {{"endpoints_added", json::array()}}}}));
+    ASSERT_TRUE(unknown.has_value());
+    EXPECT_FALSE(fast.applyEndpointDelta(*unknown));
+    EXPECT_EQ(fast.version(), 79u);
+  }
+}
+
 TEST(MeshState, EndpointChangesApplyByAddressAndEqualTheFullList) {
   MeshState st;
   json orders = named("orders", service({}));

@@ -436,18 +436,16 @@ std::optional<EndpointDelta> readEndpointDelta(std::string_view line) {
         return std::nullopt;
       d.version = *v;
       version = true;
-    } else if (*key == "removed" && !removed) {
-      if (!sc.eat('[') || !sc.eat(']'))
+    } else if (bool* seen = *key == "removed"            ? &removed
+                            : *key == "removed_gateways" ? &removed_gateways
+                            : *key == "gateways"         ? &gateways
+                                                         : nullptr;
+               seen != nullptr && !*seen) {
+      // Members the server always writes, here with nothing in them.
+      const char open = *key == "gateways" ? '{' : '[';
+      if (!sc.eat(open) || !sc.eat(open == '{' ? '}' : ']'))
         return std::nullopt;
-      removed = true;
-    } else if (*key == "removed_gateways" && !removed_gateways) {
-      if (!sc.eat('[') || !sc.eat(']'))
-        return std::nullopt;
-      removed_gateways = true;
-    } else if (*key == "gateways" && !gateways) {
-      if (!sc.eat('{') || !sc.eat('}'))
-        return std::nullopt;
-      gateways = true;
+      *seen = true;
     } else if (*key == "services" && !services) {
       services = true;
       if (!sc.eat('{'))

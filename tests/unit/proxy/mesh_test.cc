@@ -1175,6 +1175,15 @@ private:
   std::vector<std::shared_ptr<Conn>> conns_;
 };
 
+// Client options for sidecar web-1 of service web, streaming from `server`.
+MeshClientOptions webSidecar(const FakeMeshServer& server) {
+  MeshClientOptions o;
+  o.servers = {server.address()};
+  o.node = "web-1";
+  o.service = "web";
+  return o;
+}
+
 TEST(MeshClient, AppliesAcksAndReconnectsOnSilenceWithBackoff) {
   SimulatedTimeSource time;
   Dispatcher d("test", time);
@@ -1182,11 +1191,7 @@ TEST(MeshClient, AppliesAcksAndReconnectsOnSilenceWithBackoff) {
   server.lines = {snapshotLine(5, {{"orders", named("orders", service({"127.0.0.1:1001"}))}})};
   ConfigBuilder builder(sidecarSpec());
   FakeApplier applier;
-  MeshClientOptions o;
-  o.servers = {server.address()};
-  o.node = "web-1";
-  o.service = "web";
-  MeshClient client(d, o, builder, applier, 7);
+  MeshClient client(d, webSidecar(server), builder, applier, 7);
   client.start();
   ASSERT_TRUE(pumpUntil(d, [&] { return server.acks == 1 && client.connected(); }));
   EXPECT_EQ(client.appliedVersion(), 5u);
@@ -1240,10 +1245,7 @@ TEST(MeshClient, AcksGoAsRequestsToAServerThatStreamsOnlyToGet) {
     server.lines = {snapshotLine(5, {{"orders", named("orders", service({"127.0.0.1:1001"}))}})};
     ConfigBuilder builder(sidecarSpec());
     FakeApplier applier;
-    MeshClientOptions o;
-    o.servers = {server.address()};
-    o.node = "web-1";
-    o.service = "web";
+    MeshClientOptions o = webSidecar(server);
     o.acks_in_stream = !by_option;
     MeshClient client(d, o, builder, applier, 7);
     client.start();
@@ -1275,11 +1277,7 @@ TEST(MeshClient, LinesThatArriveTogetherAreAppliedOnceAndAckedWithTheLast) {
                   deltaLine(8, {{"users", named("users", service({"127.0.0.1:2001"}))}})};
   ConfigBuilder builder(sidecarSpec());
   FakeApplier applier;
-  MeshClientOptions o;
-  o.servers = {server.address()};
-  o.node = "web-1";
-  o.service = "web";
-  MeshClient client(d, o, builder, applier, 7);
+  MeshClient client(d, webSidecar(server), builder, applier, 7);
   client.start();
   ASSERT_TRUE(pumpUntil(d, [&] { return client.appliedVersion() == 8 && server.acks >= 1; }));
   EXPECT_EQ(applier.calls, 1);

@@ -53,6 +53,25 @@ std::optional<manifest::Kind> parseKind(std::string_view s) {
 
 const char* kHelpKinds = "HTTPRoute, TrafficPolicy or Service";
 
+// The version of an ack line written exactly as the trellis proxy writes an accepted one,
+// `{"version":N,"accepted":true}`; nullopt for any other line (read as JSON then).
+std::optional<uint64_t> acceptedAckVersion(std::string_view line) {
+  static constexpr std::string_view kHead = "{\"version\":";
+  static constexpr std::string_view kTail = ",\"accepted\":true}";
+  if (line.size() <= kHead.size() + kTail.size() || !line.starts_with(kHead) ||
+      !line.ends_with(kTail))
+    return std::nullopt;
+  const std::string_view digits =
+      line.substr(kHead.size(), line.size() - kHead.size() - kTail.size());
+  if (digits.size() > 1 && digits[0] == '0')
+    return std::nullopt;
+  uint64_t v = 0;
+  auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v);
+  if (ec != std::errc() || end != digits.data() + digits.size())
+    return std::nullopt;
+  return v;
+}
+
 } // namespace
 
 MeshServer::MeshServer(Dispatcher& loop, registry::Registry& registry, telemetry::Registry& metrics,
@@ -610,13 +629,18 @@ void MeshServer::onAckBytes(const StreamPtr& s, std::string_view piece) {
       line.remove_suffix(1);
     if (!line.empty()) {
       Status st = okStatus();
-      auto body = json::parse(line, nullptr, false);
       AckFields fields;
-      if (body.is_discarded())
+      if (auto v = acceptedAckVersion(line)) { // the usual line, without a JSON tree
+        fields.version = *v;
+        fields.accepted = true;
+      } else if (auto body = json::parse(line, nullptr, false); body.is_discarded()) {
         st = makeError(ErrorCode::kInvalidArgument, "not valid JSON");
-      else if (!body.is_object())
+      } else if (!body.is_object()) {
         st = makeError(ErrorCode::kInvalidArgument, "expected a JSON object {{version, accepted}}");
-      else if (st = readAck(body, fields); st.ok())
+      } else {
+        st = readAck(body, fields);
+      }
+      if (st.ok())
         st = recordAck(*s, std::move(fields));
       if (!st.ok()) {
         ++stats_.ack_errors;

@@ -121,6 +121,7 @@ bool applyEndpointChanges(json& stored, bool& in_order, const json* added, const
     origins = nullptr;
   if (origins != nullptr && !origins->edited) { // still the base list: each is where it was
     origins->index.clear();
+    origins->index.reserve(list.size() + (added != nullptr ? added->size() : 0));
     for (uint32_t i = 0; i < list.size(); ++i)
       origins->index.push_back(i);
     origins->edited = true;

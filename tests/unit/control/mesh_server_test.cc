@@ -375,14 +375,24 @@ TEST_F(MeshServerTest, AcksInTheStreamBodyAreRecordedLineByLine) {
   EXPECT_EQ(server_->streamCount(), 1u);
   EXPECT_TRUE(w->open_);
 
+  // The proxy's own form of an accepted ack is read without a JSON tree and judged alike;
+  // near misses go the general way.
+  w->clientSends(fmt::format("{{\"version\":{},\"accepted\":true}}\n", v));
+  EXPECT_EQ(server_->stats().acks_accepted, 2u);
+  w->clientSends(fmt::format("{{\"version\":{},\"accepted\":true}}\n", v + 1)); // not sent
+  w->clientSends("{\"version\":01,\"accepted\":true}\n");                       // not JSON
+  w->clientSends("{\"version\":18446744073709551616,\"accepted\":true}\n");     // too large
+  EXPECT_EQ(server_->stats().ack_errors, 7u);
+  EXPECT_EQ(server_->stats().acks_accepted, 2u);
+
   // The body's end with a last line lacking its newline: still an ack.
   w->clientSends(json{{"version", v}, {"accepted", true}}.dump(), true);
-  EXPECT_EQ(server_->stats().acks_accepted, 2u);
+  EXPECT_EQ(server_->stats().acks_accepted, 3u);
   EXPECT_EQ(proxy()["accepted"], true);
 
   // Past max_ack_line_bytes the stream ends (counted); the proxy reconnects.
   w->clientSends(std::string(65, ' '));
-  EXPECT_EQ(server_->stats().ack_errors, 5u);
+  EXPECT_EQ(server_->stats().ack_errors, 8u);
   EXPECT_EQ(server_->streamCount(), 0u);
   EXPECT_TRUE(w->done_);
 }

@@ -699,36 +699,25 @@ void MeshServer::proxies(http::ServerRequest& req, const Writer& w) {
   }
   if (wait && !q.behind)
     return reply(w, 400, "wait: only with behind (wait until no proxy is behind that version)\n");
-  if (wait && *wait > Duration::zero()) {
-    bool any = false;
-    for (const auto& [node, s] : streams_)
-      any = any || listed(*s, q);
-    if (any) { // held until none is behind, or the wait ends
-      q.until = loop_.now() + *wait;
-      auto waiter = std::make_shared<Waiter>();
-      waiter->w = w;
-      waiter->q = q;
-      std::weak_ptr<Waiter> weak = waiter;
-      auto alive = alive_;
-      auto drop = [this, alive, weak] {
-        if (!*alive)
-          return;
-        if (auto wt = weak.lock()) {
+  if (wait && *wait > Duration::zero() && anyListed(q)) { // held until none is behind
+    auto waiter = std::make_shared<Waiter>();
+    waiter->w = w;
+    waiter->q = q;
+    std::weak_ptr<Waiter> weak = waiter;
+    auto alive = alive_;
+    waiter->timer = loop_.createTimer([this, alive, weak] {
+      if (*alive)
+        if (auto wt = weak.lock())
+          answerWaiter(wt);
+    });
+    waiter->timer->enable(*wait);
+    w->onClosed([this, alive, weak] {
+      if (*alive)
+        if (auto wt = weak.lock())
           std::erase(waiters_, wt);
-          if (wt->w->isOpen())
-            reply(wt->w, 200, proxiesJson(wt->q) + "\n", "application/json");
-        }
-      };
-      waiter->timer = loop_.createTimer(drop);
-      waiter->timer->enable(*wait);
-      w->onClosed([this, alive, weak] {
-        if (*alive)
-          if (auto wt = weak.lock())
-            std::erase(waiters_, wt);
-      });
-      waiters_.push_back(std::move(waiter));
-      return;
-    }
+    });
+    waiters_.push_back(std::move(waiter));
+    return;
   }
   reply(w, 200, proxiesJson(q) + "\n", "application/json");
 }
@@ -739,24 +728,25 @@ bool MeshServer::listed(const Stream& s, const ProxiesQuery& q) const {
   return !q.behind || !s.acked || !s.last_accepted || s.acked_version < *q.behind;
 }
 
+bool MeshServer::anyListed(const ProxiesQuery& q) const {
+  return std::any_of(streams_.begin(), streams_.end(),
+                     [&](const auto& entry) { return listed(*entry.second, q); });
+}
+
+void MeshServer::answerWaiter(const std::shared_ptr<Waiter>& wt) {
+  std::erase(waiters_, wt);
+  wt->timer->disable();
+  if (wt->w->isOpen())
+    reply(wt->w, 200, proxiesJson(wt->q) + "\n", "application/json");
+}
+
 void MeshServer::answerWaiters() {
   if (waiters_.empty())
     return;
   auto list = waiters_; // replies may run callbacks that touch waiters_
-  for (const auto& wt : list) {
-    bool any = false;
-    for (const auto& [node, s] : streams_)
-      if (listed(*s, wt->q)) {
-        any = true;
-        break;
-      }
-    if (any)
-      continue;
-    std::erase(waiters_, wt);
-    wt->timer->disable();
-    if (wt->w->isOpen())
-      reply(wt->w, 200, proxiesJson(wt->q) + "\n", "application/json");
-  }
+  for (const auto& wt : list)
+    if (!anyListed(wt->q))
+      answerWaiter(wt);
 }
 
 std::string MeshServer::proxiesJson(const ProxiesQuery& q) const {

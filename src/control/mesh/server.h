@@ -158,14 +158,14 @@ private:
   void onAckBytes(const StreamPtr& s, std::string_view piece);
   void snapshot(http::ServerRequest& req, const Writer& w);
   void proxies(http::ServerRequest& req, const Writer& w);
-  // GET /v1/mesh/proxies: which streams to list, and whether to hold the answer.
+  // GET /v1/mesh/proxies: which streams to list.
   struct ProxiesQuery {
     bool history = false;
     std::string kind;                    // empty: every kind
     std::optional<uint64_t> behind;      // only those whose newest ack is not an accept >= it
-    std::optional<MonotonicTime> until;  // with behind: answer once none is behind, or then
   };
   bool listed(const Stream& s, const ProxiesQuery& q) const;
+  bool anyListed(const ProxiesQuery& q) const;
   std::string proxiesJson(const ProxiesQuery& q) const;
   // Answers the held queries that no stream is behind any more (after an ack or a close).
   void answerWaiters();
@@ -174,7 +174,8 @@ private:
     ProxiesQuery q;
     std::unique_ptr<Timer> timer;
   };
-  std::vector<std::shared_ptr<Waiter>> waiters_;
+  // Answers a held query now (with whoever is still behind) and forgets it.
+  void answerWaiter(const std::shared_ptr<Waiter>& wt);
   void resources(http::ServerRequest& req, const Writer& w, std::string_view rest);
   void putResources(http::ServerRequest& req, const Writer& w);
 
@@ -197,6 +198,8 @@ private:
   bool started_ = false;
   std::unordered_map<std::string, StreamPtr> streams_; // by node
   std::vector<StreamPtr> backlogged_;
+  // Held GET /v1/mesh/proxies?behind=&wait= queries.
+  std::vector<std::shared_ptr<Waiter>> waiters_;
   // Catch-up deltas to the current version, by base version (streams behind since the same
   // version share one); cleared when the version changes.
   std::unordered_map<uint64_t, std::shared_ptr<const std::string>> catchups_;

@@ -507,24 +507,11 @@ bool MeshState::applyEndpointDelta(const EndpointDelta& d) {
       return false;
     entries.push_back(&it->second);
   }
-  // What applyDelta() does for each named service whose entry holds only endpoint changes.
   for (size_t i = 0; i < entries.size(); ++i) {
     const EndpointDelta::Change& c = d.services[i];
-    ServiceEntry& e = *entries[i];
-    if (log_.size() >= kMaxChangeLog)
-      forgetChanges();
-    else
-      log_.push_back(Named{next_rev_, c.service});
-    if (applyEndpointChanges(e.endpoints, e.endpoints_in_order,
-                             c.added.is_null() ? nullptr : &c.added,
-                             c.removed.is_null() ? nullptr : &c.removed, &e.origins))
-      e.endpoints_rev = next_rev_++;
-    if (std::find(origins_moved_.begin(), origins_moved_.end(), &e) == origins_moved_.end())
-      origins_moved_.push_back(&e);
-    if (e.definition_rev == 0)
-      e.definition_rev = next_rev_++;
-    if (e.endpoints_rev == 0)
-      e.endpoints_rev = next_rev_++;
+    applyServiceChange(c.service, false, *entries[i], nullptr,
+                       c.added.is_null() ? nullptr : &c.added,
+                       c.removed.is_null() ? nullptr : &c.removed);
   }
   version_ = d.version;
   return true;
@@ -616,6 +603,41 @@ Status MeshState::applySnapshot(const Message& msg) {
   return okStatus();
 }
 
+void MeshState::applyServiceChange(const std::string& name, bool is_new, ServiceEntry& e,
+                                   const json* fields, const json* added, const json* removed) {
+  if (is_new || log_.size() >= kMaxChangeLog)
+    forgetChanges();
+  else
+    log_.push_back(Named{next_rev_, name});
+  bool def = false;
+  uint64_t d = e.definition_rev;
+  if (fields != nullptr)
+    for (const char* key : kServiceFields) {
+      auto f = fields->find(key);
+      if (f == fields->end())
+        continue;
+      if (std::string_view(key) == "endpoints") {
+        if (setField(e.endpoints, *f, e.endpoints_rev)) {
+          e.endpoints_in_order = false;
+          e.origins = EndpointOrigins{}; // a new whole list: read whole
+        }
+      } else
+        def |= setField(std::string_view(key) == "protocol"  ? e.protocol
+                        : std::string_view(key) == "cluster" ? e.cluster
+                                                             : e.routes,
+                        *f, d);
+    }
+  if ((added != nullptr || removed != nullptr) &&
+      applyEndpointChanges(e.endpoints, e.endpoints_in_order, added, removed, &e.origins))
+    e.endpoints_rev = next_rev_++;
+  if (std::find(origins_moved_.begin(), origins_moved_.end(), &e) == origins_moved_.end())
+    origins_moved_.push_back(&e);
+  if (def || e.definition_rev == 0)
+    e.definition_rev = next_rev_++;
+  if (e.endpoints_rev == 0)
+    e.endpoints_rev = next_rev_++;
+}
+
 Status MeshState::applyDelta(const Message& msg) {
   if (msg.type != MessageType::kDelta)
     return makeError(ErrorCode::kInvalidArgument, "expected a delta");
@@ -643,40 +665,10 @@ Status MeshState::applyDelta(const Message& msg) {
     for (const auto& [name, entry] : it->items()) {
       auto [slot, is_new] = services_.try_emplace(name);
       ServiceEntry& e = slot->second; // a new service: its entry is complete
-      if (is_new || log_.size() >= kMaxChangeLog)
-        forgetChanges();
-      else
-        log_.push_back(Named{next_rev_, name});
-      bool def = false;
-      uint64_t d = e.definition_rev;
-      for (const char* key : kServiceFields) {
-        auto f = entry.find(key);
-        if (f == entry.end())
-          continue;
-        if (std::string_view(key) == "endpoints") {
-          if (setField(e.endpoints, *f, e.endpoints_rev)) {
-            e.endpoints_in_order = false;
-            e.origins = EndpointOrigins{}; // a new whole list: read whole
-          }
-        } else
-          def |= setField(std::string_view(key) == "protocol"  ? e.protocol
-                          : std::string_view(key) == "cluster" ? e.cluster
-                                                               : e.routes,
-                          *f, d);
-      }
       auto added = entry.find("endpoints_added");
       auto removed = entry.find("endpoints_removed");
-      if ((added != entry.end() || removed != entry.end()) &&
-          applyEndpointChanges(e.endpoints, e.endpoints_in_order,
-                               added != entry.end() ? &*added : nullptr,
-                               removed != entry.end() ? &*removed : nullptr, &e.origins))
-        e.endpoints_rev = next_rev_++;
-      if (std::find(origins_moved_.begin(), origins_moved_.end(), &e) == origins_moved_.end())
-        origins_moved_.push_back(&e);
-      if (def || e.definition_rev == 0)
-        e.definition_rev = next_rev_++;
-      if (e.endpoints_rev == 0)
-        e.endpoints_rev = next_rev_++;
+      applyServiceChange(name, is_new, e, &entry, added != entry.end() ? &*added : nullptr,
+                         removed != entry.end() ? &*removed : nullptr);
     }
   }
   if (auto it = msg.body.find("gateways"); it != msg.body.end())

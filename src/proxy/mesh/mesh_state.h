@@ -128,6 +128,12 @@ public:
 private:
   // The set of service names may have changed: readers from before must look at everything.
   void forgetChanges();
+  // One service's part of a delta, for applyDelta() and applyEndpointDelta(): its entry's
+  // fields (`fields`, may be null: none) and endpoint changes (each may be null), with the
+  // change log, revisions and moved origins kept.
+  void applyServiceChange(const std::string& name, bool is_new, ServiceEntry& e,
+                          const nlohmann::json* fields, const nlohmann::json* added,
+                          const nlohmann::json* removed);
   // Sets `field` to `value`, bumping `rev` when the content differs. Returns whether it did.
   bool setField(nlohmann::json& field, const nlohmann::json& value, uint64_t& rev);
 

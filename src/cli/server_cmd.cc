@@ -20,6 +20,7 @@ struct ServerFlags {
   std::string node_name;
   std::string mesh_heartbeat = "10s";
   std::string mesh_coalesce = "2ms";
+  std::string mesh_max_ack_wait = "1s";
   int64_t mesh_endpoint_tombstones = 1024;
 };
 
@@ -59,6 +60,12 @@ int runServer(const ServerFlags& f) {
   if (*coalesce > std::chrono::seconds(1))
     return usage("--mesh-coalesce: must be 0..1s, got " + f.mesh_coalesce);
   o.mesh_coalesce = *coalesce;
+  auto ack_wait = parseDuration(f.mesh_max_ack_wait);
+  if (!ack_wait)
+    return usage("--mesh-max-ack-wait: " + ack_wait.error().message());
+  if (*ack_wait > std::chrono::minutes(1))
+    return usage("--mesh-max-ack-wait: must be 0..1m, got " + f.mesh_max_ack_wait);
+  o.mesh_max_ack_wait = *ack_wait;
   if (f.mesh_endpoint_tombstones < 1 || f.mesh_endpoint_tombstones > 1000000)
     return usage("--mesh-endpoint-tombstones: must be 1..1000000, got " +
                  std::to_string(f.mesh_endpoint_tombstones));
@@ -119,6 +126,10 @@ void addServerCommand(CLI::App& app, const GlobalOptions&, Action& action) {
   cmd->add_option("--mesh-coalesce", f->mesh_coalesce,
                   "Push mesh deltas at most once per this window; a change after a quiet "
                   "period goes at once (0..1s)")
+      ->capture_default_str();
+  cmd->add_option("--mesh-max-ack-wait", f->mesh_max_ack_wait,
+                  "A proxy is sent its next mesh delta once it acked the last one, or after "
+                  "this long without that ack; 0 sends every delta at once (0..1m)")
       ->capture_default_str();
   cmd->add_option("--mesh-endpoint-tombstones", f->mesh_endpoint_tombstones,
                   "Removed endpoints remembered per service for catch-up deltas; a proxy "

@@ -125,6 +125,7 @@ Status ControlPlane::start(std::function<void(Status)> ready) {
   mesh::MeshSettings ms;
   ms.heartbeat = o.mesh_heartbeat;
   ms.coalesce = o.mesh_coalesce;
+  ms.max_ack_wait = o.mesh_max_ack_wait;
   ms.endpoint_tombstones = o.mesh_endpoint_tombstones;
   m.mesh = std::make_unique<mesh::MeshServer>(m.loop, *m.reg, m.metrics, ms);
   m.mesh->start();

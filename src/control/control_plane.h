@@ -22,6 +22,7 @@ struct ControlPlaneOptions {
   std::string node_name; // empty: the host name
   Duration mesh_heartbeat = std::chrono::seconds(10);    // docs/protocol.md
   Duration mesh_coalesce = std::chrono::milliseconds(2); // docs/protocol.md
+  Duration mesh_max_ack_wait = std::chrono::seconds(1);  // docs/protocol.md "Pacing"
   size_t mesh_endpoint_tombstones = 1024;                // docs/protocol.md
 };
 

@@ -81,6 +81,7 @@ MeshServer::MeshServer(Dispatcher& loop, registry::Registry& registry, telemetry
   pump_timer_ = loop_.createTimer([this] { pumpBacklogged(); });
   coalesce_timer_ = loop_.createTimer([this] { onCoalesced(); });
   heartbeat_timer_ = loop_.createTimer([this] { onHeartbeat(); });
+  ack_wait_timer_ = loop_.createTimer([this] { onAckWait(); });
 
   if (auto f = metrics_.counter("trellis_mesh_messages_sent_total",
                                 "Mesh protocol messages sent to proxies, by type", {"type"})) {
@@ -100,6 +101,10 @@ MeshServer::MeshServer(Dispatcher& loop, registry::Registry& registry, telemetry
                                 "Ack lines in proxies' stream bodies that were not a valid ack "
                                 "(each logged and ignored)"))
     ack_errors_ = (*f)->handle(0);
+  if (auto f = metrics_.counter("trellis_mesh_deltas_held_total",
+                                "Deltas a proxy's stream got later, in a catch-up delta, because "
+                                "the proxy had not acked the last one yet (pacing)"))
+    held_ = (*f)->handle(0);
   if (auto f = metrics_.counter("trellis_mesh_rejected_total",
                                 "Mesh updates a proxy rejected (it kept its last good state)"))
     rejected_ = (*f)->handle(0);
@@ -148,6 +153,7 @@ void MeshServer::stop() {
   heartbeat_timer_->disable();
   coalesce_timer_->disable();
   pump_timer_->disable();
+  ack_wait_timer_->disable();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -182,15 +188,53 @@ void MeshServer::onCoalesced() {
   for (auto& s : all) {
     if (s->closed)
       continue;
-    if (!s->queue.empty()) {
-      // Still sending an earlier message: one catch-up delta follows it (pump).
+    if (!s->queue.empty() || awaitingAck(*s)) {
+      // Still sending an earlier message, or its client still applying it: one catch-up
+      // delta follows (pump, or the ack).
+      if (s->queue.empty()) {
+        ++stats_.deltas_held;
+        held_.inc();
+        if (!ack_wait_timer_->enabled())
+          ack_wait_timer_->enable(s->sent_at + settings_.max_ack_wait - loop_.now());
+      }
       s->behind = true;
       continue;
     }
     s->sent_version = version;
+    s->sent_at = loop_.now();
     ++stats_.deltas_sent;
     sent_delta_.inc();
     enqueue(s, delta);
+  }
+}
+
+bool MeshServer::awaitingAck(const Stream& s) const {
+  return settings_.max_ack_wait > Duration::zero() && s.acked && s.acked_version < s.sent_version &&
+         loop_.now() < s.sent_at + settings_.max_ack_wait;
+}
+
+void MeshServer::releaseIfDue(const StreamPtr& s) {
+  if (s->closed || !s->behind || !s->queue.empty())
+    return;
+  if (!awaitingAck(*s)) {
+    catchUp(s);
+    return;
+  }
+  if (!ack_wait_timer_->enabled())
+    ack_wait_timer_->enable(s->sent_at + settings_.max_ack_wait - loop_.now());
+}
+
+void MeshServer::onAckWait() {
+  // Copy: a catch-up's failing write may close (and unlink) a stream during the loop.
+  std::vector<StreamPtr> held;
+  for (auto& [node, s] : streams_)
+    if (s->behind && s->queue.empty())
+      held.push_back(s);
+  for (auto& s : held) {
+    if (!s->closed && !awaitingAck(*s) && s->acked_version < s->sent_version)
+      TLOG_DEBUG("mesh: {} did not ack version {} within {} ms: sending it the next", s->node,
+                 s->sent_version, settings_.max_ack_wait / std::chrono::milliseconds(1));
+    releaseIfDue(s); // one still waiting re-arms the timer
   }
 }
 
@@ -211,6 +255,7 @@ void MeshServer::catchUp(const StreamPtr& s) {
     return;
   }
   s->sent_version = version;
+  s->sent_at = loop_.now();
   ++stats_.deltas_sent;
   ++stats_.catchups_sent;
   sent_delta_.inc();
@@ -285,7 +330,7 @@ void MeshServer::pump(const StreamPtr& s) {
     }
   }
   if (!s->closed && s->queue.empty() && s->behind) {
-    catchUp(s); // enqueues (and pumps) the catch-up delta
+    releaseIfDue(s); // enqueues (and pumps) the catch-up delta, unless an ack is awaited
     return;
   }
   if (!s->closed && !s->queue.empty() && !s->backlogged) {
@@ -436,6 +481,7 @@ void MeshServer::openStream(http::ServerRequest& req, const Writer& w) {
   // The snapshot: the per-stream head, then the body every stream at this version shares.
   // A change still being coalesced is not in it; it follows as the next delta.
   s->sent_version = compiler_.version();
+  s->sent_at = loop_.now();
   ++stats_.snapshots_sent;
   sent_snapshot_.inc();
   enqueue(s,
@@ -561,6 +607,9 @@ Status MeshServer::recordAck(Stream& s, AckFields ack) {
     if (!late)
       s.last_error = std::move(ack.error);
   }
+  // Paced: the ack of the last message sent lets the next go.
+  if (auto it = streams_.find(s.node); it != streams_.end() && it->second.get() == &s)
+    releaseIfDue(it->second);
   answerWaiters();
   return okStatus();
 }

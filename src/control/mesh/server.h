@@ -43,6 +43,13 @@ struct MeshSettings {
   size_t write_chunk_bytes = 8 * 1024;
   // How often a stream whose client is not reading is retried.
   Duration backlog_retry = std::chrono::milliseconds(1);
+  // Pacing by acks (docs/protocol.md "Flow control"): a stream whose client acknowledges (a
+  // proxy: it acked its snapshot) is sent the next delta only once it acknowledged the last
+  // one it was sent; the changes made meanwhile go to it as one catch-up delta. A proxy busy
+  // applying (a burst, a starved CPU) then applies one update where it would have applied
+  // several. A client that does not ack for this long is sent the catch-up anyway. Zero
+  // turns pacing off (every delta goes to every stream at once).
+  Duration max_ack_wait = std::chrono::seconds(1);
   // Longest error text kept from a rejecting ack.
   size_t max_ack_error_bytes = 1024;
   // Longest ack line a proxy may send in its stream's request body (POST /v1/mesh/stream,
@@ -67,6 +74,7 @@ struct MeshStats {
   uint64_t snapshots_sent = 0;
   uint64_t deltas_sent = 0;
   uint64_t catchups_sent = 0; // deltas from a stream's older version (it was busy; included above)
+  uint64_t deltas_held = 0;   // times a delta waited for the stream's ack (pacing)
   uint64_t heartbeats_sent = 0;
   uint64_t bytes_sent = 0;
   uint64_t acks_accepted = 0;
@@ -137,6 +145,9 @@ private:
     // one delta from `sent_version` to the current version once its queue is empty, instead
     // of every delta in between (a slow stream costs no memory and catches up in one step).
     bool behind = false;
+    // When the last snapshot or delta was queued: an unacknowledged one holds the next
+    // (settings_.max_ack_wait) until an ack or this long after.
+    MonotonicTime sent_at{};
     // Acks come in this stream's request body (POST): the line received so far.
     std::string ack_line;
   };
@@ -185,6 +196,13 @@ private:
   void schedulePump(bool progress);
   void closeStream(const StreamPtr& s, bool finish);
   void onCoalesced();
+  // The stream's last message is not acknowledged yet and may still be (pacing, see
+  // MeshSettings::max_ack_wait): the next delta waits.
+  bool awaitingAck(const Stream& s) const;
+  // Sends the catch-up delta to `s` if it is behind and nothing holds it any more (its queue
+  // is empty and no ack is awaited); arms the ack-wait timer for one that still waits.
+  void releaseIfDue(const StreamPtr& s);
+  void onAckWait();
   void catchUp(const StreamPtr& s);
   void onHeartbeat();
   void reply(const Writer& w, uint16_t status, std::string_view body,
@@ -209,11 +227,14 @@ private:
   std::unique_ptr<Timer> coalesce_timer_;
   std::optional<MonotonicTime> last_flush_; // when the last delta was produced
   std::unique_ptr<Timer> heartbeat_timer_;
+  // Releases streams held for an ack that did not come within max_ack_wait.
+  std::unique_ptr<Timer> ack_wait_timer_;
   std::mt19937_64 ids_{std::random_device{}()};
   MeshStats stats_;
 
   telemetry::CounterHandle sent_snapshot_, sent_delta_, sent_heartbeat_, bytes_sent_;
   telemetry::CounterHandle acks_accepted_, acks_rejected_, ack_errors_, rejected_, lagging_;
+  telemetry::CounterHandle held_;
   std::vector<telemetry::CallbackRegistration> callbacks_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };

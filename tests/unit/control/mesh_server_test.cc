@@ -654,6 +654,101 @@ TEST_F(MeshServerTest, BusyStreamGetsOneCatchUpDeltaInsteadOfEvery) {
   EXPECT_EQ(list[0]["sent_version"], snap["version"]);
 }
 
+// Pacing (MeshSettings::max_ack_wait): once a stream's client acks, the next delta waits for
+// the ack of the last one sent; what changed meanwhile follows as one catch-up delta. A
+// client that never acks (curl) gets every delta; one that stops acking gets the catch-up
+// after max_ack_wait.
+TEST_F(MeshServerTest, AckingStreamIsPacedByItsAcks) {
+  MeshSettings ms = settings();
+  ms.max_ack_wait = 500ms;
+  startServer(ms);
+  auto p = request(http::Method::kPost, "stream", {{"node", "sidecar-1"}, {"service", "orders"}},
+                   "", true);
+  auto curl = stream("curl-1");
+  json state = p->messages().at(0);
+  curl->messages();
+  auto acks = [&](uint64_t v) {
+    p->clientSends(fmt::format("{{\"version\":{},\"accepted\":true}}\n", v));
+    settle();
+  };
+  auto change = [&](int i) {
+    submit(instance("svc" + std::to_string(i), "i" + std::to_string(i), uint16_t(3000 + i)));
+    advance(2ms);
+  };
+  auto apply = [&](const json& d) {
+    for (auto& [name, fields] : d["services"].items())
+      for (auto& [k, v] : fields.items())
+        state["services"][name][k] = v;
+    state["version"] = d["version"];
+  };
+  // Before its first ack the stream is not paced.
+  change(0);
+  change(1);
+  auto msgs = p->messages();
+  ASSERT_EQ(msgs.size(), 2u);
+  apply(msgs[0]);
+  apply(msgs[1]);
+  EXPECT_EQ(server_->stats().deltas_held, 0u);
+
+  // Acked: the next delta goes at once; the two after it wait for its ack.
+  acks(msgs[1]["version"]);
+  change(2);
+  msgs = p->messages();
+  ASSERT_EQ(msgs.size(), 1u);
+  const uint64_t sent = msgs[0]["version"];
+  apply(msgs[0]);
+  change(3);
+  change(4);
+  EXPECT_TRUE(p->messages().empty());
+  EXPECT_EQ(server_->stats().deltas_held, 2u);
+  EXPECT_EQ(curl->messages().size(), 5u); // never acks: every delta
+  acks(sent - 1);                         // an older version: still waiting
+  EXPECT_TRUE(p->messages().empty());
+  acks(sent);
+  msgs = p->messages();
+  ASSERT_EQ(msgs.size(), 1u);
+  EXPECT_EQ(msgs[0]["services"].size(), 2u); // svc3 and svc4 in one catch-up
+  EXPECT_EQ(msgs[0]["version"], registry_.catalog().index());
+  apply(msgs[0]);
+  EXPECT_EQ(server_->stats().catchups_sent, 1u);
+
+  // No ack for max_ack_wait: the held change goes anyway.
+  change(5);
+  EXPECT_TRUE(p->messages().empty());
+  advance(400ms);
+  EXPECT_TRUE(p->messages().empty());
+  advance(100ms);
+  msgs = p->messages();
+  ASSERT_EQ(msgs.size(), 1u);
+  apply(msgs[0]);
+  // A rejection is an answer too.
+  change(6);
+  p->clientSends(json{{"version", state["version"]}, {"accepted", false}, {"error", "no"}}.dump() +
+                 "\n");
+  settle();
+  msgs = p->messages();
+  ASSERT_EQ(msgs.size(), 1u);
+  apply(msgs[0]);
+
+  // What the paced stream got, applied in order, is the current state.
+  json snap = json::parse(request(http::Method::kGet, "snapshot")->body_);
+  EXPECT_EQ(state["services"], snap["services"]);
+  EXPECT_EQ(state["version"], snap["version"]);
+
+  // Pacing off: every delta at once.
+  server_.reset();
+  ms.max_ack_wait = Duration::zero();
+  startServer(ms);
+  auto q = request(http::Method::kPost, "stream", {{"node", "sidecar-2"}, {"service", "orders"}},
+                   "", true);
+  const uint64_t v = q->messages().at(0)["version"];
+  q->clientSends(fmt::format("{{\"version\":{},\"accepted\":true}}\n", v));
+  change(7);
+  change(8);
+  EXPECT_EQ(q->messages().size(), 2u);
+  EXPECT_EQ(server_->stats().deltas_held, 0u);
+}
+
 TEST_F(MeshServerTest, LaggingStreamIsClosed) {
   MeshSettings s = settings();
   s.write_chunk_bytes = 16;

@@ -2,9 +2,10 @@
 
 #include <algorithm>
 #include <array>
-#include <tuple>
 #include <cctype>
+#include <numeric>
 #include <set>
+#include <tuple>
 
 #include <fmt/format.h>
 
@@ -424,8 +425,9 @@ bool ConfigBuilder::editEndpoints(const ServiceEntry& entry, ServiceCache& cache
       while (i + n < list.size() && at + n < base.size() && origins.index[i + n] == at + n)
         ++n;
       out.insert(out.end(), base.begin() + at, base.begin() + at + n);
-      for (size_t k = 0; k < n; ++k)
-        lineage->origin.push_back(static_cast<uint32_t>(at + k));
+      const size_t from = lineage->origin.size();
+      lineage->origin.resize(from + n);
+      std::iota(lineage->origin.begin() + from, lineage->origin.end(), static_cast<uint32_t>(at));
       i += n - 1;
       continue;
     }

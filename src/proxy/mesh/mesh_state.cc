@@ -1,6 +1,7 @@
 #include "proxy/mesh/mesh_state.h"
 
 #include <algorithm>
+#include <numeric>
 #include <vector>
 
 namespace trellis::proxy::mesh {
@@ -44,6 +45,22 @@ Status checkNameList(const json& body, const char* key) {
       return makeError(ErrorCode::kInvalidArgument, "{}[{}]: must be a string, got {}", key, i,
                        (*it)[i].type_name());
   return okStatus();
+}
+
+// Inserts `value` before `at` / erases the element at `at`, shifting the elements after it by
+// swaps: a json's swap exchanges two words, where the move assignment vector::insert and
+// erase use goes through a temporary (construct, swap, destroy: several times the work, and
+// an endpoint change shifts half of its service's list).
+void insertAt(json::array_t& list, json::array_t::iterator at, json value) {
+  const size_t k = static_cast<size_t>(at - list.begin());
+  list.push_back(std::move(value));
+  for (size_t j = list.size() - 1; j > k; --j)
+    list[j].swap(list[j - 1]);
+}
+void eraseAt(json::array_t& list, json::array_t::iterator at) {
+  for (size_t j = static_cast<size_t>(at - list.begin()); j + 1 < list.size(); ++j)
+    list[j].swap(list[j + 1]);
+  list.pop_back();
 }
 
 // An endpoint's address: the element itself when it is a string, else its string "address";
@@ -120,10 +137,9 @@ bool applyEndpointChanges(json& stored, bool& in_order, const json* added, const
   if (origins != nullptr && origins->base_rev == 0)
     origins = nullptr;
   if (origins != nullptr && !origins->edited) { // still the base list: each is where it was
-    origins->index.clear();
     origins->index.reserve(list.size() + (added != nullptr ? added->size() : 0));
-    for (uint32_t i = 0; i < list.size(); ++i)
-      origins->index.push_back(i);
+    origins->index.resize(list.size());
+    std::iota(origins->index.begin(), origins->index.end(), uint32_t{0});
     origins->edited = true;
   }
   auto originAt = [&](json::array_t::iterator it) -> uint32_t* {
@@ -170,7 +186,7 @@ bool applyEndpointChanges(json& stored, bool& in_order, const json* added, const
       if (auto it = lower(k); at(it, k)) {
         if (origins != nullptr)
           origins->index.erase(origins->index.begin() + (it - list.begin()));
-        list.erase(it);
+        eraseAt(list, it);
         changed = true;
       }
     }
@@ -187,7 +203,7 @@ bool applyEndpointChanges(json& stored, bool& in_order, const json* added, const
         if (origins != nullptr)
           origins->index.insert(origins->index.begin() + (it - list.begin()),
                                 EndpointOrigins::kNew);
-        list.insert(it, *ep);
+        insertAt(list, it, *ep);
         changed = true;
       }
     }

@@ -76,6 +76,7 @@ void ClusterState::reportOutcome(size_t ep, Outcome o, MonotonicTime now) {
   if (o == Outcome::kSuccess && !counting_[ep].load(std::memory_order_relaxed))
     return;
   std::lock_guard lock(mu_);
+  pristine_ = false;
   counting_[ep].store(o != Outcome::kSuccess, std::memory_order_relaxed);
   auto reason = outlier_->onOutcome(ep, o, now);
   if (!reason)
@@ -96,6 +97,7 @@ void ClusterState::reportHealthCheck(size_t ep, bool success) {
     return;
   checks_[success ? 1 : 0].fetch_add(1, std::memory_order_relaxed);
   std::lock_guard lock(mu_);
+  pristine_ = false;
   if (!trackers_[ep].onResult(success))
     return;
   const bool healthy = trackers_[ep].healthy();
@@ -129,6 +131,12 @@ void ClusterState::inheritFrom(const ClusterState& old) {
   overflow_base_ = old.overflow_base_ + (old.outlier_ ? old.outlier_->overflows() : 0);
   if (!ejected_ || !old.ejected_)
     return;
+  // Nothing happened to the old endpoints: each new one's initial state is what it would
+  // inherit (the settings that make that state are the same).
+  if (old.pristine_ && old.cfg_.health_check == cfg_.health_check &&
+      old.cfg_.outlier_detection == cfg_.outlier_detection)
+    return;
+  pristine_ = false;
   // A mesh delta re-creates the state of every changed cluster, so this is on the update
   // path. A list edited from the old one (the mesh's) says where each endpoint was. Else by
   // address as it is (no text): the two lists are usually in the same order with a few

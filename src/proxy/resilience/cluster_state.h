@@ -115,6 +115,11 @@ private:
   std::optional<OutlierDetector> outlier_; // guarded by mu_
   std::vector<HealthTracker> trackers_;    // guarded by mu_; empty without health_check
   uint64_t overflow_base_ = 0;             // overflows inherited from earlier snapshots
+  // Guarded by mu_: every endpoint's state is still as this object made it (no failure, check
+  // or ejection was recorded, and none inherited), so a successor with the same health check
+  // and outlier settings has nothing to take over. A mesh delta re-creates the state of each
+  // cluster it changes: for the usual untroubled cluster that costs no walk of its endpoints.
+  bool pristine_ = true;
 
   std::array<std::atomic<uint64_t>, static_cast<size_t>(EjectReason::kCount)> ejections_{};
   std::array<std::atomic<uint64_t>, 2> checks_{}; // [failure, success]

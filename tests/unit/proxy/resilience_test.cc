@@ -390,6 +390,34 @@ TEST(ClusterState, AReloadKeepsTheStateOfEndpointsThatStay) {
   EXPECT_EQ(fresh.state(1), EndpointState::kHealthy);
 }
 
+// A state nothing happened to hands over nothing (its successor starts as it did); one that
+// took a failure hands its counts on, through successors that took none themselves.
+TEST(ClusterState, FailureCountsSurviveAChainOfReloads) {
+  Cluster a = makeCluster(3);
+  a.outlier_detection = outlierConfig();
+  ClusterState untouched(a);
+  ClusterState first(a);
+  first.inheritFrom(untouched);
+  EXPECT_EQ(first.stateCounts(), (std::array<size_t, 3>{3, 0, 0}));
+  first.reportOutcome(1, Outcome::kLocalFailure, at(0s));
+  first.reportOutcome(1, Outcome::kLocalFailure, at(0s));
+  ASSERT_EQ(first.state(1), EndpointState::kHealthy); // 2 of 3
+  ClusterState second(a);
+  second.inheritFrom(first);
+  ClusterState third(a);
+  third.inheritFrom(second);
+  third.reportOutcome(1, Outcome::kLocalFailure, at(1s));
+  EXPECT_EQ(third.state(1), EndpointState::kEjected);
+  // Other settings: even an untouched state is walked (its endpoints' state may differ).
+  Cluster checked = a;
+  checked.health_check = HealthCheck{};
+  checked.health_check->start_healthy = false;
+  ClusterState unchecked_old(a);
+  ClusterState now_checked(checked);
+  now_checked.inheritFrom(unchecked_old);
+  EXPECT_EQ(now_checked.stateCounts(), (std::array<size_t, 3>{0, 3, 0}));
+}
+
 // Endpoint state follows the address whatever happens to the list: a few endpoints added or
 // removed in order (the walk in step), or the list reordered (the index).
 TEST(ClusterState, InheritedStateFollowsTheAddressInAnyOrder) {

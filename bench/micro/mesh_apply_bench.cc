@@ -191,8 +191,10 @@ struct RunningProxy {
   ServerApplier applier{server};
   MeshSession session{builder, applier};
 
-  explicit RunningProxy(bool http_proxy)
-      : builder(sidecarSpec(http_proxy)), server(main, ProxyOptions{"", 2}) {
+  // workers = 1: the one worker runs on `main` (as bench/propagation's proxies do), so its
+  // switch counts in the calling thread too.
+  explicit RunningProxy(bool http_proxy, size_t workers = 2)
+      : builder(sidecarSpec(http_proxy)), server(main, ProxyOptions{"", workers}) {
     auto initial = builder.build(MeshState{});
     if (auto s = server.start(*initial); !s.ok())
       throw std::runtime_error(s.error().message());
@@ -240,7 +242,7 @@ std::string everyServiceLine(uint64_t version, uint64_t pass) {
 }
 
 void BM_MeshEveryServiceDelta(benchmark::State& st) {
-  RunningProxy p(false);
+  RunningProxy p(false, 1);
   std::vector<std::string> lines;
   for (uint64_t k = 0; k < 2000; ++k)
     lines.push_back(everyServiceLine(2 + k, k));

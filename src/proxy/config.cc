@@ -96,10 +96,9 @@ EndpointSet endpointSetOf(const Cluster& cluster) {
   // of the cost of a worker's new cluster (a mesh update re-creates each changed one).
   const bool keyed =
       cluster.lb.policy == LbPolicy::kRingHash || cluster.lb.policy == LbPolicy::kMaglev;
-  std::vector<uint32_t> weights;
-  weights.reserve(cluster.endpoints.size());
-  for (const Endpoint& ep : cluster.endpoints)
-    weights.push_back(ep.weight);
+  std::vector<uint32_t> weights(cluster.endpoints.size());
+  for (size_t i = 0; i < weights.size(); ++i)
+    weights[i] = cluster.endpoints[i].weight;
   std::vector<std::string> keys;
   if (keyed) {
     keys.reserve(cluster.endpoints.size());

@@ -121,7 +121,11 @@ ClusterRuntime::ClusterRuntime(const Cluster& c, Worker& w, std::shared_ptr<Clus
     : cfg(c), worker(w), state(std::move(st)), endpoints(endpointSetOf(c)),
       pools(c.endpoints.size(), nullptr) {
   lb = createLoadBalancer(c.lb, endpoints, w.random());
-  syncHealthSlow(state->generation());
+  // Generation 0: no endpoint state was ever published (ClusterState), so every endpoint is
+  // healthy, as the new set already has them; a mesh update makes a runtime per changed
+  // cluster, and reading each endpoint's state was half of that.
+  if (const uint64_t g = state->generation(); g != 0)
+    syncHealthSlow(g);
 }
 
 void ClusterRuntime::syncHealthSlow(uint64_t generation) {

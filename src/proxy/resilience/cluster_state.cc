@@ -46,12 +46,11 @@ ClusterState::ClusterState(const Cluster& config)
   ejected_ = std::make_unique<std::atomic<bool>[]>(n_);
   unhealthy_ = std::make_unique<std::atomic<bool>[]>(n_);
   counting_ = std::make_unique<std::atomic<bool>[]>(n_);
+  // make_unique value-initialises: every flag starts false.
   const bool start_unhealthy = cfg_.health_check && !cfg_.health_check->start_healthy;
-  for (size_t i = 0; i < n_; ++i) {
-    ejected_[i].store(false, std::memory_order_relaxed);
-    unhealthy_[i].store(start_unhealthy, std::memory_order_relaxed);
-    counting_[i].store(false, std::memory_order_relaxed);
-  }
+  if (start_unhealthy)
+    for (size_t i = 0; i < n_; ++i)
+      unhealthy_[i].store(true, std::memory_order_relaxed);
   if (cfg_.outlier_detection)
     outlier_.emplace(*cfg_.outlier_detection, n_);
   if (cfg_.health_check)

@@ -381,23 +381,29 @@ std::string ServiceEntry::json() const {
 std::string GatewayEntry::json() const { return "{\"routes\":" + routes + "}"; }
 
 std::optional<ServiceEntry> compileService(const registry::Catalog& catalog,
-                                           const MeshResources& resources,
-                                           std::string_view service, uint64_t* skipped) {
+                                           const MeshResources& resources, std::string_view service,
+                                           uint64_t* skipped, const ServiceEntry* definition) {
   const std::string name = fold(service);
   auto all = catalog.serviceInstances(name);
   if (all.value.empty() && resources.definedServices().count(name) == 0)
     return std::nullopt;
 
   ServiceEntry e;
-  proxy::Protocol protocol = proxy::Protocol::kHttp;
-  if (const manifest::Service* s = resources.serviceFor(name); s && !s->ports.empty())
-    protocol = s->ports.front().protocol;
-  e.protocol = jsonString(proxy::protocolName(protocol));
-
-  const manifest::TrafficPolicy* policy = resources.policyFor(name);
-  proxy::Cluster cluster = meshDefaultCluster();
-  applyPolicy(policy, cluster);
-  e.cluster = dump(clusterJson(cluster));
+  const manifest::TrafficPolicy* policy = nullptr;
+  if (definition != nullptr) {
+    e.protocol = definition->protocol;
+    e.cluster = definition->cluster;
+    e.routes = definition->routes;
+  } else {
+    proxy::Protocol protocol = proxy::Protocol::kHttp;
+    if (const manifest::Service* s = resources.serviceFor(name); s && !s->ports.empty())
+      protocol = s->ports.front().protocol;
+    e.protocol = jsonString(proxy::protocolName(protocol));
+    policy = resources.policyFor(name);
+    proxy::Cluster cluster = meshDefaultCluster();
+    applyPolicy(policy, cluster);
+    e.cluster = dump(clusterJson(cluster));
+  }
 
   // Endpoints: instances whose checks (their own and their node's) all pass.
   std::vector<std::pair<std::string, uint32_t>> eps;
@@ -431,6 +437,8 @@ std::optional<ServiceEntry> compileService(const registry::Catalog& catalog,
   }
   e.endpoints += ']';
   e.endpoint_list = std::move(eps);
+  if (definition != nullptr)
+    return e;
 
   std::vector<proxy::Route> routes;
   auto attached = resources.routesForService(name);
@@ -792,8 +800,12 @@ std::shared_ptr<const std::string> MeshCompiler::flush() {
   };
   for (const auto& name : names) {
     ++stats_.services_compiled;
-    auto e = compileService(catalog_, resources_, name, &stats_.endpoints_skipped);
+    // Unless the resources changed, a service's definition (protocol, cluster, routes: made
+    // from them alone) is what it was: only its endpoints are compiled again. Making the
+    // definition's JSON was most of the server's work per registration.
     auto old = services_.find(name);
+    const ServiceEntry* definition = !full && old != services_.end() ? &old->second : nullptr;
+    auto e = compileService(catalog_, resources_, name, &stats_.endpoints_skipped, definition);
     if (!e) {
       if (old != services_.end()) {
         append(removed, jsonString(name));

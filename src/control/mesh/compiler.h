@@ -48,9 +48,13 @@ struct GatewayEntry {
 // Compiles one service (name folded to lowercase). nullopt when the service does not exist:
 // no instance is registered and no resource defines it or routes to it. `skipped` (if given)
 // is increased by the passing instances left out for an address that is not an IP, or port 0.
+// With `definition`, the entry's protocol, cluster and routes are taken from it instead of
+// compiled: they depend only on the resources, so an entry compiled from the same resources
+// has them (MeshCompiler::flush passes the service's previous entry while they are unchanged).
 std::optional<ServiceEntry> compileService(const registry::Catalog& catalog,
-                                           const MeshResources& resources,
-                                           std::string_view service, uint64_t* skipped = nullptr);
+                                           const MeshResources& resources, std::string_view service,
+                                           uint64_t* skipped = nullptr,
+                                           const ServiceEntry* definition = nullptr);
 // nullopt when no HTTPRoute names the gateway.
 std::optional<GatewayEntry> compileGateway(const MeshResources& resources,
                                            std::string_view gateway);

@@ -496,6 +496,19 @@ spec:
   EXPECT_EQ(d["services"]["cache"]["protocol"], "tcp");
   EXPECT_TRUE(d["services"]["cache"]["endpoints"].empty());
 
+  // Endpoint changes while the resources stay: the definitions are not compiled again (taken
+  // from the entries), and every entry is what a compiler made from scratch has.
+  apply(instance("n2", "10.0.0.2", "orders", "orders-2", 9002, CheckStatus::kPassing));
+  d = flush();
+  EXPECT_EQ(d["services"]["orders"].size(), 1u) << d; // the endpoints only
+  EXPECT_EQ(d["services"]["orders"]["endpoints_added"], json::array({"10.0.0.2:9002"})) << d;
+  {
+    MeshCompiler fresh(catalog_);
+    fresh.rebuild();
+    EXPECT_EQ(fresh.services(), compiler_.services());
+    EXPECT_EQ(compiler_.services().at("orders").cluster, fresh.services().at("orders").cluster);
+  }
+
   // Deleting the policy brings the defaults back.
   registry::KvDeleteRequest del;
   del.key = "trellis/resources/TrafficPolicy/default/orders";

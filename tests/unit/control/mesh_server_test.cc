@@ -366,9 +366,9 @@ TEST_F(MeshServerTest, AcksInTheStreamBodyAreRecordedLineByLine) {
   EXPECT_EQ(server_->stats().acks_rejected, 1u);
   EXPECT_EQ(proxy()["last_error"], "bad route");
 
-  for (const std::string bad : {std::string("{\n"), std::string("[]\n"),
-                                json{{"version", v + 1}, {"accepted", true}}.dump() + "\n",
-                                json{{"version", v}, {"accepted", 1}}.dump() + "\n"})
+  for (const std::string& bad : {std::string("{\n"), std::string("[]\n"),
+                                 json{{"version", v + 1}, {"accepted", true}}.dump() + "\n",
+                                 json{{"version", v}, {"accepted", 1}}.dump() + "\n"})
     w->clientSends(bad);
   EXPECT_EQ(server_->stats().ack_errors, 4u);
   EXPECT_EQ(server_->stats().acks_accepted, 1u);

@@ -125,7 +125,18 @@ Status checkEndpointChanges(const std::string& name, const json& entry) {
 // pass moves the whole list (no copy, no parse), after putting it in order if it was not.
 //
 // `origins` (may be null) follows each element's move; putting the list in order loses them.
-bool applyEndpointChanges(json& stored, bool& in_order, const json* added, const json* removed,
+// The element an addition puts in: its own (`ep`), or the address string `k` itself.
+json elementOf(std::string_view k, const json* ep) {
+  return ep != nullptr ? *ep : json(std::string(k));
+}
+bool sameElement(const json& stored, std::string_view k, const json* ep) {
+  if (ep != nullptr)
+    return stored == *ep;
+  return stored.is_string() && stored.get_ref<const std::string&>() == k;
+}
+
+bool applyEndpointChanges(json& stored, bool& in_order, std::vector<std::string_view>& gone,
+                          std::vector<std::pair<std::string_view, const json*>>& adds,
                           EndpointOrigins* origins) {
   if (!stored.is_array()) {
     stored = json::array();
@@ -137,7 +148,7 @@ bool applyEndpointChanges(json& stored, bool& in_order, const json* added, const
   if (origins != nullptr && origins->base_rev == 0)
     origins = nullptr;
   if (origins != nullptr && !origins->edited) { // still the base list: each is where it was
-    origins->index.reserve(list.size() + (added != nullptr ? added->size() : 0));
+    origins->index.reserve(list.size() + adds.size());
     origins->index.resize(list.size());
     std::iota(origins->index.begin(), origins->index.end(), uint32_t{0});
     origins->edited = true;
@@ -145,15 +156,7 @@ bool applyEndpointChanges(json& stored, bool& in_order, const json* added, const
   auto originAt = [&](json::array_t::iterator it) -> uint32_t* {
     return origins != nullptr ? &origins->index[static_cast<size_t>(it - list.begin())] : nullptr;
   };
-  std::vector<std::string_view> gone;
-  if (removed != nullptr)
-    for (const json& address : *removed)
-      gone.push_back(address.get_ref<const std::string&>());
   std::sort(gone.begin(), gone.end());
-  std::vector<std::pair<std::string_view, const json*>> adds;
-  if (added != nullptr)
-    for (const json& ep : *added)
-      adds.emplace_back(*endpointAddress(ep), &ep);
   // The last of several additions of one address wins: unique over the reversed range keeps
   // the first of each run there, and packs what it keeps at the forward range's tail.
   std::stable_sort(adds.begin(), adds.end(),
@@ -193,17 +196,17 @@ bool applyEndpointChanges(json& stored, bool& in_order, const json* added, const
     for (const auto& [k, ep] : adds) {
       auto it = lower(k);
       if (at(it, k)) {
-        if (*it != *ep) {
+        if (!sameElement(*it, k, ep)) {
           if (uint32_t* o = originAt(it); o != nullptr && *o != EndpointOrigins::kNew)
             *o |= EndpointOrigins::kChanged;
-          *it = *ep;
+          *it = elementOf(k, ep);
           changed = true;
         }
       } else {
         if (origins != nullptr)
           origins->index.insert(origins->index.begin() + (it - list.begin()),
                                 EndpointOrigins::kNew);
-        insertAt(list, it, *ep);
+        insertAt(list, it, elementOf(k, ep));
         changed = true;
       }
     }
@@ -287,14 +290,14 @@ bool applyEndpointChanges(json& stored, bool& in_order, const json* added, const
       ++i;
     } else if (i == addressed || a->first < keys[i]) {
       fresh();
-      out.push_back(*a->second);
+      out.push_back(elementOf(a->first, a->second));
       changed = true;
       ++a;
     } else { // the same address: the addition replaces it (removals come first)
-      const bool differs = *a->second != list[i];
+      const bool differs = !sameElement(list[i], a->first, a->second);
       changed = changed || differs;
       keep(i, differs);
-      out.push_back(*a->second);
+      out.push_back(elementOf(a->first, a->second));
       ++i;
       ++a;
     }
@@ -410,18 +413,18 @@ struct Scanner {
       return std::nullopt;
     return v;
   }
-  // "[" strings "]" as a JSON array of strings.
-  std::optional<json> stringArray() {
+  // "[" strings "]", viewing the input.
+  std::optional<std::vector<std::string_view>> stringArray() {
     if (!eat('['))
       return std::nullopt;
-    json out = json::array();
+    std::vector<std::string_view> out;
     if (eat(']'))
       return out;
     do {
       auto s = string();
       if (!s)
         return std::nullopt;
-      out.push_back(std::string(*s));
+      out.push_back(*s);
     } while (eat(','));
     if (!eat(']'))
       return std::nullopt;
@@ -474,15 +477,15 @@ std::optional<EndpointDelta> readEndpointDelta(std::string_view line) {
         if (!name || name->empty() || !sc.eat(':') || !sc.eat('{'))
           return std::nullopt;
         EndpointDelta::Change c;
-        c.service = std::string(*name);
+        c.service = *name;
         do {
           auto field = sc.string();
           if (!field || !sc.eat(':'))
             return std::nullopt;
-          json* slot = *field == "endpoints_added"     ? &c.added
+          auto* slot = *field == "endpoints_added"     ? &c.added
                        : *field == "endpoints_removed" ? &c.removed
                                                        : nullptr;
-          if (slot == nullptr || !slot->is_null())
+          if (slot == nullptr || slot->has_value())
             return std::nullopt;
           auto list = sc.stringArray();
           if (!list)
@@ -525,9 +528,15 @@ bool MeshState::applyEndpointDelta(const EndpointDelta& d) {
   }
   for (size_t i = 0; i < entries.size(); ++i) {
     const EndpointDelta::Change& c = d.services[i];
-    applyServiceChange(c.service, false, *entries[i], nullptr,
-                       c.added.is_null() ? nullptr : &c.added,
-                       c.removed.is_null() ? nullptr : &c.removed);
+    changes_.any = c.added.has_value() || c.removed.has_value();
+    changes_.gone.clear();
+    changes_.adds.clear();
+    if (c.removed)
+      changes_.gone.assign(c.removed->begin(), c.removed->end());
+    if (c.added)
+      for (std::string_view a : *c.added)
+        changes_.adds.emplace_back(a, nullptr);
+    applyServiceChange(c.service, false, *entries[i], nullptr, changes_);
   }
   version_ = d.version;
   return true;
@@ -619,12 +628,12 @@ Status MeshState::applySnapshot(const Message& msg) {
   return okStatus();
 }
 
-void MeshState::applyServiceChange(const std::string& name, bool is_new, ServiceEntry& e,
-                                   const json* fields, const json* added, const json* removed) {
+void MeshState::applyServiceChange(std::string_view name, bool is_new, ServiceEntry& e,
+                                   const json* fields, EndpointChanges& changes) {
   if (is_new || log_.size() >= kMaxChangeLog)
     forgetChanges();
   else
-    log_.push_back(Named{next_rev_, name});
+    log_.push_back(Named{next_rev_, std::string(name)});
   bool def = false;
   uint64_t d = e.definition_rev;
   if (fields != nullptr)
@@ -643,8 +652,8 @@ void MeshState::applyServiceChange(const std::string& name, bool is_new, Service
                                                              : e.routes,
                         *f, d);
     }
-  if ((added != nullptr || removed != nullptr) &&
-      applyEndpointChanges(e.endpoints, e.endpoints_in_order, added, removed, &e.origins))
+  if (changes.any && applyEndpointChanges(e.endpoints, e.endpoints_in_order, changes.gone,
+                                          changes.adds, &e.origins))
     e.endpoints_rev = next_rev_++;
   if (std::find(origins_moved_.begin(), origins_moved_.end(), &e) == origins_moved_.end())
     origins_moved_.push_back(&e);
@@ -683,8 +692,16 @@ Status MeshState::applyDelta(const Message& msg) {
       ServiceEntry& e = slot->second; // a new service: its entry is complete
       auto added = entry.find("endpoints_added");
       auto removed = entry.find("endpoints_removed");
-      applyServiceChange(name, is_new, e, &entry, added != entry.end() ? &*added : nullptr,
-                         removed != entry.end() ? &*removed : nullptr);
+      changes_.any = added != entry.end() || removed != entry.end();
+      changes_.gone.clear();
+      changes_.adds.clear();
+      if (removed != entry.end())
+        for (const json& address : *removed)
+          changes_.gone.push_back(address.get_ref<const std::string&>());
+      if (added != entry.end())
+        for (const json& ep : *added)
+          changes_.adds.emplace_back(*endpointAddress(ep), &ep);
+      applyServiceChange(name, is_new, e, &entry, changes_);
     }
   }
   if (auto it = msg.body.find("gateways"); it != msg.body.end())

@@ -33,11 +33,12 @@ Result<Message> parseMessage(std::string_view line);
 // A delta that only adds and removes endpoints written as address strings, of services the
 // receiver has: the usual single registration or health change (docs/protocol.md "Endpoint
 // changes"), read without building a JSON tree of the whole message.
+// The addresses view the line they were read from, which must outlive the EndpointDelta.
 struct EndpointDelta {
   struct Change {
-    std::string service;
-    nlohmann::json added;   // an array of address strings; null when absent
-    nlohmann::json removed; // likewise
+    std::string_view service;
+    std::optional<std::vector<std::string_view>> added;   // address strings; nullopt: absent
+    std::optional<std::vector<std::string_view>> removed; // likewise
   };
   uint64_t version = 0;
   std::vector<Change> services; // ordered by name
@@ -128,12 +129,18 @@ public:
 private:
   // The set of service names may have changed: readers from before must look at everything.
   void forgetChanges();
+  // One service's endpoint changes: the addresses removed, and those added with their
+  // element (null: the address string itself, as readEndpointDelta() reads them).
+  struct EndpointChanges {
+    bool any = false; // the delta had endpoints_added or endpoints_removed
+    std::vector<std::string_view> gone;
+    std::vector<std::pair<std::string_view, const nlohmann::json*>> adds;
+  };
   // One service's part of a delta, for applyDelta() and applyEndpointDelta(): its entry's
-  // fields (`fields`, may be null: none) and endpoint changes (each may be null), with the
-  // change log, revisions and moved origins kept.
-  void applyServiceChange(const std::string& name, bool is_new, ServiceEntry& e,
-                          const nlohmann::json* fields, const nlohmann::json* added,
-                          const nlohmann::json* removed);
+  // fields (`fields`, may be null: none) and endpoint changes, with the change log, revisions
+  // and moved origins kept.
+  void applyServiceChange(std::string_view name, bool is_new, ServiceEntry& e,
+                          const nlohmann::json* fields, EndpointChanges& changes);
   // Sets `field` to `value`, bumping `rev` when the content differs. Returns whether it did.
   bool setField(nlohmann::json& field, const nlohmann::json& value, uint64_t& rev);
 
@@ -148,6 +155,7 @@ private:
     uint64_t rev;
     std::string name;
   };
+  EndpointChanges changes_; // reused: its vectors keep their capacity
   std::vector<Named> log_;
   uint64_t log_from_ = 1;
   // Services whose origins changed since the last rebaseEndpointOrigins() (map nodes are

@@ -287,10 +287,11 @@ TEST(MeshState, EndpointDeltaReaderTakesOnlyItsShape) {
   EXPECT_EQ(d->version, UINT64_MAX);
   ASSERT_EQ(d->services.size(), 2u);
   EXPECT_EQ(d->services[0].service, "orders"); // ordered by name
-  EXPECT_EQ(d->services[0].added, (json{"10.0.0.1:1", "10.0.0.1:2"}));
-  EXPECT_EQ(d->services[0].removed, json::array());
-  EXPECT_TRUE(d->services[1].added.is_null());
-  EXPECT_EQ(d->services[1].removed, json{"127.0.0.1:2001"});
+  using Views = std::vector<std::string_view>;
+  EXPECT_EQ(d->services[0].added, (Views{"10.0.0.1:1", "10.0.0.1:2"}));
+  EXPECT_EQ(d->services[0].removed, Views{});
+  EXPECT_FALSE(d->services[1].added.has_value());
+  EXPECT_EQ(d->services[1].removed, Views{"127.0.0.1:2001"});
   EXPECT_TRUE(readEndpointDelta(R"({"type":"delta","version":3})").has_value());
 
   for (

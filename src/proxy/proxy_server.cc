@@ -405,7 +405,8 @@ std::string ProxyServer::clustersJson() {
                        {"weight", c->cfg.endpoints[i].weight},
                        {"state", endpointStateName(c->state->state(i))},
                        {"active_requests", c->endpoints.activeRequests(i)},
-                       {"idle_connections", c->pools[i] ? c->pools[i]->idleCount() : 0}});
+                       {"idle_connections",
+                        i < c->pools.size() && c->pools[i] ? c->pools[i]->idleCount() : 0}});
       }
       cj["endpoints"] = std::move(eps);
       out.push_back(std::move(cj));

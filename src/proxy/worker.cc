@@ -118,8 +118,7 @@ const char* timeoutKindName(TimeoutKind k) {
 }
 
 ClusterRuntime::ClusterRuntime(const Cluster& c, Worker& w, std::shared_ptr<ClusterState> st)
-    : cfg(c), worker(w), state(std::move(st)), endpoints(endpointSetOf(c)),
-      pools(c.endpoints.size(), nullptr) {
+    : cfg(c), worker(w), state(std::move(st)), endpoints(endpointSetOf(c)) {
   lb = createLoadBalancer(c.lb, endpoints, w.random());
   // Generation 0: no endpoint state was ever published (ClusterState), so every endpoint is
   // healthy, as the new set already has them; a mesh update makes a runtime per changed
@@ -135,6 +134,8 @@ void ClusterRuntime::syncHealthSlow(uint64_t generation) {
 }
 
 UpstreamPool& ClusterRuntime::pool(size_t ep) {
+  if (pools.empty())
+    pools.assign(cfg.endpoints.size(), nullptr);
   UpstreamPool* p = pools[ep];
   if (!p) {
     p = &worker.pool(cfg.endpoints[ep].address);

@@ -116,7 +116,9 @@ struct ClusterRuntime {
   uint64_t seen_generation_ = 0;
   EndpointSet endpoints;
   std::unique_ptr<LoadBalancer> lb;
-  std::vector<UpstreamPool*> pools; // per endpoint; null until first used
+  // Per endpoint, null until first used; empty until the cluster's first pool (a mesh update
+  // makes a runtime per changed cluster, most of which carry no request before the next).
+  std::vector<UpstreamPool*> pools;
   std::unique_ptr<ClusterStats> stats_;
 };
 

@@ -38,8 +38,7 @@ EndpointSet::EndpointSet(const std::vector<LbEndpoint>& endpoints)
     : EndpointSet(weightsOf(endpoints), keysOf(endpoints)) {}
 
 EndpointSet::EndpointSet(std::vector<uint32_t> weights, std::vector<std::string> keys)
-    : weights_(std::move(weights)), keys_(std::move(keys)),
-      states_(weights_.size(), EndpointState::kHealthy), active_(weights_.size(), 0),
+    : weights_(std::move(weights)), keys_(std::move(keys)), per_(weights_.size()),
       available_(weights_.size()) {
   for (auto& w : weights_)
     if (w == 0)
@@ -55,7 +54,7 @@ const std::string& EndpointSet::key(size_t i) const {
 
 void EndpointSet::setState(size_t i, EndpointState s) {
   const bool was = available(i);
-  states_[i] = s;
+  per_[i].state = s;
   const bool now = available(i);
   if (was != now) {
     if (now)

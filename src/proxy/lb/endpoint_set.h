@@ -42,19 +42,19 @@ public:
   const std::string& key(size_t i) const;
   uint32_t weight(size_t i) const { return weights_[i]; }
 
-  EndpointState state(size_t i) const { return states_[i]; }
-  bool available(size_t i) const { return states_[i] == EndpointState::kHealthy; }
+  EndpointState state(size_t i) const { return per_[i].state; }
+  bool available(size_t i) const { return per_[i].state == EndpointState::kHealthy; }
   size_t availableCount() const { return available_; }
   // Changes one endpoint's state. Bumps generation() when its availability changes.
   void setState(size_t i, EndpointState s);
 
   // Requests in flight to endpoint i; least_request reads these. Callers pair every
   // onRequestStart with one onRequestEnd (an unmatched end is ignored, never underflows).
-  uint32_t activeRequests(size_t i) const { return active_[i]; }
-  void onRequestStart(size_t i) { ++active_[i]; }
+  uint32_t activeRequests(size_t i) const { return per_[i].active; }
+  void onRequestStart(size_t i) { ++per_[i].active; }
   void onRequestEnd(size_t i) {
-    if (active_[i] > 0)
-      --active_[i];
+    if (per_[i].active > 0)
+      --per_[i].active;
   }
 
   // Changes whenever the set of available endpoints changes; load balancers rebuild derived
@@ -64,8 +64,13 @@ public:
 private:
   std::vector<uint32_t> weights_;
   std::vector<std::string> keys_; // empty, or one per endpoint
-  std::vector<EndpointState> states_;
-  std::vector<uint32_t> active_;
+  // Per endpoint, together: one allocation per set (a mesh update makes a set per changed
+  // cluster).
+  struct PerEndpoint {
+    uint32_t active = 0;
+    EndpointState state = EndpointState::kHealthy;
+  };
+  std::vector<PerEndpoint> per_;
   size_t available_ = 0;
   uint64_t generation_ = 0;
 };

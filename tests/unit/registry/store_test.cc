@@ -320,12 +320,13 @@ TEST(SqliteStoreTest, GroupCommitAcknowledgesEveryCallerAfterOneTransaction) {
   std::promise<void> entered, release;
   auto release_fut = release.get_future().share();
   std::unique_ptr<StoreWatch> watch;
+  // Here, not in the holder thread: the callback runs again (on the committer thread, for the
+  // 200 writes) after that thread ended.
+  std::atomic<bool> first{true};
   std::thread holder([&] {
-    bool first = true;
     auto w = store.watch(0, [&, release_fut](const ChangeSet&) {
-      if (!first)
+      if (!first.exchange(false))
         return;
-      first = false;
       entered.set_value();
       release_fut.wait();
     });

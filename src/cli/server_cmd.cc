@@ -1,4 +1,6 @@
 #include <cstdio>
+#include <string>
+#include <tuple>
 
 #include "base/dispatcher.h"
 #include "base/log.h"
@@ -48,24 +50,21 @@ int runServer(const ServerFlags& f) {
     o.recursors.push_back(*a);
   }
   o.node_name = f.node_name;
-  auto heartbeat = parseDuration(f.mesh_heartbeat);
-  if (!heartbeat)
-    return usage("--mesh-heartbeat: " + heartbeat.error().message());
-  if (*heartbeat < std::chrono::milliseconds(100) || *heartbeat > std::chrono::hours(1))
-    return usage("--mesh-heartbeat: must be 100ms..1h, got " + f.mesh_heartbeat);
-  o.mesh_heartbeat = *heartbeat;
-  auto coalesce = parseDuration(f.mesh_coalesce);
-  if (!coalesce)
-    return usage("--mesh-coalesce: " + coalesce.error().message());
-  if (*coalesce > std::chrono::seconds(1))
-    return usage("--mesh-coalesce: must be 0..1s, got " + f.mesh_coalesce);
-  o.mesh_coalesce = *coalesce;
-  auto ack_wait = parseDuration(f.mesh_max_ack_wait);
-  if (!ack_wait)
-    return usage("--mesh-max-ack-wait: " + ack_wait.error().message());
-  if (*ack_wait > std::chrono::minutes(1))
-    return usage("--mesh-max-ack-wait: must be 0..1m, got " + f.mesh_max_ack_wait);
-  o.mesh_max_ack_wait = *ack_wait;
+  using std::chrono::milliseconds;
+  for (const auto& [flag, text, out, min, max, range] :
+       {std::tuple{"--mesh-heartbeat", &f.mesh_heartbeat, &o.mesh_heartbeat,
+                   Duration(milliseconds(100)), Duration(std::chrono::hours(1)), "100ms..1h"},
+        std::tuple{"--mesh-coalesce", &f.mesh_coalesce, &o.mesh_coalesce, Duration::zero(),
+                   Duration(std::chrono::seconds(1)), "0..1s"},
+        std::tuple{"--mesh-max-ack-wait", &f.mesh_max_ack_wait, &o.mesh_max_ack_wait,
+                   Duration::zero(), Duration(std::chrono::minutes(1)), "0..1m"}}) {
+    auto d = parseDuration(*text);
+    if (!d)
+      return usage(std::string(flag) + ": " + d.error().message());
+    if (*d < min || *d > max)
+      return usage(fmt::format("{}: must be {}, got {}", flag, range, *text));
+    *out = *d;
+  }
   if (f.mesh_endpoint_tombstones < 1 || f.mesh_endpoint_tombstones > 1000000)
     return usage("--mesh-endpoint-tombstones: must be 1..1000000, got " +
                  std::to_string(f.mesh_endpoint_tombstones));

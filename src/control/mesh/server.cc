@@ -194,8 +194,7 @@ void MeshServer::onCoalesced() {
       if (s->queue.empty()) {
         ++stats_.deltas_held;
         held_.inc();
-        if (!ack_wait_timer_->enabled())
-          ack_wait_timer_->enable(s->sent_at + settings_.max_ack_wait - loop_.now());
+        armAckWait(s->sent_at + settings_.max_ack_wait);
       }
       s->behind = true;
       continue;
@@ -220,8 +219,15 @@ void MeshServer::releaseIfDue(const StreamPtr& s) {
     catchUp(s);
     return;
   }
-  if (!ack_wait_timer_->enabled())
-    ack_wait_timer_->enable(s->sent_at + settings_.max_ack_wait - loop_.now());
+  armAckWait(s->sent_at + settings_.max_ack_wait);
+}
+
+void MeshServer::armAckWait(MonotonicTime due) {
+  if (ack_wait_timer_->enabled() && ack_wait_due_ <= due)
+    return; // it fires earlier; that turn re-arms for the streams still waiting
+  ack_wait_due_ = due;
+  const MonotonicTime now = loop_.now();
+  ack_wait_timer_->enable(due > now ? due - now : Duration::zero());
 }
 
 void MeshServer::onAckWait() {
@@ -234,7 +240,7 @@ void MeshServer::onAckWait() {
     if (!s->closed && !awaitingAck(*s) && s->acked_version < s->sent_version)
       TLOG_DEBUG("mesh: {} did not ack version {} within {} ms: sending it the next", s->node,
                  s->sent_version, settings_.max_ack_wait / std::chrono::milliseconds(1));
-    releaseIfDue(s); // one still waiting re-arms the timer
+    releaseIfDue(s); // one still waiting re-arms the timer for the earliest of them
   }
 }
 

@@ -202,6 +202,8 @@ private:
   // Sends the catch-up delta to `s` if it is behind and nothing holds it any more (its queue
   // is empty and no ack is awaited); arms the ack-wait timer for one that still waits.
   void releaseIfDue(const StreamPtr& s);
+  // Has the ack-wait timer fire by `due` (the earliest held stream's end of wait).
+  void armAckWait(MonotonicTime due);
   void onAckWait();
   void catchUp(const StreamPtr& s);
   void onHeartbeat();
@@ -229,6 +231,7 @@ private:
   std::unique_ptr<Timer> heartbeat_timer_;
   // Releases streams held for an ack that did not come within max_ack_wait.
   std::unique_ptr<Timer> ack_wait_timer_;
+  MonotonicTime ack_wait_due_{}; // when it fires, while enabled
   std::mt19937_64 ids_{std::random_device{}()};
   MeshStats stats_;
 

@@ -365,36 +365,10 @@ void Worker::apply(std::shared_ptr<const Snapshot> snapshot,
   // added or removed): an endpoint in both is no change.
   std::vector<const net::SocketAddress*> gone;
   std::vector<size_t> from;
-  std::vector<uint8_t> stays;
   for (const auto& [c, j] : replaced) {
     const auto& now = c->endpoints;
     const auto& before = old_clusters[j]->cfg.endpoints;
-    stays.assign(before.size(), 0);
-    if (const EndpointLineage* n = c->lineage.ptr.get(),
-        *b = old_clusters[j]->cfg.lineage.ptr.get();
-        n != nullptr && b != nullptr && n->base == b->id && n->origin.size() == now.size()) {
-      // Edited from the old list (a mesh delta): the lineage says which endpoints are new and
-      // where the others were, without pairing the lists (pairByLineage's copy of it).
-      bool valid = true;
-      for (size_t i = 0; i < now.size() && valid; ++i) {
-        const uint32_t o = n->origin[i];
-        if (o == EndpointLineage::kNew)
-          continue;
-        valid = o < before.size(); // never trust it blindly
-        if (valid)
-          stays[o] = 1;
-      }
-      if (valid) {
-        for (size_t i = 0; i < now.size(); ++i)
-          if (n->origin[i] == EndpointLineage::kNew)
-            endpoint_refs_[now[i].address]++;
-        for (size_t k = 0; k < before.size(); ++k)
-          if (!stays[k])
-            gone.push_back(&before[k].address);
-        continue;
-      }
-      stays.assign(before.size(), 0);
-    }
+    std::vector<uint8_t> stays(before.size(), 0);
     if (!pairByLineage(*c, old_clusters[j]->cfg, from))
       matchInStep(now, before, from);
     for (size_t i = 0; i < now.size(); ++i) {

@@ -114,17 +114,6 @@ Status checkEndpointChanges(const std::string& name, const json& entry) {
   return okStatus();
 }
 
-// Changes the stored endpoint list in place: `removed` addresses taken out, `added`
-// endpoints put in (replacing one of the same address), ordered by address like the server's
-// full list. Stored elements without an address (a list the configuration rejected) are kept,
-// last; a stored value that is no list counts as empty. Returns whether the list changed.
-//
-// `in_order` says the list is known to be in that order (this function left it so and
-// nothing replaced it since). Then a few changes, the usual case (a single registration
-// touches one endpoint of one service), are each put in by binary search; otherwise one merge
-// pass moves the whole list (no copy, no parse), after putting it in order if it was not.
-//
-// `origins` (may be null) follows each element's move; putting the list in order loses them.
 // The element an addition puts in: its own (`ep`), or the address string `k` itself.
 json elementOf(std::string_view k, const json* ep) {
   return ep != nullptr ? *ep : json(std::string(k));
@@ -135,6 +124,18 @@ bool sameElement(const json& stored, std::string_view k, const json* ep) {
   return stored.is_string() && stored.get_ref<const std::string&>() == k;
 }
 
+// Changes the stored endpoint list in place: the `gone` addresses taken out, the `adds` put in
+// (each an address and its element, or null for the address string itself; one replaces a
+// stored element of the same address), ordered by address like the server's full list. Both
+// lists are sorted here. Stored elements without an address (a list the configuration rejected) are
+// kept, last; a stored value that is no list counts as empty. Returns whether the list changed.
+//
+// `in_order` says the list is known to be in that order (this function left it so and
+// nothing replaced it since). Then a few changes, the usual case (a single registration
+// touches one endpoint of one service), are each put in by binary search; otherwise one merge
+// pass moves the whole list (no copy, no parse), after putting it in order if it was not.
+//
+// `origins` (may be null) follows each element's move; putting the list in order loses them.
 bool applyEndpointChanges(json& stored, bool& in_order, std::vector<std::string_view>& gone,
                           std::vector<std::pair<std::string_view, const json*>>& adds,
                           EndpointOrigins* origins) {

@@ -400,11 +400,13 @@ std::string ProxyServer::clustersJson() {
       cj["name"] = c->cfg.name;
       cj["lb"] = lbPolicyName(c->cfg.lb.policy);
       nlohmann::json eps = nlohmann::json::array();
-      for (size_t i = 0; i < c->endpoints.size(); ++i) {
+      // A runtime that served no request yet has no endpoint set (ClusterRuntime): none active.
+      const bool built = c->lb != nullptr;
+      for (size_t i = 0; i < c->cfg.endpoints.size(); ++i) {
         eps.push_back({{"address", c->cfg.endpoints[i].address.toString()},
                        {"weight", c->cfg.endpoints[i].weight},
                        {"state", endpointStateName(c->state->state(i))},
-                       {"active_requests", c->endpoints.activeRequests(i)},
+                       {"active_requests", built ? c->endpoints.activeRequests(i) : 0},
                        {"idle_connections",
                         i < c->pools.size() && c->pools[i] ? c->pools[i]->idleCount() : 0}});
       }

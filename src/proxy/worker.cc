@@ -118,13 +118,14 @@ const char* timeoutKindName(TimeoutKind k) {
 }
 
 ClusterRuntime::ClusterRuntime(const Cluster& c, Worker& w, std::shared_ptr<ClusterState> st)
-    : cfg(c), worker(w), state(std::move(st)), endpoints(endpointSetOf(c)) {
-  lb = createLoadBalancer(c.lb, endpoints, w.random());
-  // Generation 0: no endpoint state was ever published (ClusterState), so every endpoint is
-  // healthy, as the new set already has them; a mesh update makes a runtime per changed
-  // cluster, and reading each endpoint's state was half of that.
-  if (const uint64_t g = state->generation(); g != 0)
-    syncHealthSlow(g);
+    : cfg(c), worker(w), state(std::move(st)) {}
+
+void ClusterRuntime::build() {
+  endpoints = endpointSetOf(cfg);
+  lb = createLoadBalancer(cfg.lb, endpoints, worker.random());
+  // The new set has every endpoint healthy: that is generation 0 (no endpoint state was ever
+  // published, ClusterState); syncHealth() copies any other.
+  seen_generation_ = 0;
 }
 
 void ClusterRuntime::syncHealthSlow(uint64_t generation) {

@@ -97,9 +97,12 @@ struct ClusterStats {
 struct ClusterRuntime {
   ClusterRuntime(const Cluster& cfg, Worker& worker, std::shared_ptr<ClusterState> state);
 
-  // Copies endpoint states from the shared ClusterState when they changed (one atomic load
-  // when they did not). Call before every pick.
+  // Makes the endpoint set and balancer on first use, then copies endpoint states from the
+  // shared ClusterState when they changed (one atomic load when they did not). Call before
+  // every pick: `endpoints` and `lb` are valid after it.
   void syncHealth() {
+    if (!lb)
+      build();
     const uint64_t g = state->generation();
     if (g != seen_generation_)
       syncHealthSlow(g);
@@ -109,12 +112,17 @@ struct ClusterRuntime {
   // The pool of endpoint `ep` (created on first use, owned by the worker).
   UpstreamPool& pool(size_t ep);
   ClusterStats& stats();
+  // Makes `endpoints` and `lb` (syncHealth() calls it the first time).
+  void build();
 
   const Cluster& cfg;
   Worker& worker;
   std::shared_ptr<ClusterState> state;
   uint64_t seen_generation_ = 0;
-  EndpointSet endpoints;
+  // Both made by the first syncHealth() (build()), not by the constructor: a mesh update
+  // makes a runtime per changed cluster, and most serve no request before the next update.
+  // Until then the set is empty and `lb` null.
+  EndpointSet endpoints{std::vector<uint32_t>{}};
   std::unique_ptr<LoadBalancer> lb;
   // Per endpoint, null until first used; empty until the cluster's first pool (a mesh update
   // makes a runtime per changed cluster, most of which carry no request before the next).

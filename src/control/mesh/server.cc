@@ -575,7 +575,8 @@ Status MeshServer::readAck(const json& body, AckFields& out) const {
   return okStatus();
 }
 
-Status MeshServer::recordAck(Stream& s, AckFields ack) {
+Status MeshServer::recordAck(StreamPtr sp, AckFields ack) {
+  Stream& s = *sp;
   const uint64_t version = ack.version;
   if (version > s.sent_version)
     return makeError(ErrorCode::kInvalidArgument,
@@ -614,8 +615,7 @@ Status MeshServer::recordAck(Stream& s, AckFields ack) {
       s.last_error = std::move(ack.error);
   }
   // Paced: the ack of the last message sent lets the next go.
-  if (auto it = streams_.find(s.node); it != streams_.end() && it->second.get() == &s)
-    releaseIfDue(it->second);
+  releaseIfDue(sp);
   answerWaiters();
   return okStatus();
 }
@@ -651,7 +651,7 @@ void MeshServer::ack(http::ServerRequest& req, const Writer& w) {
                  fmt::format("no stream {} for node {} (closed or replaced: the proxy gets a "
                              "new snapshot when it reconnects)\n",
                              stream_id.substr(0, 64), node.substr(0, 128)));
-  if (Status st = recordAck(*it->second, std::move(fields)); !st.ok())
+  if (Status st = recordAck(it->second, std::move(fields)); !st.ok())
     return reply(w, 400, st.error().message() + "\n");
   reply(w, 200, "{}\n", "application/json");
 }
@@ -696,7 +696,7 @@ void MeshServer::onAckBytes(const StreamPtr& s, std::string_view piece) {
         st = readAck(body, fields);
       }
       if (st.ok())
-        st = recordAck(*s, std::move(fields));
+        st = recordAck(s, std::move(fields));
       if (!st.ok()) {
         ++stats_.ack_errors;
         ack_errors_.inc();

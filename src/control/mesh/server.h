@@ -163,8 +163,9 @@ private:
   };
   // Reads version, accepted and error from an ack object; the error names the field.
   Status readAck(const nlohmann::json& body, AckFields& out) const;
-  // Records an ack of `s`; an error when it acks a version not sent on the stream.
-  Status recordAck(Stream& s, AckFields ack);
+  // Records an ack of `s`; an error when it acks a version not sent on the stream. Held by
+  // value: the catch-up the ack releases may close the stream (and unlink it from streams_).
+  Status recordAck(StreamPtr s, AckFields ack);
   // A piece of a POST stream's body: ack lines.
   void onAckBytes(const StreamPtr& s, std::string_view piece);
   void snapshot(http::ServerRequest& req, const Writer& w);

@@ -188,9 +188,11 @@ Status ProxyServer::apply(std::shared_ptr<const Snapshot> snap) {
   generation_++;
   generation_gauge_.set(static_cast<double>(generation_));
   // Parsing a large file leaves the YAML tree's memory free but held by malloc; give it back
-  // so a proxy's resident size reflects what it keeps. Not after an update that replaced a
-  // few clusters (a mesh delta): that frees little, and trimming walks the whole heap.
-  if (fresh_clusters > kTrimAfterClusters || fresh_clusters * 2 > snap->clusters.size())
+  // so a proxy's resident size reflects what it keeps. Not after an update that replaced
+  // clusters in place (a mesh delta, however many clusters it changed: a burst's change most):
+  // that frees little, and trimming walks the whole heap (a fifth of such an update's time).
+  if (in_place.empty() &&
+      (fresh_clusters > kTrimAfterClusters || fresh_clusters * 2 > snap->clusters.size()))
     ::malloc_trim(0);
   return okStatus();
 }

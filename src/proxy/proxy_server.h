@@ -72,8 +72,9 @@ private:
     net::SocketAddress requested; // as configured (maybe port 0)
     net::ListenGroup group;
   };
-  // An update that creates more cluster states than this gives freed memory back to the
-  // system (malloc_trim); smaller ones (a mesh delta) would pay a heap walk for nothing.
+  // An update that creates more cluster states than this (or for more than half of its
+  // clusters) gives freed memory back to the system (malloc_trim), unless it replaced them in
+  // place (a mesh delta): smaller ones and deltas would pay a heap walk for nothing.
   static constexpr size_t kTrimAfterClusters = 64;
 
   // The shared state for `snap`: clusters that are the same objects as in the running

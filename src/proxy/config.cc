@@ -91,6 +91,27 @@ bool pairByLineage(const Cluster& now, const Cluster& before, std::vector<size_t
   return true;
 }
 
+const EndpointLineage* editedFrom(const Cluster& now, const Cluster& before, bool& same) {
+  const EndpointLineage* n = now.lineage.ptr.get();
+  const EndpointLineage* b = before.lineage.ptr.get();
+  if (n == nullptr || b == nullptr)
+    return nullptr;
+  same = n->id == b->id;
+  if (same)
+    return now.endpoints.size() == before.endpoints.size() ? n : nullptr;
+  if (n->base != b->id || n->origin.size() != now.endpoints.size() ||
+      now.endpoints.size() + n->removed.size() != before.endpoints.size() + n->added.size())
+    return nullptr;
+  // Never trusted blindly: every index must be in its list.
+  for (uint32_t i : n->added)
+    if (i >= now.endpoints.size())
+      return nullptr;
+  for (uint32_t k : n->removed)
+    if (k >= before.endpoints.size())
+      return nullptr;
+  return n;
+}
+
 EndpointSet endpointSetOf(const Cluster& cluster) {
   // Only the hashing policies read keys; formatting every address for the others was most
   // of the cost of a worker's new cluster (a mesh update re-creates each changed one).

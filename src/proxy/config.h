@@ -289,6 +289,11 @@ struct EndpointLineage {
   uint64_t base = 0; // the list it was edited from; 0: none (origin is empty)
   // Per endpoint: its index in the base list, or kNew.
   std::vector<uint32_t> origin;
+  // What the edit changed, ascending: the indices of this list's endpoints that are new
+  // (origin kNew), and those of the base list's endpoints it no longer has. A reader that
+  // only counts what came and went (a worker's pool references) needs no walk of either list.
+  std::vector<uint32_t> added;
+  std::vector<uint32_t> removed;
 };
 uint64_t nextEndpointLineageId();
 
@@ -331,6 +336,11 @@ size_t matchInStep(const std::vector<Endpoint>& now, const std::vector<Endpoint>
 // now.endpoints[i], or kNotInStep for an endpoint that is new. Exact, so an endpoint without a
 // pair is new. Returns false (and leaves `from` alone) when the lineages do not say.
 bool pairByLineage(const Cluster& now, const Cluster& before, std::vector<size_t>& from);
+
+// The lineage of `now` when its list was edited from `before`'s (or is the same list: then
+// nothing was added or removed), with its `added` and `removed` lists consistent with both
+// lists' sizes; null when the lineages do not say.
+const EndpointLineage* editedFrom(const Cluster& now, const Cluster& before, bool& same);
 
 // The endpoints in the form load balancers take, in the same order. Keys ("ip:port") are
 // set for the hashing policies (ring_hash, maglev), which place endpoints by them; none for

@@ -361,14 +361,25 @@ void Worker::apply(std::shared_ptr<const Snapshot> snapshot,
   // Pools whose endpoint no cluster of the new configuration has are closed; the others
   // keep their warm connections. Counted from what changed: added clusters first, so an
   // endpoint that moves from one cluster to another never drops to zero on the way.
-  // A cluster changed in place counts only the difference between its lists, paired by
-  // lineage (a mesh delta's edit) or walked in step (the usual case of a file: a few endpoints
+  // A cluster changed in place counts only the difference between its lists, as its lineage
+  // lists it (a mesh delta's edit) or walked in step (the usual case of a file: a few endpoints
   // added or removed): an endpoint in both is no change.
   std::vector<const net::SocketAddress*> gone;
   std::vector<size_t> from;
   for (const auto& [c, j] : replaced) {
     const auto& now = c->endpoints;
     const auto& before = old_clusters[j]->cfg.endpoints;
+    // A mesh delta's edit lists what came and went: no walk of either list.
+    bool same = false;
+    if (const EndpointLineage* edit = editedFrom(*c, old_clusters[j]->cfg, same)) {
+      if (same)
+        continue;
+      for (uint32_t i : edit->added)
+        endpoint_refs_[now[i].address]++;
+      for (uint32_t k : edit->removed)
+        gone.push_back(&before[k].address);
+      continue;
+    }
     std::vector<uint8_t> stays(before.size(), 0);
     if (!pairByLineage(*c, old_clusters[j]->cfg, from))
       matchInStep(now, before, from);
@@ -389,7 +400,8 @@ void Worker::apply(std::shared_ptr<const Snapshot> snapshot,
     auto ref = endpoint_refs_.find(address);
     if (ref == endpoint_refs_.end() || --ref->second > 0)
       return;
-    if (auto p = pools_.find(address.toString()); p != pools_.end()) {
+    if (auto p = pools_.empty() ? pools_.end() : pools_.find(address.toString());
+        p != pools_.end()) {
       p->second->closeAll();
       retired_pools_.push_back(std::move(p->second));
       pools_.erase(p);

@@ -414,6 +414,19 @@ bool ConfigBuilder::editEndpoints(const ServiceEntry& entry, ServiceCache& cache
   out.reserve(list.size());
   std::vector<size_t> read; // indexes of the elements read (not copied)
   const std::string path;   // errors are not reported from here: the full parse names them
+  // The base endpoints kept, in order (both lists are ordered by address, so they are): those
+  // skipped between two kept ones were removed. `ascending` turns false if not.
+  uint32_t next_base = 0;
+  bool ascending = true;
+  auto keep = [&](uint32_t at, size_t n) {
+    if (at < next_base) {
+      ascending = false;
+      return;
+    }
+    for (uint32_t k = next_base; k < at; ++k)
+      lineage->removed.push_back(k);
+    next_base = at + static_cast<uint32_t>(n);
+  };
   for (size_t i = 0; i < list.size(); ++i) {
     const uint32_t o = origins.index[i];
     const uint32_t at = o == EndpointOrigins::kNew ? o : (o & ~EndpointOrigins::kChanged);
@@ -428,6 +441,7 @@ bool ConfigBuilder::editEndpoints(const ServiceEntry& entry, ServiceCache& cache
       const size_t from = lineage->origin.size();
       lineage->origin.resize(from + n);
       std::iota(lineage->origin.begin() + from, lineage->origin.end(), static_cast<uint32_t>(at));
+      keep(at, n);
       i += n - 1;
       continue;
     }
@@ -441,7 +455,24 @@ bool ConfigBuilder::editEndpoints(const ServiceEntry& entry, ServiceCache& cache
     // A changed element keeps its place's state only if it kept its address.
     const bool same = at != EndpointOrigins::kNew && base[at].address == *sa;
     lineage->origin.push_back(same ? at : EndpointLineage::kNew);
+    if (same)
+      keep(at, 1);
+    else
+      lineage->added.push_back(static_cast<uint32_t>(i));
     read.push_back(i);
+  }
+  if (ascending) {
+    for (uint32_t k = next_base; k < base.size(); ++k)
+      lineage->removed.push_back(k);
+  } else { // cannot happen for an ordered list; then by a mark per base endpoint
+    std::vector<uint8_t> kept(base.size(), 0);
+    for (uint32_t at : lineage->origin)
+      if (at != EndpointLineage::kNew)
+        kept[at] = 1;
+    lineage->removed.clear();
+    for (uint32_t k = 0; k < base.size(); ++k)
+      if (!kept[k])
+        lineage->removed.push_back(k);
   }
   // The copied ones are distinct (they were in a valid list): compare the read ones with all.
   if (read.size() > kDirectRepeatCheck ? firstRepeated(out).has_value() : repeatsOneOf(out, read))

@@ -393,7 +393,33 @@ TEST(MeshApply, PoolsLiveExactlyWhileSomeClusterListsTheirAddress) {
         snap->clusters.push_back(prev->clusters.shared(at));
         shared->clusters.push_back(prev_shared->clusters[at]);
       } else {
-        snap->clusters.push_back(cluster(name, randomList()));
+        Cluster c = cluster(name, randomList());
+        // Every list has a lineage; half of those that follow one of the same name were
+        // edited from it (as a mesh delta's are): the worker counts pool references from the
+        // lineage's added and removed lists then, which are worked out here by address.
+        auto lineage = std::make_shared<EndpointLineage>();
+        lineage->id = nextEndpointLineageId();
+        if (prev && at < prev->clusters.size() && rng() % 2 == 0) {
+          const Cluster& before = prev->clusters[at];
+          lineage->base = before.lineage.ptr->id;
+          std::vector<bool> kept(before.endpoints.size(), false);
+          for (size_t i = 0; i < c.endpoints.size(); ++i) {
+            uint32_t o = EndpointLineage::kNew;
+            for (size_t k = 0; k < before.endpoints.size(); ++k)
+              if (before.endpoints[k].address == c.endpoints[i].address)
+                o = static_cast<uint32_t>(k);
+            lineage->origin.push_back(o);
+            if (o == EndpointLineage::kNew)
+              lineage->added.push_back(static_cast<uint32_t>(i));
+            else
+              kept[o] = true;
+          }
+          for (size_t k = 0; k < kept.size(); ++k)
+            if (!kept[k])
+              lineage->removed.push_back(static_cast<uint32_t>(k));
+        }
+        c.lineage.ptr = std::move(lineage);
+        snap->clusters.push_back(std::move(c));
         shared->clusters.push_back(std::make_shared<ClusterState>(snap->clusters.back()));
       }
     }

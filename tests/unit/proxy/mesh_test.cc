@@ -884,12 +884,24 @@ TEST(MeshConfig, BuildAfterDeltasEqualsAFreshOne) {
         std::vector<size_t> from;
         ASSERT_TRUE(pairByLineage(c, *before, from)) << where;
         std::set<size_t> places;
+        std::vector<uint32_t> added, removed;
         for (size_t i = 0; i < from.size(); ++i) {
-          if (from[i] == kNotInStep)
+          if (from[i] == kNotInStep) {
+            added.push_back(static_cast<uint32_t>(i));
             continue;
+          }
           EXPECT_TRUE(places.insert(from[i]).second) << where;
           EXPECT_EQ(c.endpoints[i].address, before->endpoints[from[i]].address) << where;
         }
+        // What came and went, as the worker reads it instead of walking the lists.
+        for (size_t k = 0; k < before->endpoints.size(); ++k)
+          if (places.count(k) == 0)
+            removed.push_back(static_cast<uint32_t>(k));
+        EXPECT_EQ(l->added, added) << where;
+        EXPECT_EQ(l->removed, removed) << where;
+        bool same = true;
+        EXPECT_EQ(editedFrom(c, *before, same), l) << where;
+        EXPECT_FALSE(same) << where;
       }
       last = *a;
     }

@@ -41,48 +41,58 @@ ClusterState::ClusterState(const Cluster& config)
                                        SharedLimit(config.circuit_breakers.max_pending_requests),
                                        SharedLimit(config.circuit_breakers.max_requests),
                                        SharedLimit(config.circuit_breakers.max_retries)} {
-  if (!cfg_.outlier_detection && !cfg_.health_check)
-    return; // nothing ever changes an endpoint's state: no per-endpoint memory
-  ejected_ = std::make_unique<std::atomic<bool>[]>(n_);
-  unhealthy_ = std::make_unique<std::atomic<bool>[]>(n_);
-  counting_ = std::make_unique<std::atomic<bool>[]>(n_);
+  // Outlier detection alone waits for the first failure; active checks start at once.
+  if (cfg_.health_check)
+    materialize();
+}
+
+void ClusterState::materialize() {
+  if (flags_owner_ || (!cfg_.outlier_detection && !cfg_.health_check))
+    return; // made already, or nothing ever changes an endpoint's state
   // make_unique value-initialises: every flag starts false.
+  flags_owner_ = std::make_unique<std::atomic<bool>[]>(3 * n_);
   const bool start_unhealthy = cfg_.health_check && !cfg_.health_check->start_healthy;
   if (start_unhealthy)
     for (size_t i = 0; i < n_; ++i)
-      unhealthy_[i].store(true, std::memory_order_relaxed);
+      unhealthy(i).store(true, std::memory_order_relaxed);
   if (cfg_.outlier_detection)
     outlier_.emplace(*cfg_.outlier_detection, n_);
   if (cfg_.health_check)
     trackers_.assign(n_, HealthTracker(*cfg_.health_check));
+  flags_.store(flags_owner_.get(), std::memory_order_release);
   if (start_unhealthy)
     publish();
 }
 
 EndpointState ClusterState::state(size_t ep) const {
-  if (!ejected_)
+  const std::atomic<bool>* f = flags_.load(std::memory_order_acquire);
+  if (f == nullptr)
     return EndpointState::kHealthy;
-  if (ejected_[ep].load(std::memory_order_relaxed))
+  if (f[ep].load(std::memory_order_relaxed))
     return EndpointState::kEjected;
-  if (unhealthy_[ep].load(std::memory_order_relaxed))
+  if (f[n_ + ep].load(std::memory_order_relaxed))
     return EndpointState::kUnhealthy;
   return EndpointState::kHealthy;
 }
 
 void ClusterState::reportOutcome(size_t ep, Outcome o, MonotonicTime now) {
-  if (!outlier_ || ep >= n_)
+  if (!cfg_.outlier_detection || ep >= n_)
     return;
-  if (o == Outcome::kSuccess && !counting_[ep].load(std::memory_order_relaxed))
-    return;
+  if (o == Outcome::kSuccess) {
+    const std::atomic<bool>* f = flags_.load(std::memory_order_acquire);
+    if (f == nullptr || !f[2 * n_ + ep].load(std::memory_order_relaxed))
+      return;
+  }
   std::lock_guard lock(mu_);
+  materialize();
   pristine_ = false;
-  counting_[ep].store(o != Outcome::kSuccess, std::memory_order_relaxed);
+  counting(ep).store(o != Outcome::kSuccess, std::memory_order_relaxed);
   auto reason = outlier_->onOutcome(ep, o, now);
   if (!reason)
     return;
   ejections_[static_cast<size_t>(*reason)].fetch_add(1, std::memory_order_relaxed);
-  ejected_[ep].store(true, std::memory_order_relaxed);
-  counting_[ep].store(false, std::memory_order_relaxed);
+  ejected(ep).store(true, std::memory_order_relaxed);
+  counting(ep).store(false, std::memory_order_relaxed);
   publish();
   TLOG_INFO("cluster {}: ejected endpoint {} ({}, ejection {}, for {} ms)", cfg_.name,
             cfg_.endpoints[ep].address.toString(), ejectReasonName(*reason),
@@ -100,19 +110,21 @@ void ClusterState::reportHealthCheck(size_t ep, bool success) {
   if (!trackers_[ep].onResult(success))
     return;
   const bool healthy = trackers_[ep].healthy();
-  unhealthy_[ep].store(!healthy, std::memory_order_relaxed);
+  unhealthy(ep).store(!healthy, std::memory_order_relaxed);
   publish();
   TLOG_INFO("cluster {}: endpoint {} is now {} (active health check)", cfg_.name,
             cfg_.endpoints[ep].address.toString(), healthy ? "healthy" : "unhealthy");
 }
 
 void ClusterState::tick(MonotonicTime now) {
-  if (!outlier_)
+  if (!cfg_.outlier_detection)
     return;
   std::lock_guard lock(mu_);
+  if (!outlier_)
+    return; // nothing failed yet: nothing to end or forgive
   auto back = outlier_->tick(now);
   for (size_t ep : back) {
-    ejected_[ep].store(false, std::memory_order_relaxed);
+    ejected(ep).store(false, std::memory_order_relaxed);
     TLOG_INFO("cluster {}: endpoint {} back from ejection", cfg_.name,
               cfg_.endpoints[ep].address.toString());
   }
@@ -128,13 +140,16 @@ void ClusterState::inheritFrom(const ClusterState& old) {
     checks_[r].store(old.checks_[r].load(std::memory_order_relaxed), std::memory_order_relaxed);
   std::scoped_lock lock(mu_, old.mu_);
   overflow_base_ = old.overflow_base_ + (old.outlier_ ? old.outlier_->overflows() : 0);
-  if (!ejected_ || !old.ejected_)
+  // Nothing to take over: no state here, or none made there (nothing ever happened to the
+  // old endpoints).
+  if ((!cfg_.outlier_detection && !cfg_.health_check) || !old.flags_owner_)
     return;
   // Nothing happened to the old endpoints: each new one's initial state is what it would
   // inherit (the settings that make that state are the same).
   if (old.pristine_ && old.cfg_.health_check == cfg_.health_check &&
       old.cfg_.outlier_detection == cfg_.outlier_detection)
     return;
+  materialize();
   pristine_ = false;
   // A mesh delta re-creates the state of every changed cluster, so this is on the update
   // path. A list edited from the old one (the mesh's) says where each endpoint was. Else by
@@ -164,12 +179,12 @@ void ClusterState::inheritFrom(const ClusterState& old) {
       continue;
     if (!trackers_.empty() && !old.trackers_.empty()) {
       trackers_[i].inherit(old.trackers_[j]);
-      unhealthy_[i].store(!trackers_[i].healthy(), std::memory_order_relaxed);
+      unhealthy(i).store(!trackers_[i].healthy(), std::memory_order_relaxed);
       changed = true;
     }
     if (outlier_ && old.outlier_) {
       outlier_->inherit(i, *old.outlier_, j);
-      ejected_[i].store(outlier_->ejected(i), std::memory_order_relaxed);
+      ejected(i).store(outlier_->ejected(i), std::memory_order_relaxed);
       changed = true;
     }
   }

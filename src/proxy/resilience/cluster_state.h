@@ -73,7 +73,7 @@ public:
   uint64_t generation() const { return generation_.load(std::memory_order_acquire); }
   EndpointState state(size_t ep) const;
   size_t size() const { return n_; }
-  bool hasOutlierDetection() const { return outlier_.has_value(); }
+  bool hasOutlierDetection() const { return cfg_.outlier_detection.has_value(); }
 
   // A request's outcome at endpoint `ep` (any thread). Cheap for a success after a success.
   void reportOutcome(size_t ep, Outcome o, MonotonicTime now);
@@ -99,20 +99,31 @@ public:
 
 private:
   void publish() { generation_.fetch_add(1, std::memory_order_acq_rel); }
+  // Makes the per-endpoint memory (flags, outlier detector, health trackers) if it is not
+  // there yet. With mu_ held, or before the state is shared.
+  void materialize();
+  // Per endpoint (valid once materialized): ejected, unhealthy, and counting: a failure was
+  // counted since the last success, so the next success must take the lock to reset the run
+  // (keeps success after success lock-free).
+  std::atomic<bool>& ejected(size_t ep) { return flags_owner_[ep]; }
+  std::atomic<bool>& unhealthy(size_t ep) { return flags_owner_[n_ + ep]; }
+  std::atomic<bool>& counting(size_t ep) { return flags_owner_[2 * n_ + ep]; }
 
   const Cluster& cfg_;
   const size_t n_;
   std::array<SharedLimit, static_cast<size_t>(LimitKind::kCount)> limits_;
-  std::unique_ptr<std::atomic<bool>[]> ejected_;   // per endpoint
-  std::unique_ptr<std::atomic<bool>[]> unhealthy_; // per endpoint
-  // Per endpoint: a failure was counted since the last success, so the next success must
-  // take the lock to reset the run. Keeps success after success lock-free.
-  std::unique_ptr<std::atomic<bool>[]> counting_;
+  // The per-endpoint flags, 3 x n_ in one block, made on the first thing that happens to an
+  // endpoint (a failure, a check, an inherited state), or at once with active health checks.
+  // Until then every endpoint is healthy and nothing is counted, and a mesh update that
+  // re-creates the state of each cluster it changes pays no per-endpoint memory for the usual
+  // untroubled one. `flags_` publishes the block to lock-free readers.
+  std::unique_ptr<std::atomic<bool>[]> flags_owner_; // set with mu_ held
+  std::atomic<std::atomic<bool>*> flags_{nullptr};
   std::atomic<uint64_t> generation_{0};
   std::atomic<uint32_t> retries_waiting_{0};
 
   mutable std::mutex mu_;
-  std::optional<OutlierDetector> outlier_; // guarded by mu_
+  std::optional<OutlierDetector> outlier_; // guarded by mu_; made with the flags
   std::vector<HealthTracker> trackers_;    // guarded by mu_; empty without health_check
   uint64_t overflow_base_ = 0;             // overflows inherited from earlier snapshots
   // Guarded by mu_: every endpoint's state is still as this object made it (no failure, check

@@ -255,12 +255,28 @@ void evictCaches() {
   benchmark::ClobberMemory();
 }
 
+// The proxy measured (the worker on the main thread, as bench/propagation's run) and, for a
+// cold run, the one that runs before each of its updates.
+struct ColdRig {
+  const bool cold;
+  RunningProxy p{false, 1};
+  std::optional<RunningProxy> other;
+  explicit ColdRig(bool c) : cold(c) {
+    if (cold)
+      other.emplace(false, 1);
+  }
+  // Before a timed update of a cold run: the caches evicted, then `line` applied to the other.
+  void chill(const std::string& line) {
+    evictCaches();
+    other->session.handleLine(line);
+  }
+};
+
 void BM_MeshEveryServiceDelta(benchmark::State& st) {
-  RunningProxy p(false, 1);
-  const bool cold = st.range(0) != 0;
-  std::optional<RunningProxy> other; // cold: the process that ran before
-  if (cold)
-    other.emplace(false, 1);
+  ColdRig rig(st.range(0) != 0);
+  RunningProxy& p = rig.p;
+  std::optional<RunningProxy>& other = rig.other;
+  const bool cold = rig.cold;
   std::vector<std::string> lines;
   for (uint64_t k = 0; k < 2000; ++k)
     lines.push_back(everyServiceLine(2 + k, k));
@@ -282,10 +298,8 @@ void BM_MeshEveryServiceDelta(benchmark::State& st) {
       st.PauseTiming();
       if (next == lines.size())
         restart();
-      if (cold) {
-        evictCaches();
-        other->session.handleLine(lines[next]);
-      }
+      if (cold)
+        rig.chill(lines[next]);
       st.ResumeTiming();
     }
     // As MeshClient hands over what one read brought (a batch of one here); callgrind's
@@ -300,11 +314,10 @@ BENCHMARK(BM_MeshEveryServiceDelta)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecon
 // One single-service delta (as BM_MeshEndToEnd) with the worker on the main thread, as
 // bench/propagation's proxies run: hot (range(0) = 0) or after evictCaches() (1).
 void BM_MeshOneServiceDelta(benchmark::State& st) {
-  RunningProxy p(false, 1);
-  const bool cold = st.range(0) != 0;
-  std::optional<RunningProxy> other; // cold: the process that ran before
-  if (cold)
-    other.emplace(false, 1);
+  ColdRig rig(st.range(0) != 0);
+  RunningProxy& p = rig.p;
+  std::optional<RunningProxy>& other = rig.other;
+  const bool cold = rig.cold;
   Feed feed(kFeed);
   // As BM_MeshEveryServiceDelta: a snapshot, then a delta to each service untimed.
   auto restart = [&] {
@@ -325,10 +338,8 @@ void BM_MeshOneServiceDelta(benchmark::State& st) {
       st.PauseTiming();
       if (feed.next == kFeed)
         restart();
-      if (cold) {
-        evictCaches();
-        other->session.handleLine(feed.lines[feed.next]);
-      }
+      if (cold)
+        rig.chill(feed.lines[feed.next]);
       st.ResumeTiming();
     }
     auto out = p.session.handleLines({feed.take()});

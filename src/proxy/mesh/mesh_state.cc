@@ -569,6 +569,7 @@ void MeshState::rebaseEndpointOrigins() {
   for (ServiceEntry* e : origins_moved_) {
     e->origins.base_rev = e->endpoints_rev;
     e->origins.edited = false;
+    e->origins_moved = false;
   }
   origins_moved_.clear();
 }
@@ -606,6 +607,7 @@ Status MeshState::applySnapshot(const Message& msg) {
       // another list reads a changed one whole).
       e.origins.base_rev = e.endpoints_rev;
       e.origins.edited = false;
+      e.origins_moved = false; // the list of moved ones starts again (below)
       services.emplace(name, std::move(e));
     }
   }
@@ -656,8 +658,10 @@ void MeshState::applyServiceChange(std::string_view name, bool is_new, ServiceEn
   if (changes.any && applyEndpointChanges(e.endpoints, e.endpoints_in_order, changes.gone,
                                           changes.adds, &e.origins))
     e.endpoints_rev = next_rev_++;
-  if (std::find(origins_moved_.begin(), origins_moved_.end(), &e) == origins_moved_.end())
+  if (!e.origins_moved) {
+    e.origins_moved = true;
     origins_moved_.push_back(&e);
+  }
   if (def || e.definition_rev == 0)
     e.definition_rev = next_rev_++;
   if (e.endpoints_rev == 0)

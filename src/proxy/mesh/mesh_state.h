@@ -84,6 +84,9 @@ struct ServiceEntry {
   bool endpoints_in_order = false;
   // Since the last rebaseEndpointOrigins(): valid when origins.base_rev != 0.
   EndpointOrigins origins;
+  // In the state's list of entries whose origins moved since that rebase (a flag, not a
+  // search of the list: a burst's delta names most services).
+  bool origins_moved = false;
 };
 
 struct GatewayEntry {

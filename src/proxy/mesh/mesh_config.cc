@@ -415,7 +415,8 @@ bool ConfigBuilder::editEndpoints(const ServiceEntry& entry, ServiceCache& cache
   std::vector<size_t> read; // indexes of the elements read (not copied)
   const std::string path;   // errors are not reported from here: the full parse names them
   // The base endpoints kept, in order (both lists are ordered by address, so they are): those
-  // skipped between two kept ones were removed. `ascending` turns false if not.
+  // skipped between two kept ones were removed. `ascending` turns false if not, and then the
+  // full parse below does the work (it cannot happen for lists this state keeps in order).
   uint32_t next_base = 0;
   bool ascending = true;
   auto keep = [&](uint32_t at, size_t n) {
@@ -461,19 +462,10 @@ bool ConfigBuilder::editEndpoints(const ServiceEntry& entry, ServiceCache& cache
       lineage->added.push_back(static_cast<uint32_t>(i));
     read.push_back(i);
   }
-  if (ascending) {
-    for (uint32_t k = next_base; k < base.size(); ++k)
-      lineage->removed.push_back(k);
-  } else { // cannot happen for an ordered list; then by a mark per base endpoint
-    std::vector<uint8_t> kept(base.size(), 0);
-    for (uint32_t at : lineage->origin)
-      if (at != EndpointLineage::kNew)
-        kept[at] = 1;
-    lineage->removed.clear();
-    for (uint32_t k = 0; k < base.size(); ++k)
-      if (!kept[k])
-        lineage->removed.push_back(k);
-  }
+  if (!ascending)
+    return false;
+  for (uint32_t k = next_base; k < base.size(); ++k)
+    lineage->removed.push_back(k);
   // The copied ones are distinct (they were in a valid list): compare the read ones with all.
   if (read.size() > kDirectRepeatCheck ? firstRepeated(out).has_value() : repeatsOneOf(out, read))
     return false;

@@ -109,8 +109,8 @@ private:
   Status refresh(const std::string& name, const ServiceEntry& entry, ServiceCache& cache);
   // The service's endpoints made from its last cluster's by the state's edits since (the
   // endpoints a delta added or changed are read, the others copied), when the state's origins
-  // refer to that cluster's list. False when they do not, or an edited element is not valid
-  // (then a full parse names the error).
+  // refer to that cluster's list. False when they do not, the kept endpoints are out of their
+  // base order, or an edited element is not valid (then a full parse names the error).
   bool editEndpoints(const ServiceEntry& entry, ServiceCache& cache);
   // Makes the service's cluster anew if its definition or endpoints changed since.
   Status assemble(const std::string& name, const ServiceEntry& entry, ServiceCache& cache);

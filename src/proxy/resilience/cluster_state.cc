@@ -47,7 +47,7 @@ ClusterState::ClusterState(const Cluster& config)
 }
 
 void ClusterState::materialize() {
-  if (flags_owner_ || (!cfg_.outlier_detection && !cfg_.health_check))
+  if (flags_owner_ || !tracksEndpoints())
     return; // made already, or nothing ever changes an endpoint's state
   // make_unique value-initialises: every flag starts false.
   flags_owner_ = std::make_unique<std::atomic<bool>[]>(3 * n_);
@@ -68,9 +68,9 @@ EndpointState ClusterState::state(size_t ep) const {
   const std::atomic<bool>* f = flags_.load(std::memory_order_acquire);
   if (f == nullptr)
     return EndpointState::kHealthy;
-  if (f[ep].load(std::memory_order_relaxed))
+  if (f[slot(Flag::kEjected, ep)].load(std::memory_order_relaxed))
     return EndpointState::kEjected;
-  if (f[n_ + ep].load(std::memory_order_relaxed))
+  if (f[slot(Flag::kUnhealthy, ep)].load(std::memory_order_relaxed))
     return EndpointState::kUnhealthy;
   return EndpointState::kHealthy;
 }
@@ -80,7 +80,7 @@ void ClusterState::reportOutcome(size_t ep, Outcome o, MonotonicTime now) {
     return;
   if (o == Outcome::kSuccess) {
     const std::atomic<bool>* f = flags_.load(std::memory_order_acquire);
-    if (f == nullptr || !f[2 * n_ + ep].load(std::memory_order_relaxed))
+    if (f == nullptr || !f[slot(Flag::kCounting, ep)].load(std::memory_order_relaxed))
       return;
   }
   std::lock_guard lock(mu_);
@@ -142,7 +142,7 @@ void ClusterState::inheritFrom(const ClusterState& old) {
   overflow_base_ = old.overflow_base_ + (old.outlier_ ? old.outlier_->overflows() : 0);
   // Nothing to take over: no state here, or none made there (nothing ever happened to the
   // old endpoints).
-  if ((!cfg_.outlier_detection && !cfg_.health_check) || !old.flags_owner_)
+  if (!tracksEndpoints() || !old.flags_owner_)
     return;
   // Nothing happened to the old endpoints: each new one's initial state is what it would
   // inherit (the settings that make that state are the same).

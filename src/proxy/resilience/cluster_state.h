@@ -102,12 +102,17 @@ private:
   // Makes the per-endpoint memory (flags, outlier detector, health trackers) if it is not
   // there yet. With mu_ held, or before the state is shared.
   void materialize();
-  // Per endpoint (valid once materialized): ejected, unhealthy, and counting: a failure was
-  // counted since the last success, so the next success must take the lock to reset the run
-  // (keeps success after success lock-free).
-  std::atomic<bool>& ejected(size_t ep) { return flags_owner_[ep]; }
-  std::atomic<bool>& unhealthy(size_t ep) { return flags_owner_[n_ + ep]; }
-  std::atomic<bool>& counting(size_t ep) { return flags_owner_[2 * n_ + ep]; }
+  // Whether anything ever changes an endpoint's state (else no per-endpoint memory is made).
+  bool tracksEndpoints() const { return cfg_.outlier_detection || cfg_.health_check; }
+  // The per-endpoint flags, each a run of n_ in the block: ejected, unhealthy, and counting (a
+  // failure was counted since the last success, so the next success must take the lock to
+  // reset the run; keeps success after success lock-free).
+  enum class Flag : size_t { kEjected, kUnhealthy, kCounting };
+  size_t slot(Flag f, size_t ep) const { return static_cast<size_t>(f) * n_ + ep; }
+  // Valid once materialized.
+  std::atomic<bool>& ejected(size_t ep) { return flags_owner_[slot(Flag::kEjected, ep)]; }
+  std::atomic<bool>& unhealthy(size_t ep) { return flags_owner_[slot(Flag::kUnhealthy, ep)]; }
+  std::atomic<bool>& counting(size_t ep) { return flags_owner_[slot(Flag::kCounting, ep)]; }
 
   const Cluster& cfg_;
   const size_t n_;

@@ -96,6 +96,8 @@ public:
     if (!ec)
       peer_ = net::fromEndpoint(ep);
     sock_.set_option(asio::ip::tcp::no_delay(true), ec);
+    // Writes are tried at once (startWrite): a synchronous write_some must not block.
+    sock_.non_blocking(true, ec);
   }
 
   void start() {
@@ -379,6 +381,20 @@ private:
   void startWrite() {
     if (write_in_flight_ || out_.empty() || closed_)
       return;
+    // The kernel takes what it can now, so a response (or a stream's message) is out and no
+    // longer buffered here by the time the writer returns: the caller's next write and
+    // bufferedBytes() see an empty buffer without waiting for a loop turn. Only what it
+    // refused waits for writability. An error other than "would block" is left to the
+    // asynchronous write below, whose completion closes the connection.
+    asio::error_code ec;
+    const size_t n = sock_.write_some(asio::buffer(out_), ec);
+    if (!ec) {
+      if (n == out_.size()) {
+        out_.clear();
+        return;
+      }
+      out_.erase(0, n);
+    }
     writing_.swap(out_);
     out_.clear();
     write_in_flight_ = true;

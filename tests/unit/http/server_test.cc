@@ -169,6 +169,40 @@ TEST_F(ServerTest, StreamingResponseReadByStreamingClient) {
   EXPECT_EQ(pieces.size(), 3u);
 }
 
+// A write the kernel can take goes out before the writer returns: nothing stays buffered
+// for a loop turn (the mesh hands a stream its next piece only once the last is gone), and
+// the client has every byte without the server's loop running again.
+TEST_F(ServerTest, StreamWriteLeavesNothingBufferedWhenTheSocketTakesIt) {
+  std::shared_ptr<ResponseWriter> stream;
+  handler_ = [&](ServerRequest&, std::shared_ptr<ResponseWriter> w) {
+    w->startStream(200, {});
+    stream = std::move(w);
+  };
+  startServer();
+  asio::ip::tcp::socket sock(d_.io());
+  sock.connect(server_->boundAddress().tcp());
+  asio::write(sock, asio::buffer(std::string("GET / HTTP/1.1\r\nHost: a\r\n\r\n")));
+  ASSERT_TRUE(pumpUntil(d_, [&] { return stream != nullptr; }));
+  ASSERT_EQ(stream->bufferedBytes(), 0u);
+  std::string expected;
+  for (int i = 0; i < 3; ++i) {
+    const std::string piece(6000 + i, static_cast<char>('a' + i));
+    ASSERT_TRUE(stream->write(piece));
+    EXPECT_EQ(stream->bufferedBytes(), 0u) << i;
+    expected += fmt::format("{:x}\r\n{}\r\n", piece.size(), piece);
+  }
+  // The head, then the three chunks, all in the client's socket already.
+  std::string got;
+  char buf[65536];
+  while (got.find(expected) == std::string::npos) {
+    asio::error_code ec;
+    const size_t n = sock.read_some(asio::buffer(buf), ec);
+    ASSERT_FALSE(ec) << ec.message() << " after " << got.size() << " bytes";
+    got.append(buf, n);
+  }
+  EXPECT_TRUE(got.starts_with("HTTP/1.1 200"));
+}
+
 TEST_F(ServerTest, StreamCancelledByClientClosesWriter) {
   std::shared_ptr<ResponseWriter> stream;
   bool closed = false;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <limits>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -572,6 +573,14 @@ Status MeshServer::readAck(const json& body, AckFields& out) const {
     if (out.error.size() > settings_.max_ack_error_bytes)
       out.error.resize(settings_.max_ack_error_bytes);
   }
+  out.applied_at_us = 0;
+  if (auto t = body.find("applied_at_us"); t != body.end() && !t->is_null()) {
+    if (!t->is_number_unsigned() ||
+        t->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+      return makeError(ErrorCode::kInvalidArgument,
+                       "applied_at_us: expected unix time in microseconds, got {}", t->dump());
+    out.applied_at_us = static_cast<int64_t>(t->get<uint64_t>());
+  }
   return okStatus();
 }
 
@@ -593,8 +602,9 @@ Status MeshServer::recordAck(StreamPtr sp, AckFields ack) {
   }
   if (settings_.ack_history > 0) {
     const auto now = loop_.timeSource().systemTime().time_since_epoch();
-    const Stream::AckRecord rec{
-        version, std::chrono::duration_cast<std::chrono::microseconds>(now).count(), ack.accepted};
+    const Stream::AckRecord rec{version,
+                                std::chrono::duration_cast<std::chrono::microseconds>(now).count(),
+                                ack.applied_at_us, ack.accepted};
     if (s.acks.size() < settings_.ack_history) {
       s.acks.push_back(rec);
     } else {
@@ -827,13 +837,20 @@ std::string MeshServer::proxiesJson(const ProxiesQuery& q) const {
     p[s->kind == "gateway" ? "gateway" : "service"] = s->target;
     if (s->acked)
       p["accepted"] = s->last_accepted;
-    if (!s->acks.empty()) // the newest record is the one before the ring's write position
-      p["acked_at_us"] = s->acks[(s->ack_next + s->acks.size() - 1) % s->acks.size()].at_us;
+    if (!s->acks.empty()) { // the newest record is the one before the ring's write position
+      const auto& a = s->acks[(s->ack_next + s->acks.size() - 1) % s->acks.size()];
+      p["acked_at_us"] = a.at_us;
+      if (a.applied_at_us != 0)
+        p["applied_at_us"] = a.applied_at_us;
+    }
     if (q.history) {
       json acks = json::array();
       for (size_t i = 0; i < s->acks.size(); ++i) {
         const auto& a = s->acks[(s->ack_next + i) % s->acks.size()];
-        acks.push_back({{"version", a.version}, {"at_us", a.at_us}, {"accepted", a.accepted}});
+        json rec{{"version", a.version}, {"at_us", a.at_us}, {"accepted", a.accepted}};
+        if (a.applied_at_us != 0)
+          rec["applied_at_us"] = a.applied_at_us;
+        acks.push_back(std::move(rec));
       }
       p["acks"] = std::move(acks);
     }

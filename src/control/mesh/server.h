@@ -59,7 +59,7 @@ struct MeshSettings {
   Duration max_proxies_wait = std::chrono::minutes(10);
   // Acks remembered per stream (version, time, result), shown by
   // GET /v1/mesh/proxies?history=true: when each proxy applied each version
-  // (bench/propagation). 24 bytes each.
+  // (bench/propagation). 32 bytes each.
   size_t ack_history = 64;
   // Removed endpoint addresses remembered per service, so that a catch-up delta from an older
   // version can name them (docs/protocol.md "Deltas"); a catch-up from before the oldest one
@@ -132,7 +132,8 @@ private:
     // The last settings_.ack_history acks, a ring: once full, acks[ack_next] is the oldest.
     struct AckRecord {
       uint64_t version = 0;
-      int64_t at_us = 0; // unix time
+      int64_t at_us = 0;         // unix time the ack arrived (the server's clock)
+      int64_t applied_at_us = 0; // unix time the proxy says it applied it (0: not told)
       bool accepted = false;
     };
     std::vector<AckRecord> acks;
@@ -160,8 +161,10 @@ private:
     uint64_t version = 0;
     bool accepted = false;
     std::string error;
+    int64_t applied_at_us = 0; // as the proxy told it; 0 when it did not
   };
-  // Reads version, accepted and error from an ack object; the error names the field.
+  // Reads version, accepted, error and applied_at_us from an ack object; the error names the
+  // field.
   Status readAck(const nlohmann::json& body, AckFields& out) const;
   // Records an ack of `s`; an error when it acks a version not sent on the stream. Held by
   // value: the catch-up the ack releases may close the stream (and unlink it from streams_).

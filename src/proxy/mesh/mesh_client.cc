@@ -310,7 +310,11 @@ void MeshClient::drainLines() {
   lines_.clear();
   lines_bytes_ = 0;
   auto out = session_.handleLines(lines);
-  for (const Ack& ack : out.acks) {
+  const int64_t applied_at_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                                    dispatcher_.timeSource().systemTime().time_since_epoch())
+                                    .count();
+  for (Ack& ack : out.acks) {
+    ack.applied_at_us = applied_at_us;
     if (metrics_)
       (ack.accepted ? accepted_metric_ : rejected_metric_).inc();
     if (ack.accepted)
@@ -368,7 +372,8 @@ void MeshClient::sendAck(const Ack& ack) {
   // A rejection goes as its own request, which reports whether it arrived (the proxy may be
   // about to drop the stream).
   if (ack.accepted && stream_takes_acks_ && ack.stream == session_.state().stream() &&
-      stream_.write(fmt::format("{{\"version\":{},\"accepted\":true}}\n", ack.version)))
+      stream_.write(fmt::format("{{\"version\":{},\"accepted\":true,\"applied_at_us\":{}}}\n",
+                                ack.version, ack.applied_at_us)))
     return;
   if (ack.accepted && !acks_.empty() && acks_.back().accepted)
     acks_.back() = ack;
@@ -389,7 +394,8 @@ void MeshClient::sendNextAck() {
   nlohmann::json body{{"node", options_.node},
                       {"stream", ack.stream},
                       {"version", ack.version},
-                      {"accepted", ack.accepted}};
+                      {"accepted", ack.accepted},
+                      {"applied_at_us", ack.applied_at_us}};
   if (!ack.accepted)
     body["error"] = ack.error;
   http::HeaderMap h;

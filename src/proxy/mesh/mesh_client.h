@@ -35,6 +35,10 @@ struct Ack {
   uint64_t version = 0;
   bool accepted = false;
   std::string error; // when rejected
+  // Unix time in µs at which the proxy switched to this version (or rejected it), told to
+  // the server in the ack (docs/protocol.md "Acknowledgements"); stamped by MeshClient, the
+  // session has no clock.
+  int64_t applied_at_us = 0;
 };
 
 // The message-handling half of the client, free of sockets and clocks so it is tested alone.

@@ -317,12 +317,24 @@ TEST_F(MeshServerTest, AcksAreCheckedAndCounted) {
            {R"({"stream":"x","version":1,"accepted":true})", 400, "node: required"},
            {R"({"node":1,"stream":"x","version":1,"accepted":true})", 400,
             "node: expected a string"},
-           {json{{"node", "sidecar-1"}, {"stream", id}, {"version", -1}, {"accepted", true}}
-                .dump(),
+           {json{{"node", "sidecar-1"}, {"stream", id}, {"version", -1}, {"accepted", true}}.dump(),
             400, "version: expected an unsigned integer"},
-           {json{{"node", "sidecar-1"}, {"stream", id}, {"version", v}, {"accepted", "yes"}}
-                .dump(),
+           {json{{"node", "sidecar-1"}, {"stream", id}, {"version", v}, {"accepted", "yes"}}.dump(),
             400, "accepted: expected true or false"},
+           {json{{"node", "sidecar-1"},
+                 {"stream", id},
+                 {"version", v},
+                 {"accepted", true},
+                 {"applied_at_us", -5}}
+                .dump(),
+            400, "applied_at_us: expected unix time in microseconds, got -5"},
+           {json{{"node", "sidecar-1"},
+                 {"stream", id},
+                 {"version", v},
+                 {"accepted", true},
+                 {"applied_at_us", "now"}}
+                .dump(),
+            400, "applied_at_us: expected unix time in microseconds, got \"now\""},
            {ackBody("sidecar-1", id, v + 1, true), 400, "was not sent on this stream"},
            {ackBody("sidecar-1", "0000000000000000", v, true), 404, "no stream"},
            {ackBody("other", id, v, true), 404, "no stream"},
@@ -493,11 +505,15 @@ TEST_F(MeshServerTest, ProxiesShowAckTimesAndRecentHistory) {
                time_.systemTime().time_since_epoch())
         .count();
   };
-  std::vector<int64_t> at;
+  // Each ack but the second says when the proxy applied it (3 ms before it arrives here).
+  std::vector<int64_t> at, applied;
   for (size_t i = 0; i < versions.size(); ++i) {
     at.push_back(unixUs());
-    auto r = request(http::Method::kPost, "ack", {},
-                     ackBody("sidecar-1", id, versions[i], i != 2)); // the third is a rejection
+    applied.push_back(i == 1 ? 0 : at.back() - 3000);
+    json body = json::parse(ackBody("sidecar-1", id, versions[i], i != 2)); // 3rd: rejection
+    if (applied.back() != 0)
+      body["applied_at_us"] = applied.back();
+    auto r = request(http::Method::kPost, "ack", {}, body.dump());
     ASSERT_EQ(r->status_, 200) << r->body_;
     advance(5ms);
   }
@@ -506,6 +522,7 @@ TEST_F(MeshServerTest, ProxiesShowAckTimesAndRecentHistory) {
   ASSERT_EQ(plain.size(), 1u);
   EXPECT_EQ(plain[0]["acked_version"], versions.back());
   EXPECT_EQ(plain[0]["acked_at_us"], at.back());
+  EXPECT_EQ(plain[0]["applied_at_us"], applied.back());
   EXPECT_FALSE(plain[0].contains("acks"));
 
   // Four acks, a history of three: the oldest is gone, the rest oldest first.
@@ -516,6 +533,10 @@ TEST_F(MeshServerTest, ProxiesShowAckTimesAndRecentHistory) {
     EXPECT_EQ(acks[i]["version"], versions[i + 1]);
     EXPECT_EQ(acks[i]["at_us"], at[i + 1]);
     EXPECT_EQ(acks[i]["accepted"], i + 1 != 2);
+    if (applied[i + 1] != 0)
+      EXPECT_EQ(acks[i]["applied_at_us"], applied[i + 1]);
+    else
+      EXPECT_FALSE(acks[i].contains("applied_at_us")) << acks[i];
   }
 
   auto bad = request(http::Method::kGet, "proxies", {{"history", "yes"}});

@@ -1188,6 +1188,12 @@ private:
   std::vector<std::shared_ptr<Conn>> conns_;
 };
 
+// The simulated clock's unix time in µs, as an ack's applied_at_us.
+int64_t unixMicros(SimulatedTimeSource& time) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(time.systemTime().time_since_epoch())
+      .count();
+}
+
 // Client options for sidecar web-1 of service web, streaming from `server`.
 MeshClientOptions webSidecar(const FakeMeshServer& server) {
   MeshClientOptions o;
@@ -1208,9 +1214,11 @@ TEST(MeshClient, AppliesAcksAndReconnectsOnSilenceWithBackoff) {
   client.start();
   ASSERT_TRUE(pumpUntil(d, [&] { return server.acks == 1 && client.connected(); }));
   EXPECT_EQ(client.appliedVersion(), 5u);
-  // The ack is a line of the stream's own body: the connection says whose it is.
+  // The ack is a line of the stream's own body: the connection says whose it is. It says
+  // when the proxy switched to the version (the simulated clock has not moved since).
   EXPECT_EQ(server.stream_acks, 1);
-  EXPECT_EQ(json::parse(server.last_ack), (json{{"version", 5}, {"accepted", true}}));
+  EXPECT_EQ(json::parse(server.last_ack),
+            (json{{"version", 5}, {"accepted", true}, {"applied_at_us", unixMicros(time)}}));
   EXPECT_EQ(client.attempts(), 1u);
 
   // Silence for just under 3 heartbeats keeps the stream; reaching them drops it.
@@ -1274,6 +1282,7 @@ TEST(MeshClient, AcksGoAsRequestsToAServerThatStreamsOnlyToGet) {
     EXPECT_EQ(ack["stream"], "s1");
     EXPECT_EQ(ack["version"], 5);
     EXPECT_EQ(ack["accepted"], true);
+    EXPECT_EQ(ack["applied_at_us"], unixMicros(time));
     client.stop();
   }
 }

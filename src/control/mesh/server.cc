@@ -155,6 +155,12 @@ void MeshServer::stop() {
   coalesce_timer_->disable();
   pump_timer_->disable();
   ack_wait_timer_->disable();
+  // A body still being parsed is dropped: its client sees the connection close.
+  if (parser_)
+    parser_->stop();
+  parser_.reset();
+  parses_in_flight_ = 0;
+  ++parse_epoch_; // results already posted back are dropped
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -951,11 +957,46 @@ void MeshServer::resources(http::ServerRequest& req, const Writer& w, std::strin
 }
 
 void MeshServer::putResources(http::ServerRequest& req, const Writer& w) {
-  auto loaded = manifest::loadString(req.body, "body");
+  if (!parser_) {
+    parser_ = std::make_unique<WorkerPool>(1, loop_.timeSource(), "mesh-parse");
+    parser_->start();
+  }
+  ++parses_in_flight_;
+  // The parse is pure (text in, resources or an error out); only its result touches this
+  // object, on the loop. A server gone meanwhile (alive_) drops it.
+  // The writer moves on to the loop's handler: the last reference to it must not be dropped
+  // on the parse thread.
+  parser_->dispatcher(0).post([this, loop = &loop_, alive = std::weak_ptr<bool>(alive_),
+                               epoch = parse_epoch_, body = std::move(req.body), w]() mutable {
+    auto loaded = std::make_shared<Result<std::vector<ParsedResource>>>(parseResources(body));
+    loop->post([this, alive = std::move(alive), epoch, w = std::move(w), loaded] {
+      auto a = alive.lock();
+      if (!a || !*a || epoch != parse_epoch_)
+        return;
+      --parses_in_flight_;
+      storeResources(w, std::move(*loaded));
+    });
+  });
+}
+
+Result<std::vector<MeshServer::ParsedResource>> MeshServer::parseResources(std::string_view body) {
+  auto loaded = manifest::loadString(body, "body");
+  if (!loaded)
+    return loaded.error();
+  if (loaded->empty())
+    return makeError(ErrorCode::kInvalidArgument, "body: no resource documents");
+  std::vector<ParsedResource> out;
+  out.reserve(loaded->size());
+  for (const auto& r : *loaded)
+    out.push_back({resourceKey(r.id()), dump(manifest::toJson(r)),
+                   std::string(manifest::kindName(r.kind())), r.metadata.namespace_name,
+                   r.metadata.name, r.id().toString()});
+  return out;
+}
+
+void MeshServer::storeResources(const Writer& w, Result<std::vector<ParsedResource>> loaded) {
   if (!loaded)
     return reply(w, 400, loaded.error().message() + "\n");
-  if (loaded->empty())
-    return reply(w, 400, "body: no resource documents\n");
   // Everything validated: now the writes. Each resource is one KV key; they are submitted
   // together so the registry commits them in one batch (one fsync).
   struct Pending {
@@ -969,21 +1010,20 @@ void MeshServer::putResources(http::ServerRequest& req, const Writer& w) {
   pending->left = loaded->size();
   auto alive = alive_;
   const registry::Catalog& cat = registry_.catalog();
-  for (const auto& r : *loaded) {
+  for (auto& r : *loaded) {
     registry::KvPutRequest put;
-    put.key = resourceKey(r.id());
-    put.value = dump(manifest::toJson(r));
+    put.key = std::move(r.key);
+    put.value = std::move(r.value);
     auto old = cat.kvGet(put.key);
     const char* action = !old.value                    ? "created"
                          : old.value->value == put.value ? "unchanged"
                                                          : "configured";
-    pending->applied.push_back({{"kind", manifest::kindName(r.kind())},
-                                {"namespace", r.metadata.namespace_name},
-                                {"name", r.metadata.name},
+    pending->applied.push_back({{"kind", std::move(r.kind)},
+                                {"namespace", std::move(r.namespace_name)},
+                                {"name", std::move(r.name)},
                                 {"result", action}});
-    const std::string label = r.id().toString();
-    registry_.submit(std::move(put), [this, alive, w, pending,
-                                      label](Result<registry::WriteResult> res) {
+    registry_.submit(std::move(put), [this, alive, w, pending, label = std::move(r.label)](
+                                         Result<registry::WriteResult> res) {
       if (!*alive)
         return;
       if (!res) {

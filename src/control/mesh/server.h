@@ -15,12 +15,16 @@
 #include "base/dispatcher.h"
 #include "control/mesh/compiler.h"
 #include "http/server.h"
+#include "manifest/manifest.h"
 #include "registry/registry.h"
 #include "telemetry/metrics.h"
 
 // The server side of the mesh protocol (docs/protocol.md): the config-push streams, acks,
 // the debugging endpoints and the resource API (docs/api.md "Mesh"). Threading: everything
-// runs on the control plane's loop thread, the one that owns the registry.
+// runs on the control plane's loop thread, the one that owns the registry, except the parse
+// of a PUT /v1/mesh/resources body: YAML of up to 1,000 documents takes ~0.1 s, which would
+// hold every stream's push, ack and heartbeat, so it runs on a thread of its own and only the
+// parsed resources come back to the loop.
 namespace trellis::control::mesh {
 
 struct MeshSettings {
@@ -100,6 +104,8 @@ public:
               std::string_view rest);
 
   size_t streamCount() const { return streams_.size(); }
+  // PUT /v1/mesh/resources bodies being parsed off the loop (their answer is still to come).
+  size_t resourceParses() const { return parses_in_flight_; }
   const MeshStats& stats() const { return stats_; }
   const MeshCompiler& compiler() const { return compiler_; }
 
@@ -193,6 +199,19 @@ private:
   void answerWaiter(const std::shared_ptr<Waiter>& wt);
   void resources(http::ServerRequest& req, const Writer& w, std::string_view rest);
   void putResources(http::ServerRequest& req, const Writer& w);
+  // A resource of a PUT body, ready to store: its KV key and value and how the answer names it.
+  struct ParsedResource {
+    std::string key;
+    std::string value;
+    std::string kind;
+    std::string namespace_name;
+    std::string name;
+    std::string label; // for errors: Kind/namespace/name
+  };
+  // On the parse thread: the body's resources, validated and serialised (no member touched).
+  static Result<std::vector<ParsedResource>> parseResources(std::string_view body);
+  // Back on the loop with the parsed body: stores the resources (one registry batch).
+  void storeResources(const Writer& w, Result<std::vector<ParsedResource>> loaded);
 
   void enqueue(const StreamPtr& s, std::shared_ptr<const std::string> msg, bool lag = true);
   void pump(const StreamPtr& s);
@@ -237,6 +256,10 @@ private:
   std::unique_ptr<Timer> ack_wait_timer_;
   MonotonicTime ack_wait_due_{}; // when it fires, while enabled
   std::mt19937_64 ids_{std::random_device{}()};
+  // One thread that parses resource bodies (started with the first), and how many it has.
+  std::unique_ptr<WorkerPool> parser_;
+  size_t parses_in_flight_ = 0;
+  uint64_t parse_epoch_ = 0; // moves at stop(): parses started before are dropped
   MeshStats stats_;
 
   telemetry::CounterHandle sent_snapshot_, sent_delta_, sent_heartbeat_, bytes_sent_;

@@ -1,3 +1,6 @@
+#include <chrono>
+#include <thread>
+
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -167,7 +170,18 @@ protected:
     auto w = std::make_shared<FakeWriter>(loop_);
     server_->handle(req, w, path);
     settle();
+    awaitResourceParses();
     return w;
+  }
+  // A resource body is parsed on a thread of its own: runs the loop until its answer is back
+  // (polled against a deadline, not slept for).
+  void awaitResourceParses() {
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    while (server_->resourceParses() > 0 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::yield();
+      settle();
+    }
+    ASSERT_EQ(server_->resourceParses(), 0u) << "a resource body's parse never came back";
   }
   std::shared_ptr<FakeWriter> stream(const std::string& node) {
     return request(http::Method::kGet, "stream", {{"node", node}, {"service", "orders"}});
@@ -828,6 +842,31 @@ TEST_F(MeshServerTest, EndpointTombstonesPastTheBoundSendTheFullList) {
                                                   "10.0.0.1:9005","10.0.0.1:9006"])"));
 }
 
+// A server stopped while a body is being parsed drops its result: nothing is stored and the
+// writer is never answered (its connection closes with the server).
+TEST_F(MeshServerTest, ResourceParseInFlightAtStopIsDropped) {
+  startServer(settings());
+  auto put = std::make_shared<FakeWriter>(loop_);
+  http::ServerRequest req;
+  req.method = http::Method::kPut;
+  req.method_name = "PUT";
+  req.path = "/v1/mesh/resources";
+  req.body = R"(apiVersion: trellis.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: orders}
+spec:
+  targetRef: {kind: Service, name: orders}
+  retries: {attempts: 4}
+)";
+  server_->handle(req, put, "resources");
+  EXPECT_EQ(server_->resourceParses(), 1u);
+  server_->stop(); // joins the parse thread: its result is queued on the loop, or never made
+  EXPECT_EQ(server_->resourceParses(), 0u);
+  settle();
+  EXPECT_EQ(put->status_, 0);
+  EXPECT_FALSE(registry_.catalog().kvGet("trellis/resources/TrafficPolicy/default/orders").value);
+}
+
 TEST_F(MeshServerTest, ResourcesPutGetDelete) {
   startServer(settings());
   auto w = stream("sidecar-1");
@@ -839,8 +878,23 @@ spec:
   targetRef: {kind: Service, name: orders}
   retries: {attempts: 4}
 )";
-  auto put = request(http::Method::kPut, "resources", {}, yaml);
+  // The body is parsed off the loop: the handler returns at once, the loop answers others
+  // meanwhile, and the answer comes once the parse is back.
+  auto put = std::make_shared<FakeWriter>(loop_);
+  {
+    http::ServerRequest req;
+    req.method = http::Method::kPut;
+    req.method_name = "PUT";
+    req.path = "/v1/mesh/resources";
+    req.body = yaml;
+    server_->handle(req, put, "resources");
+  }
+  EXPECT_EQ(server_->resourceParses(), 1u);
+  EXPECT_EQ(put->status_, 0) << "answered before its parse came back to the loop";
+  EXPECT_EQ(request(http::Method::kGet, "snapshot")->status_, 200);
+  awaitResourceParses();
   ASSERT_EQ(put->status_, 200) << put->body_;
+  EXPECT_TRUE(registry_.catalog().kvGet("trellis/resources/TrafficPolicy/default/orders").value);
   json res = json::parse(put->body_);
   EXPECT_EQ(res["applied"][0]["result"], "created");
   advance(2ms);

@@ -1545,10 +1545,7 @@ json listenerJson(const Listener& l) {
   j["header_read_timeout"] = dur(l.header_read_timeout);
   j["request_buffer_limit"] = l.request_buffer_limit;
   j["max_requests_per_connection"] = l.max_requests_per_connection;
-  json routes = json::array();
-  for (const Route& r : l.routes)
-    routes.push_back(routeJson(r));
-  j["routes"] = routes;
+  j["routes"] = routesToJson(l.routes);
   return j;
 }
 
@@ -1618,6 +1615,13 @@ json clusterJson(const Cluster& c) {
 }
 
 } // namespace
+
+nlohmann::json routesToJson(const std::vector<Route>& routes) {
+  json out = json::array();
+  for (const Route& r : routes)
+    out.push_back(routeJson(r));
+  return out;
+}
 
 nlohmann::json toJson(const Snapshot& s) {
   json j;

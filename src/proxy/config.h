@@ -449,5 +449,8 @@ Result<std::shared_ptr<const Snapshot>> loadConfigString(std::string_view text,
 // The snapshot in the configuration schema, with every default filled in (for the admin
 // /config endpoint). Loading its dump again gives an equal snapshot.
 nlohmann::json toJson(const Snapshot& snapshot);
+// A listener's routes as toJson() writes them (the mesh compiler's routes for a service or a
+// gateway, without building a whole snapshot around them).
+nlohmann::json routesToJson(const std::vector<Route>& routes);
 
 } // namespace trellis::proxy

@@ -32,12 +32,7 @@ json clusterJson(const proxy::Cluster& c) {
 }
 
 json routesJson(const std::vector<proxy::Route>& routes) {
-  proxy::Snapshot s;
-  proxy::Listener l;
-  l.name = "routes";
-  l.routes = routes;
-  s.listeners.push_back(std::move(l));
-  return proxy::toJson(s)["listeners"][0]["routes"];
+  return proxy::routesToJson(routes);
 }
 
 void applyPolicy(const manifest::TrafficPolicy* p, proxy::Cluster& c) {

@@ -472,7 +472,7 @@ TEST(ClusterState, AnEditedListCarriesStateByItsLineage) {
   a.outlier_detection = outlierConfig();
   a.outlier_detection->max_ejection_percent = 100;
   a.lineage.ptr =
-      std::make_shared<EndpointLineage>(EndpointLineage{nextEndpointLineageId(), 0, {}});
+      std::make_shared<EndpointLineage>(EndpointLineage{nextEndpointLineageId(), 0, {}, {}, {}});
   ClusterState old(a);
   for (size_t ep : {1, 3})
     for (int k = 0; k < 3; ++k)
@@ -485,7 +485,7 @@ TEST(ClusterState, AnEditedListCarriesStateByItsLineage) {
   auto edited = [&](uint64_t base) {
     Cluster c = b;
     c.lineage.ptr = std::make_shared<EndpointLineage>(
-        EndpointLineage{nextEndpointLineageId(), base, {0, kNew, kNew, 3}});
+        EndpointLineage{nextEndpointLineageId(), base, {0, kNew, kNew, 3}, {}, {}});
     return c;
   };
   const Cluster by_lineage = edited(a.lineage.ptr->id);

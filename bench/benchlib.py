@@ -128,7 +128,9 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
 def _ms(text):
-    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    m = re.match(r"([\d.]+)(us|ms|s)$", text)
+    if m is None:
+        raise ValueError(f"wrk latency {text!r}: not a number of us, ms or s")
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 

@@ -818,6 +818,9 @@ json MeshServerTest::ordersCatchUpAfterTwoRemovals(size_t tombstones) {
   MeshSettings s = settings();
   s.endpoint_tombstones = tombstones;
   startServer(s);
+  // A stream connected: the server compiles each change as it comes (with none, it would
+  // compile them only when next read, both steps as one).
+  auto w = stream("sidecar-1");
   for (int i = 2; i <= 6; ++i)
     submit(instance("orders", fmt::format("orders-{}", i), uint16_t(9000 + i)));
   advance(2ms);
@@ -828,6 +831,34 @@ json MeshServerTest::ordersCatchUpAfterTwoRemovals(size_t tombstones) {
   auto delta = server_->compiler().deltaSince(base);
   EXPECT_TRUE(delta);
   return delta ? json::parse(*delta)["services"]["orders"] : json();
+}
+
+// With no stream connected, changes are noted and compiled only when the state is read: the
+// registry's writes do not pay for deltas nobody receives, and what is read is current.
+TEST_F(MeshServerTest, ChangesWithNoStreamAreCompiledWhenRead) {
+  startServer(settings());
+  const uint64_t v0 = server_->compiler().version();
+  submit(instance("orders", "orders-2", 9002));
+  advance(2ms);
+  EXPECT_EQ(server_->compiler().version(), v0) << "compiled with nobody to send it to";
+  json snap = json::parse(request(http::Method::kGet, "snapshot")->body_);
+  EXPECT_GT(snap["version"].get<uint64_t>(), v0);
+  EXPECT_NE(snap["services"]["orders"]["endpoints"].dump().find("10.0.0.1:9002"), std::string::npos)
+      << snap["services"]["orders"];
+  // A stream opened after more changes starts from a snapshot that has them.
+  submit(instance("orders", "orders-3", 9003));
+  advance(2ms);
+  auto w = stream("sidecar-1");
+  auto msgs = w->messages();
+  ASSERT_EQ(msgs.size(), 1u);
+  EXPECT_NE(msgs[0]["services"]["orders"]["endpoints"].dump().find("10.0.0.1:9003"),
+            std::string::npos);
+  // With a stream, a change is compiled and sent at once, as before.
+  submit(instance("orders", "orders-4", 9004));
+  advance(2ms);
+  msgs = w->messages();
+  ASSERT_EQ(msgs.size(), 1u);
+  EXPECT_EQ(msgs[0]["type"], "delta");
 }
 
 TEST_F(MeshServerTest, EndpointTombstonesWithinTheBoundNameTheRemovals) {

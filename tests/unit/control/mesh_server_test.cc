@@ -118,6 +118,15 @@ registry::RegisterRequest instance(const std::string& svc, const std::string& id
   return r;
 }
 
+// A TrafficPolicy giving service orders 4 retries, as PUT /v1/mesh/resources takes it.
+constexpr const char* kOrdersPolicy = R"(apiVersion: trellis.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: orders}
+spec:
+  targetRef: {kind: Service, name: orders}
+  retries: {attempts: 4}
+)";
+
 class MeshServerTest : public ::testing::Test {
 protected:
   MeshServerTest() {
@@ -171,6 +180,18 @@ protected:
     server_->handle(req, w, path);
     settle();
     awaitResourceParses();
+    return w;
+  }
+  // Hands a PUT /v1/mesh/resources to the server and returns at once: its parse runs off the
+  // loop (awaitResourceParses() waits for it).
+  std::shared_ptr<FakeWriter> startPut(std::string body) {
+    http::ServerRequest req;
+    req.method = http::Method::kPut;
+    req.method_name = "PUT";
+    req.path = "/v1/mesh/resources";
+    req.body = std::move(body);
+    auto w = std::make_shared<FakeWriter>(loop_);
+    server_->handle(req, w, "resources");
     return w;
   }
   // A resource body is parsed on a thread of its own: runs the loop until its answer is back
@@ -877,19 +898,7 @@ TEST_F(MeshServerTest, EndpointTombstonesPastTheBoundSendTheFullList) {
 // writer is never answered (its connection closes with the server).
 TEST_F(MeshServerTest, ResourceParseInFlightAtStopIsDropped) {
   startServer(settings());
-  auto put = std::make_shared<FakeWriter>(loop_);
-  http::ServerRequest req;
-  req.method = http::Method::kPut;
-  req.method_name = "PUT";
-  req.path = "/v1/mesh/resources";
-  req.body = R"(apiVersion: trellis.dev/v1alpha1
-kind: TrafficPolicy
-metadata: {name: orders}
-spec:
-  targetRef: {kind: Service, name: orders}
-  retries: {attempts: 4}
-)";
-  server_->handle(req, put, "resources");
+  auto put = startPut(kOrdersPolicy);
   EXPECT_EQ(server_->resourceParses(), 1u);
   server_->stop(); // joins the parse thread: its result is queued on the loop, or never made
   EXPECT_EQ(server_->resourceParses(), 0u);
@@ -902,24 +911,10 @@ TEST_F(MeshServerTest, ResourcesPutGetDelete) {
   startServer(settings());
   auto w = stream("sidecar-1");
   w->messages();
-  const std::string yaml = R"(apiVersion: trellis.dev/v1alpha1
-kind: TrafficPolicy
-metadata: {name: orders}
-spec:
-  targetRef: {kind: Service, name: orders}
-  retries: {attempts: 4}
-)";
+  const std::string yaml = kOrdersPolicy;
   // The body is parsed off the loop: the handler returns at once, the loop answers others
   // meanwhile, and the answer comes once the parse is back.
-  auto put = std::make_shared<FakeWriter>(loop_);
-  {
-    http::ServerRequest req;
-    req.method = http::Method::kPut;
-    req.method_name = "PUT";
-    req.path = "/v1/mesh/resources";
-    req.body = yaml;
-    server_->handle(req, put, "resources");
-  }
+  auto put = startPut(yaml);
   EXPECT_EQ(server_->resourceParses(), 1u);
   EXPECT_EQ(put->status_, 0) << "answered before its parse came back to the loop";
   EXPECT_EQ(request(http::Method::kGet, "snapshot")->status_, 200);

@@ -31,10 +31,6 @@ json clusterJson(const proxy::Cluster& c) {
   return j;
 }
 
-json routesJson(const std::vector<proxy::Route>& routes) {
-  return proxy::routesToJson(routes);
-}
-
 void applyPolicy(const manifest::TrafficPolicy* p, proxy::Cluster& c) {
   if (p == nullptr)
     return;
@@ -444,7 +440,7 @@ std::optional<ServiceEntry> compileService(const registry::Catalog& catalog,
     applyPolicy(policy, r);
     routes.push_back(std::move(r));
   }
-  e.routes = dump(routesJson(routes));
+  e.routes = dump(proxy::routesToJson(routes));
   return e;
 }
 
@@ -454,7 +450,7 @@ std::optional<GatewayEntry> compileGateway(const MeshResources& resources,
   if (attached.empty())
     return std::nullopt;
   GatewayEntry g;
-  g.routes = dump(routesJson(compileHttpRoutes(resources, attached, "")));
+  g.routes = dump(proxy::routesToJson(compileHttpRoutes(resources, attached, "")));
   return g;
 }
 

@@ -6,11 +6,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 BUILD = os.environ.get("TRELLIS_BUILD_DIR", os.path.join(ROOT, "build"))
 TRELLIS = os.path.join(BUILD, "trellis")
+STREAMS_BIN = os.path.join(BUILD, "bench", "trellis_mesh_streams")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -154,3 +156,79 @@ def wrk(url, seconds, connections, threads=1, script=None):
 def median(xs):
     xs = sorted(xs)
     return xs[len(xs) // 2]
+
+
+def ensure_tool(binary, source, target):
+    if not os.path.exists(binary) or os.path.getmtime(binary) < os.path.getmtime(
+            os.path.join(ROOT, "bench", "tools", source)):
+        subprocess.run(["cmake", "--build", BUILD, "--target", target], check=True)
+
+
+class Streams:
+    """trellis_mesh_streams, driven through its stdin/stdout (see mesh_streams.cc)."""
+
+    def __init__(self, port, n, prefix="sim", timeout=300):
+        self.p = subprocess.Popen([STREAMS_BIN, "--server", f"127.0.0.1:{port}", "--streams",
+                                   str(n), "--node-prefix", prefix],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                  bufsize=1)
+        self.done = {}
+        self.closed = []
+        line = self._line(timeout)
+        if not line.startswith("ready "):
+            raise RuntimeError(f"mesh streams: {line}")
+        self.open = int(line.split()[1])
+        if self.open != n:
+            raise RuntimeError(f"only {self.open} of {n} streams opened: {self.closed[:3]}")
+
+    def _line(self, timeout):
+        """The next line that is not a `closed` notice (a silent client is stuck: killed)."""
+        t = threading.Timer(timeout, self.p.kill)
+        t.start()
+        try:
+            while True:
+                line = self.p.stdout.readline().strip()
+                if not line:
+                    raise RuntimeError(f"mesh streams exited; closed: {self.closed[:3]}")
+                if line.startswith("closed "):
+                    self.closed.append(line)
+                    continue
+                if line.startswith("error"):
+                    raise RuntimeError(f"mesh streams: {line}")
+                if line.startswith("done "):
+                    f = line.split()
+                    self.done[f[1]] = dict(version=int(f[2]), first=int(f[3]), median=int(f[4]),
+                                           last=int(f[5]), streams=int(f[6]))
+                return line
+        finally:
+            t.cancel()
+
+    def watch_many(self, watches):
+        """watches: [(id, service, address, 'add'|'remove')]; returns once all are set."""
+        self.p.stdin.write("".join(f"watch {w[0]} {w[1]} {w[2]} {w[3]}\n" for w in watches))
+        self.p.stdin.flush()
+        n = 0
+        while n < len(watches):
+            n += self._line(30).startswith("watching ")
+
+    def wait_done(self, ids, timeout=60):
+        """Blocks on the client's output (no polling: it would share the cores)."""
+        while any(i not in self.done for i in ids):
+            self._line(timeout)
+        return [self.done[i] for i in ids]
+
+    def stats(self):
+        self.p.stdin.write("stats\n")
+        self.p.stdin.flush()
+        while True:
+            line = self._line(30)
+            if line.startswith("stats "):
+                return {k: int(v) for k, v in (f.split("=") for f in line.split()[1:])}
+
+    def stop(self):
+        try:
+            self.p.stdin.write("quit\n")
+            self.p.stdin.flush()
+            self.p.wait(10)
+        except Exception:
+            self.p.kill()

@@ -1168,14 +1168,7 @@ Indexed<std::vector<ServiceEntry>> Catalog::serviceInstances(std::string_view na
     }
     if (!tags_ok)
       continue;
-    ServiceEntry e;
-    e.node = nr.node;
-    e.service = slot.service;
-    e.checks.reserve(nr.node_checks.size() + slot.checks.size());
-    for (const auto& [cf, c] : nr.node_checks)
-      e.checks.push_back(c);
-    for (const auto& [cf, c] : slot.checks)
-      e.checks.push_back(c);
+    ServiceEntry e = entryOf(nr, slot);
     if (q.health != HealthFilter::kAny) {
       const CheckStatus worst = e.aggregateStatus();
       if (q.health == HealthFilter::kPassing && worst != CheckStatus::kPassing)
@@ -1224,6 +1217,33 @@ Indexed<std::vector<CheckPtr>> Catalog::checksInState(std::optional<CheckStatus>
 ServicePtr Catalog::service(std::string_view node, std::string_view id) const {
   const ServiceSlot* slot = findSlot(node, id);
   return slot ? slot->service : nullptr;
+}
+
+ServiceEntry Catalog::entryOf(const NodeRecord& rec, const ServiceSlot& slot) {
+  ServiceEntry e;
+  e.node = rec.node;
+  e.service = slot.service;
+  e.checks.reserve(rec.node_checks.size() + slot.checks.size());
+  for (const auto& [cf, c] : rec.node_checks)
+    e.checks.push_back(c);
+  for (const auto& [cf, c] : slot.checks)
+    e.checks.push_back(c);
+  return e;
+}
+
+std::optional<ServiceEntry> Catalog::instance(std::string_view node, std::string_view id) const {
+  const NodeRecord* rec = findNode(node);
+  if (rec == nullptr)
+    return std::nullopt;
+  auto it = rec->services.find(foldName(id));
+  if (it == rec->services.end())
+    return std::nullopt;
+  return entryOf(*rec, it->second);
+}
+
+bool Catalog::hasInstances(std::string_view name) const {
+  auto it = names_.find(foldName(name));
+  return it != names_.end() && !it->second.instances.empty();
 }
 
 CheckPtr Catalog::check(std::string_view node, std::string_view id) const {

@@ -145,6 +145,10 @@ public:
   // [/v1/health/state/<state>] nullopt: any state.
   Indexed<std::vector<CheckPtr>> checksInState(std::optional<CheckStatus> state) const;
   ServicePtr service(std::string_view node, std::string_view id) const;
+  // One instance as serviceInstances gives it (its node's checks, then its own), or nullopt.
+  std::optional<ServiceEntry> instance(std::string_view node, std::string_view id) const;
+  // Whether any instance (of any health) of the service is registered.
+  bool hasInstances(std::string_view name) const;
   CheckPtr check(std::string_view node, std::string_view id) const;
 
   // [/v1/kv/<key>] null when absent.
@@ -248,6 +252,7 @@ private:
 
   const NodeRecord* findNode(std::string_view name) const;
   const ServiceSlot* findSlot(std::string_view node, std::string_view id) const;
+  static ServiceEntry entryOf(const NodeRecord& rec, const ServiceSlot& slot);
   CheckPtr findCheck(const NodeRecord& rec, const std::string& folded_id) const;
   std::vector<CheckPtr> checksOf(const NodeRecord& rec) const;
   uint64_t withFloor(uint64_t index) const;

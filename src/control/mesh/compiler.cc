@@ -283,7 +283,55 @@ void appendEndpoint(std::string& out, std::string_view address, uint32_t weight)
 
 // The length of `"endpoints":` + the full list of `e`: what endpoint-level changes must beat.
 size_t fullEndpointsSize(const ServiceEntry& e) {
-  return e.endpoints.size() + sizeof("\"endpoints\":") - 1;
+  return e.endpointsJsonSize() + sizeof("\"endpoints\":") - 1;
+}
+
+// The length appendEndpoint gives.
+size_t endpointItemSize(std::string_view address, uint32_t weight) {
+  if (weight == 1)
+    return address.size() + 2;
+  return address.size() + 2 + sizeof("{\"address\":,\"weight\":}") - 1 +
+         std::to_string(weight).size();
+}
+
+void setWeight(ServiceEntry& e, Endpoint& ep, std::string_view address, uint32_t weight) {
+  e.endpoint_items_size += endpointItemSize(address, weight);
+  e.endpoint_items_size -= endpointItemSize(address, ep.weight);
+  ep.weight = weight;
+}
+
+// One more instance at `address` with `weight`.
+void addMember(ServiceEntry& e, const std::string& address, uint32_t weight) {
+  auto [it, fresh] = e.endpoints.try_emplace(address);
+  Endpoint& ep = it->second;
+  if (fresh) {
+    ep.weight = weight;
+    e.endpoint_items_size += endpointItemSize(address, weight);
+    return;
+  }
+  if (ep.shared.empty())
+    ep.shared.push_back(ep.weight);
+  ep.shared.push_back(weight);
+  setWeight(e, ep, address, std::min(ep.weight, weight));
+}
+
+// One instance fewer at `address` (which had `weight`).
+void removeMember(ServiceEntry& e, const std::string& address, uint32_t weight) {
+  auto it = e.endpoints.find(address);
+  if (it == e.endpoints.end())
+    return;
+  Endpoint& ep = it->second;
+  if (ep.shared.empty()) {
+    e.endpoint_items_size -= endpointItemSize(address, ep.weight);
+    e.endpoints.erase(it);
+    return;
+  }
+  if (auto w = std::find(ep.shared.begin(), ep.shared.end(), weight); w != ep.shared.end())
+    ep.shared.erase(w);
+  const uint32_t lowest = *std::min_element(ep.shared.begin(), ep.shared.end());
+  if (ep.shared.size() == 1)
+    ep.shared.clear();
+  setWeight(e, ep, address, lowest);
 }
 
 // `"endpoints_added":[added],"endpoints_removed":[removed]` (an empty one left out), or empty
@@ -297,40 +345,6 @@ std::string endpointChanges(const std::string& added, const std::string& removed
   if (out.empty() || out.size() >= full)
     return std::string();
   return out;
-}
-
-// The endpoint-level change from `before` to `after` (both sorted by address, each address
-// once) as `"endpoints_added":[...],"endpoints_removed":[...]` (an empty one left out), or
-// empty when that text would not be shorter than `"endpoints":` + the full list.
-std::string endpointsDiff(const ServiceEntry& before, const ServiceEntry& after) {
-  const auto& a = before.endpoint_list;
-  const auto& b = after.endpoint_list;
-  const size_t full = fullEndpointsSize(after);
-  std::string added, removed;
-  auto add = [&](const std::pair<std::string, uint32_t>& ep) {
-    if (!added.empty())
-      added += ',';
-    appendEndpoint(added, ep.first, ep.second);
-  };
-  auto remove = [&](const std::string& address) {
-    if (!removed.empty())
-      removed += ',';
-    appendAddress(removed, address);
-  };
-  size_t i = 0, j = 0;
-  while ((i < a.size() || j < b.size()) && added.size() + removed.size() < full) {
-    if (j == b.size() || (i < a.size() && a[i].first < b[j].first)) {
-      remove(a[i++].first);
-    } else if (i == a.size() || b[j].first < a[i].first) {
-      add(b[j++]);
-    } else {
-      if (a[i].second != b[j].second)
-        add(b[j]); // a changed weight: the endpoint again, replacing
-      ++i;
-      ++j;
-    }
-  }
-  return endpointChanges(added, removed, full);
 }
 
 } // namespace
@@ -354,15 +368,36 @@ proxy::Route meshDefaultRoute(std::string_view service) {
   return r;
 }
 
+bool ServiceEntry::operator==(const ServiceEntry& other) const {
+  return protocol == other.protocol && cluster == other.cluster && routes == other.routes &&
+         std::equal(endpoints.begin(), endpoints.end(), other.endpoints.begin(),
+                    other.endpoints.end(), [](const auto& a, const auto& b) {
+                      return a.first == b.first && a.second.weight == b.second.weight;
+                    });
+}
+
+std::string ServiceEntry::endpointsJson() const {
+  std::string out;
+  out.reserve(endpointsJsonSize());
+  out += '[';
+  for (const auto& [address, ep] : endpoints) {
+    if (out.size() > 1)
+      out += ',';
+    appendEndpoint(out, address, ep.weight);
+  }
+  out += ']';
+  return out;
+}
+
 std::string ServiceEntry::json() const {
   std::string out;
-  out.reserve(protocol.size() + cluster.size() + endpoints.size() + routes.size() + 64);
+  out.reserve(protocol.size() + cluster.size() + endpointsJsonSize() + routes.size() + 64);
   out += "{\"protocol\":";
   out += protocol;
   out += ",\"cluster\":";
   out += cluster;
   out += ",\"endpoints\":";
-  out += endpoints;
+  out += endpointsJson();
   out += ",\"routes\":";
   out += routes;
   out += '}';
@@ -371,65 +406,18 @@ std::string ServiceEntry::json() const {
 
 std::string GatewayEntry::json() const { return "{\"routes\":" + routes + "}"; }
 
-std::optional<ServiceEntry> compileService(const registry::Catalog& catalog,
-                                           const MeshResources& resources, std::string_view service,
-                                           uint64_t* skipped, const ServiceEntry* definition) {
-  const std::string name = fold(service);
-  auto all = catalog.serviceInstances(name);
-  if (all.value.empty() && resources.definedServices().count(name) == 0)
-    return std::nullopt;
+namespace {
 
-  ServiceEntry e;
-  const manifest::TrafficPolicy* policy = nullptr;
-  if (definition != nullptr) {
-    e.protocol = definition->protocol;
-    e.cluster = definition->cluster;
-    e.routes = definition->routes;
-  } else {
-    proxy::Protocol protocol = proxy::Protocol::kHttp;
-    if (const manifest::Service* s = resources.serviceFor(name); s && !s->ports.empty())
-      protocol = s->ports.front().protocol;
-    e.protocol = jsonString(proxy::protocolName(protocol));
-    policy = resources.policyFor(name);
-    proxy::Cluster cluster = meshDefaultCluster();
-    applyPolicy(policy, cluster);
-    e.cluster = dump(clusterJson(cluster));
-  }
-
-  // Endpoints: instances whose checks (their own and their node's) all pass.
-  std::vector<std::pair<std::string, uint32_t>> eps;
-  for (const auto& inst : all.value) {
-    if (inst.aggregateStatus() != registry::CheckStatus::kPassing)
-      continue;
-    const std::string& addr =
-        inst.service->address.empty() ? inst.node->address : inst.service->address;
-    asio::error_code ec;
-    auto ip = asio::ip::make_address(addr, ec);
-    if (ec || inst.service->port == 0) {
-      // A proxy endpoint is an IP and a port; a host name would make the proxy reject the
-      // whole update, so such an instance is left out (and counted).
-      if (skipped != nullptr)
-        ++*skipped;
-      continue;
-    }
-    const auto w = std::clamp<int32_t>(inst.service->weights.passing, 1, 1000000);
-    eps.emplace_back(net::SocketAddress{ip, inst.service->port}.toString(), uint32_t(w));
-  }
-  std::sort(eps.begin(), eps.end());
-  // The proxy takes each address once per cluster: the lowest weight of a repeated one.
-  eps.erase(std::unique(eps.begin(), eps.end(),
-                        [](const auto& a, const auto& b) { return a.first == b.first; }),
-            eps.end());
-  e.endpoints = "[";
-  for (size_t i = 0; i < eps.size(); ++i) {
-    if (i > 0)
-      e.endpoints += ',';
-    appendEndpoint(e.endpoints, eps[i].first, eps[i].second);
-  }
-  e.endpoints += ']';
-  e.endpoint_list = std::move(eps);
-  if (definition != nullptr)
-    return e;
+// A service's definition (protocol, cluster, routes: made from the resources alone) into `e`.
+void compileDefinition(const MeshResources& resources, const std::string& name, ServiceEntry& e) {
+  proxy::Protocol protocol = proxy::Protocol::kHttp;
+  if (const manifest::Service* s = resources.serviceFor(name); s && !s->ports.empty())
+    protocol = s->ports.front().protocol;
+  e.protocol = jsonString(proxy::protocolName(protocol));
+  const manifest::TrafficPolicy* policy = resources.policyFor(name);
+  proxy::Cluster cluster = meshDefaultCluster();
+  applyPolicy(policy, cluster);
+  e.cluster = dump(clusterJson(cluster));
 
   std::vector<proxy::Route> routes;
   auto attached = resources.routesForService(name);
@@ -441,8 +429,18 @@ std::optional<ServiceEntry> compileService(const registry::Catalog& catalog,
     routes.push_back(std::move(r));
   }
   e.routes = dump(proxy::routesToJson(routes));
-  return e;
 }
+
+std::string instanceKey(const std::string& node, const std::string& id) {
+  std::string key;
+  key.reserve(node.size() + 1 + id.size());
+  key += node;
+  key += '\0';
+  key += id;
+  return key;
+}
+
+} // namespace
 
 std::optional<GatewayEntry> compileGateway(const MeshResources& resources,
                                            std::string_view gateway) {
@@ -465,58 +463,111 @@ void MeshCompiler::indexInstance(const registry::Service& s) {
 }
 
 void MeshCompiler::indexCheck(const registry::Check& c) {
-  if (c.service_id.empty())
-    return;
-  const std::string node = fold(c.node);
-  std::string svc = fold(c.service_name);
-  if (svc.empty()) { // the instance's service, when the check does not name it
-    auto n = instances_.find(node);
-    if (n != instances_.end())
-      if (auto i = n->second.find(fold(c.service_id)); i != n->second.end())
-        svc = i->second;
+  if (!c.service_id.empty())
+    service_checks_[fold(c.node)][fold(c.id)] = fold(c.service_id);
+}
+
+std::optional<MeshCompiler::Contribution> MeshCompiler::contributionOf(const std::string& node,
+                                                                       const std::string& id) {
+  ++stats_.instances_compiled;
+  auto inst = catalog_.instance(node, id);
+  if (!inst || inst->aggregateStatus() != registry::CheckStatus::kPassing)
+    return std::nullopt;
+  const registry::Service& s = *inst->service;
+  const std::string& addr = s.address.empty() ? inst->node->address : s.address;
+  asio::error_code ec;
+  auto ip = asio::ip::make_address(addr, ec);
+  if (ec || s.port == 0) {
+    // A proxy endpoint is an IP and a port; a host name would make the proxy reject the whole
+    // update, so such an instance is left out (and counted).
+    ++stats_.endpoints_skipped;
+    return std::nullopt;
   }
-  if (!svc.empty())
-    service_checks_[node][fold(c.id)] = std::move(svc);
+  return Contribution{fold(s.name), net::SocketAddress{ip, s.port}.toString(),
+                      uint32_t(std::clamp<int32_t>(s.weights.passing, 1, 1000000))};
+}
+
+void MeshCompiler::updateInstance(const std::string& node, const std::string& id, Before* before,
+                                  std::set<std::string>* created) {
+  const std::string key = instanceKey(node, id);
+  std::optional<Contribution> now = contributionOf(node, id);
+  auto old = contributions_.find(key);
+  if (old == contributions_.end() && !now)
+    return;
+  if (old != contributions_.end() && now && old->second == *now)
+    return;
+  auto entry = [&](const std::string& service) -> ServiceEntry& {
+    auto [it, fresh] = services_.try_emplace(service);
+    if (fresh && created != nullptr)
+      created->insert(service);
+    return it->second;
+  };
+  auto record = [&](const std::string& service, const std::string& address) {
+    if (before == nullptr)
+      return;
+    const ServiceEntry& e = entry(service);
+    auto ep = e.endpoints.find(address);
+    (*before)[service].try_emplace(address, ep == e.endpoints.end() ? 0 : ep->second.weight);
+  };
+  if (old != contributions_.end()) {
+    const Contribution& c = old->second;
+    record(c.service, c.address);
+    removeMember(entry(c.service), c.address, c.weight);
+    contributions_.erase(old);
+  }
+  if (now) {
+    record(now->service, now->address);
+    addMember(entry(now->service), now->address, now->weight);
+    contributions_.emplace(key, std::move(*now));
+  }
 }
 
 void MeshCompiler::rebuild() {
   instances_.clear();
   service_checks_.clear();
+  node_addresses_.clear();
+  contributions_.clear();
+  services_.clear();
+  gateways_.clear();
+  dirty_instances_.clear();
+  dirty_services_.clear();
+  resources_dirty_ = false;
+  version_ = std::max<uint64_t>(catalog_.index(), 1);
   for (const auto& n : catalog_.nodes().value) {
+    const std::string node = fold(n->name);
+    node_addresses_[node] = n->address;
     auto ns = catalog_.nodeServices(n->name);
     if (ns.value)
-      for (const auto& s : ns.value->services)
+      for (const auto& s : ns.value->services) {
         indexInstance(*s);
+        updateInstance(node, fold(s->id), nullptr, nullptr);
+      }
     for (const auto& c : catalog_.nodeChecks(n->name).value)
       indexCheck(*c);
   }
   resources_.load(catalog_);
-  services_.clear();
-  gateways_.clear();
   std::set<std::string> names = resources_.definedServices();
   for (const auto& [name, tags] : catalog_.services().value)
     names.insert(fold(name));
   for (const auto& name : names) {
     ++stats_.services_compiled;
-    if (auto e = compileService(catalog_, resources_, name, &stats_.endpoints_skipped))
-      services_.emplace(name, std::move(*e));
+    compileDefinition(resources_, name, services_[name]);
   }
   for (const auto& g : resources_.gateways())
     if (auto e = compileGateway(resources_, g))
       gateways_.emplace(g, std::move(*e));
   ++stats_.full_rebuilds;
-  dirty_services_.clear();
-  resources_dirty_ = false;
-  version_ = std::max<uint64_t>(catalog_.index(), 1);
   snapshot_.reset();
   service_versions_.clear();
   gateway_versions_.clear();
   service_tombstones_.clear();
   gateway_tombstones_.clear();
   endpoint_history_.clear();
-  for (const auto& [name, e] : services_) {
+  for (auto& [name, e] : services_) {
     service_versions_[name] = {version_, version_, version_};
-    resetHistory(endpoint_history_[name], e, version_);
+    resetHistory(endpoint_history_[name], version_);
+    for (auto& [address, ep] : e.endpoints)
+      ep.changed = version_;
   }
   for (const auto& [name, g] : gateways_)
     gateway_versions_[name] = {version_, version_, version_};
@@ -551,90 +602,40 @@ void MeshCompiler::noteRemoved(std::map<std::string, Versions>& live,
   tombstones.erase(oldest);
 }
 
-void MeshCompiler::resetHistory(EndpointHistory& h, const ServiceEntry& e, uint64_t v) {
+void MeshCompiler::resetHistory(EndpointHistory& h, uint64_t v) {
   h.definition = v;
   h.horizon = 0; // bases before `v` predate the service: they get its complete entry anyway
-  h.changed.assign(e.endpoint_list.size(), v);
   h.removed.clear();
 }
 
-void MeshCompiler::noteEndpoints(EndpointHistory& h, const ServiceEntry& before,
-                                 const ServiceEntry& after, uint64_t v) const {
-  const auto& a = before.endpoint_list;
-  const auto& b = after.endpoint_list;
-  if (h.changed.size() != a.size()) {
-    // Cannot happen (the history follows every change of the list); if it does, forget it
-    // rather than send a wrong change: bases before `v` get the full list.
-    TLOG_ERROR("mesh: endpoint history out of step ({} versions, {} endpoints); reset",
-               h.changed.size(), a.size());
-    h.changed.assign(a.size(), v);
-    h.removed.clear();
-    h.horizon = v;
-  }
-  std::vector<uint64_t> changed;
-  changed.reserve(b.size());
-  std::vector<std::string_view> gone, back; // sorted by address
-  size_t i = 0, j = 0;
-  while (i < a.size() || j < b.size()) {
-    if (j == b.size() || (i < a.size() && a[i].first < b[j].first)) {
-      gone.push_back(a[i++].first);
-    } else if (i == a.size() || b[j].first < a[i].first) {
-      back.push_back(b[j++].first);
-      changed.push_back(v);
-    } else {
-      changed.push_back(a[i].second == b[j].second ? h.changed[i] : v);
-      ++i;
-      ++j;
-    }
-  }
-  h.changed = std::move(changed);
-  if (gone.empty() && back.empty())
+void MeshCompiler::pruneRemoved(EndpointHistory& h) const {
+  if (h.removed.size() <= max_endpoint_tombstones_)
     return;
-
-  // Tombstones: the old ones less the addresses that came back, plus the ones gone now (never
-  // live before, so never among the old ones).
-  std::vector<std::pair<std::string, uint64_t>> removed;
-  removed.reserve(h.removed.size() + gone.size());
-  size_t r = 0, g = 0, k = 0;
-  while (r < h.removed.size() || g < gone.size()) {
-    if (g == gone.size() || (r < h.removed.size() && h.removed[r].first < gone[g])) {
-      while (k < back.size() && back[k] < h.removed[r].first)
-        ++k;
-      if (k == back.size() || back[k] != h.removed[r].first)
-        removed.push_back(std::move(h.removed[r]));
-      ++r;
-    } else {
-      removed.emplace_back(std::string(gone[g++]), v);
-    }
-  }
-  if (removed.size() > max_endpoint_tombstones_) {
-    // Forget the oldest removals, and with them every one at least as old (a base before the
-    // newest forgotten one needs the full list anyway): that raises the service's horizon.
-    std::vector<uint64_t> when;
-    when.reserve(removed.size());
-    for (const auto& t : removed)
-      when.push_back(t.second);
-    const size_t drop = removed.size() - max_endpoint_tombstones_;
-    std::nth_element(when.begin(), when.begin() + ptrdiff_t(drop - 1), when.end());
-    const uint64_t cutoff = when[drop - 1];
-    std::erase_if(removed, [cutoff](const auto& t) { return t.second <= cutoff; });
-    h.horizon = std::max(h.horizon, cutoff);
-  }
-  h.removed = std::move(removed);
+  // Forget the oldest removals, and with them every one at least as old (a base before the
+  // newest forgotten one needs the full list anyway): that raises the service's horizon.
+  std::vector<uint64_t> when;
+  when.reserve(h.removed.size());
+  for (const auto& [address, v] : h.removed)
+    when.push_back(v);
+  const size_t drop = h.removed.size() - max_endpoint_tombstones_;
+  std::nth_element(when.begin(), when.begin() + ptrdiff_t(drop - 1), when.end());
+  const uint64_t cutoff = when[drop - 1];
+  std::erase_if(h.removed, [cutoff](const auto& t) { return t.second <= cutoff; });
+  h.horizon = std::max(h.horizon, cutoff);
 }
 
 std::string MeshCompiler::endpointsSince(const ServiceEntry& e, const EndpointHistory& h,
                                          uint64_t base) {
-  if (h.definition > base || h.horizon > base || h.changed.size() != e.endpoint_list.size())
+  if (h.definition > base || h.horizon > base)
     return std::string();
   const size_t full = fullEndpointsSize(e);
   std::string added, removed;
-  for (size_t i = 0; i < h.changed.size(); ++i) {
-    if (h.changed[i] <= base)
+  for (const auto& [address, ep] : e.endpoints) {
+    if (ep.changed <= base)
       continue;
     if (!added.empty())
       added += ',';
-    appendEndpoint(added, e.endpoint_list[i].first, e.endpoint_list[i].second);
+    appendEndpoint(added, address, ep.weight);
     if (added.size() >= full)
       return std::string();
   }
@@ -691,7 +692,7 @@ void MeshCompiler::markNode(const std::string& folded_node) {
   if (it == instances_.end())
     return;
   for (const auto& [id, svc] : it->second)
-    dirty_services_.insert(svc);
+    dirty_instances_.emplace(folded_node, id);
 }
 
 void MeshCompiler::noteBatch(const registry::Batch& batch) {
@@ -700,21 +701,36 @@ void MeshCompiler::noteBatch(const registry::Batch& batch) {
         [&](const auto& mu) {
           using T = std::decay_t<decltype(mu)>;
           if constexpr (std::is_same_v<T, registry::NodePut>) {
-            markNode(fold(mu.node->name));
+            // Only the address matters to endpoints (of the instances without their own).
+            const std::string node = fold(mu.node->name);
+            auto [it, fresh] = node_addresses_.try_emplace(node, mu.node->address);
+            if (!fresh && it->second != mu.node->address) {
+              it->second = mu.node->address;
+              markNode(node);
+            }
           } else if constexpr (std::is_same_v<T, registry::NodeDelete>) {
-            markNode(fold(mu.node));
-            instances_.erase(fold(mu.node));
-            service_checks_.erase(fold(mu.node));
+            const std::string node = fold(mu.node);
+            markNode(node);
+            if (auto n = instances_.find(node); n != instances_.end())
+              for (const auto& [id, svc] : n->second)
+                dirty_services_.insert(svc);
+            instances_.erase(node);
+            service_checks_.erase(node);
+            node_addresses_.erase(node);
           } else if constexpr (std::is_same_v<T, registry::ServicePut>) {
-            auto& slot = instances_[fold(mu.service->node)][fold(mu.service->id)];
+            const std::string node = fold(mu.service->node), id = fold(mu.service->id);
+            auto& slot = instances_[node][id];
             if (!slot.empty())
               dirty_services_.insert(slot); // the old name, when the instance was renamed
             slot = fold(mu.service->name);
             dirty_services_.insert(slot);
+            dirty_instances_.emplace(node, id);
           } else if constexpr (std::is_same_v<T, registry::ServiceDelete>) {
-            auto n = instances_.find(fold(mu.node));
+            const std::string node = fold(mu.node), id = fold(mu.id);
+            dirty_instances_.emplace(node, id);
+            auto n = instances_.find(node);
             if (n != instances_.end()) {
-              auto i = n->second.find(fold(mu.id));
+              auto i = n->second.find(id);
               if (i != n->second.end()) {
                 dirty_services_.insert(i->second);
                 n->second.erase(i);
@@ -725,25 +741,18 @@ void MeshCompiler::noteBatch(const registry::Batch& batch) {
           } else if constexpr (std::is_same_v<T, registry::CheckPut>) {
             const registry::Check& c = *mu.check;
             indexCheck(c);
-            if (c.service_id.empty()) {
+            if (c.service_id.empty())
               markNode(fold(c.node)); // a node check gates every instance of the node
-            } else {
-              auto n = instances_.find(fold(c.node));
-              if (n != instances_.end()) {
-                auto i = n->second.find(fold(c.service_id));
-                if (i != n->second.end())
-                  dirty_services_.insert(i->second);
-              }
-              if (!c.service_name.empty())
-                dirty_services_.insert(fold(c.service_name));
-            }
+            else
+              dirty_instances_.emplace(fold(c.node), fold(c.service_id));
           } else if constexpr (std::is_same_v<T, registry::CheckDelete>) {
-            // A service check's service is remembered; a node check (or one not known)
+            // A service check's instance is remembered; a node check (or one not known)
             // gates every instance of the node.
             bool known = false;
-            if (auto n = service_checks_.find(fold(mu.node)); n != service_checks_.end()) {
+            const std::string node = fold(mu.node);
+            if (auto n = service_checks_.find(node); n != service_checks_.end()) {
               if (auto c = n->second.find(fold(mu.id)); c != n->second.end()) {
-                dirty_services_.insert(c->second);
+                dirty_instances_.emplace(node, c->second);
                 n->second.erase(c);
                 if (n->second.empty())
                   service_checks_.erase(n);
@@ -751,7 +760,7 @@ void MeshCompiler::noteBatch(const registry::Batch& batch) {
               }
             }
             if (!known)
-              markNode(fold(mu.node));
+              markNode(node);
           } else if constexpr (std::is_same_v<T, registry::KvPut>) {
             if (mu.entry->key.rfind(kResourcePrefix, 0) == 0)
               resources_dirty_ = true;
@@ -765,21 +774,33 @@ void MeshCompiler::noteBatch(const registry::Batch& batch) {
 }
 
 std::shared_ptr<const std::string> MeshCompiler::flush() {
-  std::set<std::string> names;
   const bool full = resources_dirty_;
   if (full) {
     resources_.load(catalog_);
     ++stats_.full_rebuilds;
-    names = resources_.definedServices();
+  }
+  resources_dirty_ = false;
+
+  // The instances first: each one's endpoint is moved in (or out of) its service's entry,
+  // remembering what every address touched had before.
+  Before before;
+  std::set<std::string> created; // entries made for a service that had none
+  for (const auto& [node, id] : dirty_instances_)
+    updateInstance(node, id, &before, &created);
+  dirty_instances_.clear();
+
+  std::set<std::string> names;
+  names.swap(dirty_services_);
+  for (const auto& [name, addresses] : before)
+    names.insert(name);
+  if (full) {
+    const std::set<std::string>& defined = resources_.definedServices();
+    names.insert(defined.begin(), defined.end());
     for (const auto& [name, tags] : catalog_.services().value)
       names.insert(fold(name));
     for (const auto& [name, e] : services_)
       names.insert(name);
-  } else {
-    names.swap(dirty_services_);
   }
-  dirty_services_.clear();
-  resources_dirty_ = false;
 
   // The version this flush produces if anything changed (nothing is recorded otherwise).
   const uint64_t next = std::max(version_ + 1, catalog_.index());
@@ -791,54 +812,75 @@ std::shared_ptr<const std::string> MeshCompiler::flush() {
   };
   for (const auto& name : names) {
     ++stats_.services_compiled;
-    // Unless the resources changed, a service's definition (protocol, cluster, routes: made
-    // from them alone) is what it was: only its endpoints are compiled again. Making the
-    // definition's JSON was most of the server's work per registration.
-    auto old = services_.find(name);
-    const ServiceEntry* definition = !full && old != services_.end() ? &old->second : nullptr;
-    auto e = compileService(catalog_, resources_, name, &stats_.endpoints_skipped, definition);
-    if (!e) {
-      if (old != services_.end()) {
+    auto it = services_.find(name);
+    const bool existed = it != services_.end() && created.count(name) == 0;
+    if (!catalog_.hasInstances(name) && resources_.definedServices().count(name) == 0) {
+      // Gone: no instance (so no endpoint) is left and no resource defines it.
+      if (it != services_.end())
+        services_.erase(it);
+      if (existed) {
         append(removed, jsonString(name));
-        services_.erase(old);
         endpoint_history_.erase(name);
         noteRemoved(service_versions_, service_tombstones_, name, next);
       }
       continue;
     }
-    if (old == services_.end()) {
-      append(changed, jsonString(name) + ":" + e->json());
-      resetHistory(endpoint_history_[name], *e, next);
-      services_.emplace(name, std::move(*e));
+    if (!existed) {
+      ServiceEntry& e = it != services_.end() ? it->second : services_[name];
+      compileDefinition(resources_, name, e);
+      for (auto& [address, ep] : e.endpoints)
+        ep.changed = next;
+      append(changed, jsonString(name) + ":" + e.json());
+      resetHistory(endpoint_history_[name], next);
       noteCreated(service_versions_, service_tombstones_, name, next);
       continue;
     }
-    // Field by field: a health change sends only `endpoints`.
+    ServiceEntry& e = it->second;
+    EndpointHistory& h = endpoint_history_[name];
+    // Field by field: a health change sends only the endpoints.
     std::string fields;
-    auto field = [&](const char* key, const std::string& before, const std::string& after) {
-      if (before == after)
-        return;
-      append(fields, fmt::format("\"{}\":{}", key, after));
-    };
-    field("protocol", old->second.protocol, e->protocol);
-    field("cluster", old->second.cluster, e->cluster);
-    if (old->second.endpoints != e->endpoints) {
-      std::string diff = endpointsDiff(old->second, *e);
-      if (diff.empty())
-        field("endpoints", old->second.endpoints, e->endpoints);
-      else
-        append(fields, diff);
+    if (full) {
+      ServiceEntry def;
+      compileDefinition(resources_, name, def);
+      auto field = [&](const char* key, std::string& current, std::string& compiled) {
+        if (current == compiled)
+          return;
+        append(fields, fmt::format("\"{}\":{}", key, compiled));
+        current = std::move(compiled);
+        h.definition = next;
+      };
+      field("protocol", e.protocol, def.protocol);
+      field("cluster", e.cluster, def.cluster);
+      field("routes", e.routes, def.routes);
     }
-    field("routes", old->second.routes, e->routes);
+    if (auto b = before.find(name); b != before.end()) {
+      std::string added, gone;
+      for (const auto& [address, was] : b->second) {
+        auto ep = e.endpoints.find(address);
+        const uint32_t now = ep == e.endpoints.end() ? 0 : ep->second.weight;
+        if (now == was)
+          continue;
+        if (now != 0) {
+          ep->second.changed = next;
+          h.removed.erase(address); // back (or reweighted)
+          if (!added.empty())
+            added += ',';
+          appendEndpoint(added, address, now);
+        } else {
+          h.removed[address] = next;
+          if (!gone.empty())
+            gone += ',';
+          appendAddress(gone, address);
+        }
+      }
+      pruneRemoved(h);
+      if (!added.empty() || !gone.empty()) {
+        std::string diff = endpointChanges(added, gone, fullEndpointsSize(e));
+        append(fields, diff.empty() ? "\"endpoints\":" + e.endpointsJson() : diff);
+      }
+    }
     if (!fields.empty()) {
       append(changed, jsonString(name) + ":{" + fields + "}");
-      EndpointHistory& h = endpoint_history_[name];
-      if (old->second.protocol != e->protocol || old->second.cluster != e->cluster ||
-          old->second.routes != e->routes)
-        h.definition = next;
-      if (old->second.endpoints != e->endpoints)
-        noteEndpoints(h, old->second, *e, next);
-      old->second = std::move(*e);
       service_versions_[name].changed = next;
     }
   }

@@ -16,25 +16,41 @@
 
 // The state compiler: turns the catalog (instances and their health) and the mesh resources
 // into what docs/protocol.md sends to proxies, keeps it per service, and after each applied
-// catalog batch recomputes only what the batch touched and produces the delta.
+// catalog batch recomputes only what the batch touched and produces the delta: the endpoint of
+// each instance the batch changed (its service's other instances are not looked at), and a
+// service's definition only when the resources changed.
 namespace trellis::control::mesh {
 
 // Defaults where no TrafficPolicy says otherwise (docs/protocol.md).
 proxy::Cluster meshDefaultCluster();
 proxy::Route meshDefaultRoute(std::string_view service);
 
-// One service's entry, each field kept as its compact JSON text: comparing two entries field
-// by field is a string compare, and a snapshot or delta is assembled by concatenation.
-struct ServiceEntry {
-  std::string protocol;  // "\"http\""
-  std::string cluster;   // {"lb":...} without name and endpoints
-  std::string endpoints; // ["ip:port", {"address":"ip:port","weight":5}, ...], sorted by address
-  std::string routes;    // [{"match":...},...]
-  // The same endpoints as (address, weight), sorted by address, each address once: what
-  // flush() diffs to send endpoints_added/endpoints_removed instead of the whole list.
-  std::vector<std::pair<std::string, uint32_t>> endpoint_list;
+// One endpoint of a service: an address that at least one of its passing instances has.
+struct Endpoint {
+  uint32_t weight = 1;  // the lowest of those instances' weights (the proxy takes an address once)
+  uint64_t changed = 0; // the version that added it or last changed its weight
+  // Every instance's weight, kept only while more than one instance has the address.
+  std::vector<uint32_t> shared;
+};
+using EndpointMap = std::map<std::string, Endpoint, std::less<>>;
 
-  bool operator==(const ServiceEntry&) const = default;
+// One service's entry: its definition (made from the resources alone) as compact JSON texts,
+// and its endpoints, which the compiler edits instance by instance as the registry changes.
+struct ServiceEntry {
+  std::string protocol; // "\"http\""
+  std::string cluster;  // {"lb":...} without name and endpoints
+  std::string routes;   // [{"match":...},...]
+  EndpointMap endpoints;
+  size_t endpoint_items_size = 0; // the length of the endpoints' items in endpointsJson()
+
+  // The same definition and the same (address, weight) endpoints, whenever they changed.
+  bool operator==(const ServiceEntry& other) const;
+  // ["ip:port", {"address":"ip:port","weight":5}, ...], sorted by address.
+  std::string endpointsJson() const;
+  // endpointsJson().size(), without making it.
+  size_t endpointsJsonSize() const {
+    return 2 + endpoint_items_size + (endpoints.empty() ? 0 : endpoints.size() - 1);
+  }
   // The complete entry as a JSON object's text.
   std::string json() const;
 };
@@ -45,22 +61,13 @@ struct GatewayEntry {
   std::string json() const;
 };
 
-// Compiles one service (name folded to lowercase). nullopt when the service does not exist:
-// no instance is registered and no resource defines it or routes to it. `skipped` (if given)
-// is increased by the passing instances left out for an address that is not an IP, or port 0.
-// With `definition`, the entry's protocol, cluster and routes are taken from it instead of
-// compiled: they depend only on the resources, so an entry compiled from the same resources
-// has them (MeshCompiler::flush passes the service's previous entry while they are unchanged).
-std::optional<ServiceEntry> compileService(const registry::Catalog& catalog,
-                                           const MeshResources& resources, std::string_view service,
-                                           uint64_t* skipped = nullptr,
-                                           const ServiceEntry* definition = nullptr);
 // nullopt when no HTTPRoute names the gateway.
 std::optional<GatewayEntry> compileGateway(const MeshResources& resources,
                                            std::string_view gateway);
 
 struct CompilerStats {
-  uint64_t services_compiled = 0; // compileService calls
+  uint64_t services_compiled = 0;  // service entries made or brought up to date
+  uint64_t instances_compiled = 0; // instances whose endpoint was worked out again
   uint64_t full_rebuilds = 0;     // resources changed (or start)
   uint64_t deltas = 0;
   uint64_t endpoints_skipped = 0; // passing instances left out: address not an IP, or port 0
@@ -80,10 +87,13 @@ public:
 
   // Compiles everything from scratch (start); version becomes the catalog's index.
   void rebuild();
-  // Marks what an applied batch touched: the services of the instances, checks and nodes it
-  // changed; a resource write marks everything (resources change rarely).
+  // Marks what an applied batch touched: the instances it changed, directly or through their
+  // checks or node (a node's address or node checks: every instance of the node), and their
+  // services; a resource write marks everything (resources change rarely).
   void noteBatch(const registry::Batch& batch);
-  bool dirty() const { return resources_dirty_ || !dirty_services_.empty(); }
+  bool dirty() const {
+    return resources_dirty_ || !dirty_instances_.empty() || !dirty_services_.empty();
+  }
 
   // Recomputes what is dirty, updates the state and returns the delta message (one NDJSON
   // line, shared by every stream), or null when nothing visible changed. A service that
@@ -139,24 +149,38 @@ private:
                    std::map<std::string, Versions>& tombstones, const std::string& name,
                    uint64_t v);
 
-  // What deltaSince needs, beyond the entry, to send a live service's endpoint-level change:
-  // one version per live endpoint and a bounded list of removed addresses.
+  // What deltaSince needs, beyond the entry (each endpoint's `changed`), to send a live
+  // service's endpoint-level change: a bounded set of removed addresses.
   struct EndpointHistory {
     uint64_t definition = 0; // protocol, cluster or routes last changed (or service created)
     uint64_t horizon = 0;    // a base below this gets the full list (removals were forgotten)
-    std::vector<uint64_t> changed; // entry.endpoint_list[i] was added or reweighted at [i]
-    // Removed addresses, never live ones, sorted by address: (address, when removed).
-    std::vector<std::pair<std::string, uint64_t>> removed;
+    std::map<std::string, uint64_t> removed; // address never live now -> when removed
   };
-  // `h` starts afresh for `e` at version `v` (service created, or rebuild).
-  static void resetHistory(EndpointHistory& h, const ServiceEntry& e, uint64_t v);
-  // Records the change of the service's endpoints from `before` to `after` at version `v`.
-  void noteEndpoints(EndpointHistory& h, const ServiceEntry& before, const ServiceEntry& after,
-                     uint64_t v) const;
+  // `h` starts afresh at version `v` (service created, or rebuild).
+  static void resetHistory(EndpointHistory& h, uint64_t v);
+  // Forgets the oldest removals past max_endpoint_tombstones_, raising the horizon.
+  void pruneRemoved(EndpointHistory& h) const;
   // `"endpoints_added":[..],"endpoints_removed":[..]` (an empty one left out) since `base` for
   // the live service `e`, or empty when the full list is shorter or the history cannot say.
   static std::string endpointsSince(const ServiceEntry& e, const EndpointHistory& h,
                                     uint64_t base);
+
+  // What one instance adds to its service's endpoints: it passes every check (its own and its
+  // node's) and has an IP address and a port.
+  struct Contribution {
+    std::string service; // folded name
+    std::string address; // "ip:port"
+    uint32_t weight = 1;
+    bool operator==(const Contribution&) const = default;
+  };
+  std::optional<Contribution> contributionOf(const std::string& node, const std::string& id);
+  // The weight each touched address of a service had before this flush (0: absent).
+  using Before = std::map<std::string, std::map<std::string, uint32_t>>;
+  // Brings the instance's contribution up to date in its services' entries (created empty
+  // when missing: `created` names them); `before` (if given) records what each address it
+  // touches had first.
+  void updateInstance(const std::string& node, const std::string& id, Before* before,
+                      std::set<std::string>* created);
 
   const registry::Catalog& catalog_;
   const size_t max_endpoint_tombstones_;
@@ -168,15 +192,20 @@ private:
   uint64_t version_ = 0;
   std::map<std::string, ServiceEntry> services_; // folded name
   std::map<std::string, GatewayEntry> gateways_;
-  // folded node -> folded instance ID -> folded service name: which services a node, instance
-  // or check mutation touches (the old name too when an instance was renamed).
+  // folded node -> folded instance ID -> folded service name: the instances a node change
+  // touches, and the service an instance had before a rename or deregistration.
   std::map<std::string, std::map<std::string, std::string>> instances_;
-  // folded node -> folded check ID -> folded service name, for service checks: a check's
-  // deletion names only its node and ID, and without this every service of the node (on one
-  // machine: all of them) would be recompiled for one instance's deregistration.
+  // folded node -> folded check ID -> folded instance ID, for service checks: a check's
+  // deletion names only its node and ID, and without this every instance of the node (on one
+  // machine: all of them) would be compiled again for one instance's deregistration.
   std::map<std::string, std::map<std::string, std::string>> service_checks_;
   void indexCheck(const registry::Check& c);
-  std::set<std::string> dirty_services_;
+  // folded node -> its address: a node write that keeps it changes no endpoint.
+  std::map<std::string, std::string> node_addresses_;
+  // "node\0id" (folded) -> what the instance adds to its service's endpoints now.
+  std::map<std::string, Contribution> contributions_;
+  std::set<std::pair<std::string, std::string>> dirty_instances_; // (folded node, folded ID)
+  std::set<std::string> dirty_services_; // whose existence may have changed
   bool resources_dirty_ = false;
   std::shared_ptr<const std::string> snapshot_;
   CompilerStats stats_;

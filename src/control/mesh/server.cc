@@ -117,21 +117,14 @@ MeshServer::MeshServer(Dispatcher& loop, registry::Registry& registry, telemetry
     callbacks_.push_back(std::move(*r));
   if (auto r = metrics_.counterCallback(
           "trellis_mesh_endpoints_skipped_total",
-          "Passing instances left out of a compiled service: address not an IP, or port 0", [this] {
-            compileNoted();
-            return compiler_.stats().endpoints_skipped;
-          }))
+          "Passing instances left out of a compiled service: address not an IP, or port 0",
+          [this] { return compiler_.stats().endpoints_skipped; }))
     callbacks_.push_back(std::move(*r));
-  if (auto r = metrics_.gaugeCallback("trellis_mesh_version", "The mesh state's version", [this] {
-        compileNoted();
-        return double(compiler_.version());
-      }))
+  if (auto r = metrics_.gaugeCallback("trellis_mesh_version", "The mesh state's version",
+                                      [this] { return double(compiler_.version()); }))
     callbacks_.push_back(std::move(*r));
-  if (auto r =
-          metrics_.gaugeCallback("trellis_mesh_services", "Services in the mesh state", [this] {
-            compileNoted();
-            return double(compiler_.services().size());
-          }))
+  if (auto r = metrics_.gaugeCallback("trellis_mesh_services", "Services in the mesh state",
+                                      [this] { return double(compiler_.services().size()); }))
     callbacks_.push_back(std::move(*r));
 }
 
@@ -177,12 +170,6 @@ void MeshServer::onApplied(const registry::Batch& batch) {
   compiler_.noteBatch(batch);
   if (!compiler_.dirty() || coalesce_timer_->enabled())
     return;
-  // No stream to send a delta to: the changes stay noted, and compileNoted() folds them in
-  // when the state is next read (a stream opens, a snapshot or a metric is asked for).
-  // Compiling a touched service reads all its instances, which at registration rates cost
-  // the registry three quarters of its throughput (docs/performance.md, "Control plane").
-  if (streams_.empty())
-    return;
   // Leading edge: the first change after a quiet period costs no wait (the timer runs on the
   // loop's next turn, so batches applied in this turn still join it). One that follows a
   // delta by less than `coalesce` waits for the window's end, and those after it join it.
@@ -191,11 +178,6 @@ void MeshServer::onApplied(const registry::Batch& batch) {
   if (last_flush_ && *last_flush_ + settings_.coalesce > now)
     wait = *last_flush_ + settings_.coalesce - now;
   coalesce_timer_->enable(wait);
-}
-
-void MeshServer::compileNoted() {
-  if (compiler_.dirty() && !coalesce_timer_->enabled())
-    onCoalesced();
 }
 
 void MeshServer::onCoalesced() {
@@ -426,7 +408,6 @@ void MeshServer::closeStream(const StreamPtr& s, bool finish) {
 }
 
 void MeshServer::openStream(http::ServerRequest& req, const Writer& w) {
-  compileNoted(); // before this stream is one to send a delta to
   auto node = req.query("node");
   if (!node)
     return reply(w, 400, "node: required (the proxy's unique id)\n");
@@ -745,9 +726,7 @@ void MeshServer::onAckBytes(const StreamPtr& s, std::string_view piece) {
 
 void MeshServer::snapshot(http::ServerRequest& req, const Writer& w) {
   if (!req.query_params.empty())
-    return reply(w, 400,
-                 fmt::format("unknown parameter \"{}\"\n", req.query_params.front().first));
-  compileNoted();
+    return reply(w, 400, fmt::format("unknown parameter \"{}\"\n", req.query_params.front().first));
   std::string body = "{\"type\":\"snapshot\",";
   body += *compiler_.snapshotBody();
   reply(w, 200, body, "application/json");

@@ -219,9 +219,6 @@ private:
   void schedulePump(bool progress);
   void closeStream(const StreamPtr& s, bool finish);
   void onCoalesced();
-  // Compiles the changes noted while no stream was connected (onApplied leaves them), so that
-  // what is read next is current.
-  void compileNoted();
   // The stream's last message is not acknowledged yet and may still be (pacing, see
   // MeshSettings::max_ack_wait): the next delta waits.
   bool awaitingAck(const Stream& s) const;

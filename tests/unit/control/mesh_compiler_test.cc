@@ -245,9 +245,10 @@ TEST_F(MeshCompilerTest, DeregisteredInstanceWithCheckRecomputesOnlyItsService) 
     del.node = "n1";
     del.service_id = id;
     apply(del);
-    const uint64_t compiled = compiler_.stats().services_compiled;
+    const CompilerStats was = compiler_.stats();
     json d = flush();
-    EXPECT_EQ(compiler_.stats().services_compiled, compiled + 1) << id << ": " << d;
+    EXPECT_EQ(compiler_.stats().services_compiled, was.services_compiled + 1) << id << ": " << d;
+    EXPECT_EQ(compiler_.stats().instances_compiled, was.instances_compiled + 1) << id;
     EXPECT_EQ(d["services"].size(), 1u) << d;
   }
   // A node check's deletion still gates every instance of the node.
@@ -265,9 +266,10 @@ TEST_F(MeshCompilerTest, DeregisteredInstanceWithCheckRecomputesOnlyItsService) 
   del.node = "n1";
   del.check_id = "node-ok";
   apply(del);
-  const uint64_t compiled = compiler_.stats().services_compiled;
-  flush();
-  EXPECT_EQ(compiler_.stats().services_compiled, compiled + 5);
+  const CompilerStats was = compiler_.stats();
+  EXPECT_TRUE(flush().is_null()); // every instance still passes
+  EXPECT_EQ(compiler_.stats().instances_compiled, was.instances_compiled + 5);
+  EXPECT_EQ(compiler_.stats().services_compiled, was.services_compiled);
 }
 
 TEST_F(MeshCompilerTest, NewServiceIsCompleteAndLastInstanceGoneRemovesIt) {
@@ -286,6 +288,44 @@ TEST_F(MeshCompilerTest, NewServiceIsCompleteAndLastInstanceGoneRemovesIt) {
   EXPECT_EQ(d["removed"], json::parse(R"(["pay"])"));
   EXPECT_TRUE(d["services"].empty());
   EXPECT_TRUE(compiler_.services().empty());
+}
+
+TEST_F(MeshCompilerTest, InstancesSharingAnAddressGiveOneEndpointOfTheLowestWeight) {
+  auto weighted = [](const std::string& id, int32_t weight) {
+    registry::RegisterRequest r =
+        instance("n1", "10.0.0.1", "web", id, 8080, CheckStatus::kPassing, "10.0.0.9");
+    r.service->weights.passing = weight;
+    return r;
+  };
+  apply(weighted("web-a", 5));
+  apply(instance("n1", "10.0.0.1", "web", "web-other", 8081, CheckStatus::kPassing));
+  compiler_.rebuild();
+  auto ep = [](int32_t w) { return json{{"address", "10.0.0.9:8080"}, {"weight", w}}; };
+  EXPECT_EQ(snapshotJson(compiler_)["services"]["web"]["endpoints"][1], ep(5));
+
+  apply(weighted("web-b", 2)); // lower: the endpoint's weight drops
+  EXPECT_EQ(flush()["services"]["web"]["endpoints_added"], json::array({ep(2)}));
+  apply(weighted("web-c", 3)); // between: nothing the proxies see
+  EXPECT_TRUE(flush().is_null());
+  apply(health("n1", "web-b", CheckStatus::kCritical)); // the lowest fails: the next one
+  EXPECT_EQ(flush()["services"]["web"]["endpoints_added"], json::array({ep(3)}));
+  for (const char* id : {"web-c", "web-a"}) {
+    registry::DeregisterRequest del;
+    del.node = "n1";
+    del.service_id = id;
+    apply(del);
+    json d = flush();
+    if (std::string(id) == "web-c") {
+      EXPECT_EQ(d["services"]["web"]["endpoints_added"], json::array({ep(5)})) << d;
+    } else {
+      EXPECT_EQ(snapshotJson(compiler_)["services"]["web"]["endpoints"],
+                json::array({"10.0.0.1:8081"}))
+          << d;
+    }
+  }
+  const ServiceEntry& web = compiler_.services().at("web");
+  EXPECT_EQ(web.endpoints.size(), 1u);
+  EXPECT_EQ(web.endpointsJson().size(), web.endpointsJsonSize());
 }
 
 TEST_F(MeshCompilerTest, RenamedInstanceUpdatesBothServices) {
@@ -766,6 +806,7 @@ TEST_F(MeshCompilerTest, CatchUpFromEveryEarlierVersionGivesTheSnapshot) {
       }
     };
     std::map<std::string, std::string> registered; // instance id -> node
+    std::string n1_address = "10.0.0.1";           // moved by case 10
     auto id = [](int s, int i) { return "s" + std::to_string(s) + "-" + std::to_string(i); };
     auto deregister = [&](int s, int i) {
       if (!registered.count(id(s, i)))
@@ -782,8 +823,8 @@ TEST_F(MeshCompilerTest, CatchUpFromEveryEarlierVersionGivesTheSnapshot) {
         deregister(s, i); // moves to the other node
       // Few ports and addresses: re-registrations move, reweight or share an address.
       registry::RegisterRequest r =
-          instance(node, node == "n1" ? "10.0.0.1" : "10.0.0.2", "s" + std::to_string(s),
-                   id(s, i), uint16_t(1000 * (s + 1) + pick(6)),
+          instance(node, node == "n1" ? n1_address : "10.0.0.2", "s" + std::to_string(s), id(s, i),
+                   uint16_t(1000 * (s + 1) + pick(6)),
                    pick(4) == 0 ? CheckStatus::kCritical : CheckStatus::kPassing,
                    pick(3) == 0 ? "10.9.0." + std::to_string(pick(2) + 1) : "");
       r.service->weights.passing = 1 + pick(3);
@@ -803,7 +844,7 @@ TEST_F(MeshCompilerTest, CatchUpFromEveryEarlierVersionGivesTheSnapshot) {
     for (int step = 0; step < 60; ++step) {
       for (int ops = 1 + pick(3); ops > 0; --ops) {
         const int s = pick(kServices), i = pick(kIds);
-        switch (pick(10)) {
+        switch (pick(11)) {
         case 0:
         case 1:
         case 2:
@@ -846,11 +887,28 @@ spec:
           write(r);
           break;
         }
+        case 10: { // n1 moves: the instances without their own address move with it
+          n1_address = n1_address == "10.0.0.1" ? "10.0.0.3" : "10.0.0.1";
+          registry::RegisterRequest r;
+          r.node.name = "n1";
+          r.node.address = n1_address;
+          write(r);
+          break;
+        }
         }
       }
       auto wd = wide.flush();
       auto td = tight.flush();
       ASSERT_EQ(wd == nullptr, td == nullptr);
+      { // Edited instance by instance, the state is what a compile from scratch makes.
+        MeshCompiler fresh(catalog);
+        fresh.rebuild();
+        ASSERT_EQ(fresh.services(), wide.services()) << "step " << step;
+        ASSERT_EQ(fresh.services(), tight.services()) << "step " << step;
+        ASSERT_EQ(fresh.gateways(), wide.gateways()) << "step " << step;
+        for (const auto& [name, e] : wide.services())
+          ASSERT_EQ(e.endpointsJson().size(), e.endpointsJsonSize()) << name << " " << step;
+      }
       if (!wd)
         continue;
       ASSERT_EQ(wide.version(), tight.version());

@@ -5,6 +5,12 @@
 // them on one thread with level-triggered epoll and a 1024-event array, as
 // bench/tools/mesh_streams.cc does. The server's push can be no faster than this.
 //
+// --senders T (1..8, default 1): the sender's loop is shared by T threads, thread k sending on
+// connections k, k+T, ...: what a push fanned out from several threads could do on this
+// machine. The threads live for the whole run and start each round together (a barrier, the
+// hand-off a multi-threaded server would pay too); the round's send loop ends when the last
+// one is done.
+//
 // Per round: t0 = CLOCK_MONOTONIC just before the first send(); it travels in every payload's
 // first 8 bytes (the round number in the next 8). t_last = the receiver's CLOCK_MONOTONIC after
 // the recv() that completed the last of the N sockets' B bytes. Latency = t_last - t0. The
@@ -64,6 +70,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <barrier>
 #include <cerrno>
 #include <charconv>
 #include <cstdint>
@@ -72,6 +80,7 @@
 #include <cstring>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -87,6 +96,7 @@ constexpr int kMinBytes = 16;
 constexpr int kMaxBytes = 1 << 20;
 constexpr int kMaxRounds = 100000;
 constexpr int kMaxGapMs = 10000;
+constexpr int kMaxSenders = 8;
 // A round not complete within this long is an error; the other waits (connections, the
 // sender's go, its results) have the same bound.
 constexpr int64_t kRoundTimeoutNs = 10'000'000'000;
@@ -110,6 +120,7 @@ struct Options {
   int gap_ms = 20;
   int processes = 0; // > 0: the --processes mode
   int reply_bytes = 150;
+  int senders = 1; // threads sharing the send loop (not with --processes)
 };
 
 int64_t monotonicNs() {
@@ -420,6 +431,7 @@ nlohmann::json roundsJson(const Options& opt, int connections, const std::vector
           {"max_ms", percentileMs(lat_ns, 100)},
           {"send_loop_p50_ms", percentileMs(loop_ns, 50)},
           {"send_loop_p99_ms", percentileMs(loop_ns, 99)},
+          {"senders", opt.senders},
           {"short_sends", short_sends},
           {"sender_cpu_ms", cpuMsJson(sender_cpu, opt.rounds)}};
 }
@@ -460,8 +472,61 @@ private:
     return writeAll(report_fd_, &ready, 1, err, "write ready to the receiver");
   }
 
+  // One thread's part of a round: connections k, k + T, ...
+  struct Share {
+    std::vector<std::pair<size_t, size_t>> partial; // (connection, bytes it took)
+    std::string err;
+  };
+  void sendShare(size_t k, const std::vector<char>& payload, Share& share) {
+    for (size_t i = k; i < fds_.size(); i += size_t(opt_.senders)) {
+      const ssize_t w = ::send(fds_[i], payload.data(), payload.size(), MSG_NOSIGNAL);
+      if (w == ssize_t(payload.size()))
+        continue;
+      if (w < 0 && errno != EAGAIN) {
+        share.err = errnoText("send on connection " + std::to_string(i));
+        return;
+      }
+      share.partial.push_back({i, w < 0 ? size_t(0) : size_t(w)});
+    }
+  }
+
   bool runRounds(std::string& err) {
+    // The other sender threads: each round they wait at `start`, send their share and meet
+    // at `done`; `stopping` set before a `start` ends them.
+    const size_t threads = size_t(opt_.senders);
+    std::vector<Share> shares(threads);
+    std::barrier<> start{ptrdiff_t(threads)}, done{ptrdiff_t(threads)};
+    std::atomic<bool> stopping{false};
     std::vector<char> payload(size_t(opt_.bytes), 'x');
+    std::vector<std::thread> helpers;
+    for (size_t k = 1; k < threads; ++k)
+      helpers.emplace_back([&, k] {
+        for (;;) {
+          start.arrive_and_wait();
+          if (stopping.load())
+            return;
+          sendShare(k, payload, shares[k]);
+          done.arrive_and_wait();
+        }
+      });
+    struct Joiner { // ends the helpers however the rounds end
+      std::vector<std::thread>& helpers;
+      std::barrier<>& start;
+      std::atomic<bool>& stopping;
+      ~Joiner() {
+        if (helpers.empty())
+          return;
+        stopping.store(true);
+        start.arrive_and_wait();
+        for (auto& t : helpers)
+          t.join();
+      }
+    } joiner{helpers, start, stopping};
+    return sendRounds(payload, start, done, shares, err);
+  }
+
+  bool sendRounds(std::vector<char>& payload, std::barrier<>& start, std::barrier<>& done,
+                  std::vector<Share>& shares, std::string& err) {
     std::vector<int64_t> loop_ns;
     loop_ns.reserve(size_t(opt_.rounds));
     CpuNs cpu0;
@@ -484,17 +549,18 @@ private:
       const uint64_t round = uint64_t(r);
       std::memcpy(payload.data(), &t0, 8);
       std::memcpy(payload.data() + 8, &round, 8);
-      for (size_t i = 0; i < fds_.size(); ++i) {
-        const ssize_t w = ::send(fds_[i], payload.data(), payload.size(), MSG_NOSIGNAL);
-        if (w == ssize_t(payload.size()))
-          continue;
-        if (w < 0 && errno != EAGAIN) {
-          err = errnoText("send on connection " + std::to_string(i));
+      start.arrive_and_wait();
+      sendShare(0, payload, shares[0]);
+      done.arrive_and_wait();
+      loop_ns.push_back(monotonicNs() - t0);
+      for (auto& share : shares) {
+        if (!share.err.empty()) {
+          err = share.err;
           return false;
         }
-        partial_.push_back({i, w < 0 ? size_t(0) : size_t(w)});
+        partial_.insert(partial_.end(), share.partial.begin(), share.partial.end());
+        share.partial.clear();
       }
-      loop_ns.push_back(monotonicNs() - t0);
       if (!finishPartial(payload, err))
         return false;
     }
@@ -1166,7 +1232,7 @@ bool parseInt(std::string_view flag, const char* text, int lo, int hi, int& out)
 
 int usage() {
   std::fprintf(stderr, "usage: trellis_loopback_floor [--connections 1000] [--bytes 300] "
-                       "[--rounds 200] [--gap-ms 20]\n"
+                       "[--rounds 200] [--gap-ms 20] [--senders 1]\n"
                        "       trellis_loopback_floor --processes P [--reply-bytes 150] "
                        "[--bytes 300] [--rounds 200] [--gap-ms 20]\n");
   return 1;
@@ -1262,6 +1328,8 @@ int main(int argc, char** argv) {
                     opt.bytes);
     } else if (flag == "--rounds") {
       ok = parseInt(flag, argv[i + 1], 1, trellis::bench::kMaxRounds, opt.rounds);
+    } else if (flag == "--senders") {
+      ok = parseInt(flag, argv[i + 1], 1, trellis::bench::kMaxSenders, opt.senders);
     } else if (flag == "--gap-ms") {
       ok = parseInt(flag, argv[i + 1], 0, trellis::bench::kMaxGapMs, opt.gap_ms);
     } else {
@@ -1273,6 +1341,11 @@ int main(int argc, char** argv) {
   if (opt.processes > 0 && have_connections) {
     std::fprintf(stderr, "trellis_loopback_floor: --connections and --processes are two "
                          "modes (one connection per process with --processes): give one\n");
+    return 1;
+  }
+  if (opt.processes > 0 && opt.senders != 1) {
+    std::fprintf(stderr, "trellis_loopback_floor: --senders applies only without "
+                         "--processes\n");
     return 1;
   }
   if (opt.processes == 0 && have_reply) {

@@ -227,6 +227,15 @@ void ControlPlane::Impl::registerMetrics() {
                                       [ds, i] { return ds->responses_by_rcode[i].load(); }))
         callbacks.push_back(std::move(*rc));
   }
+  if (auto f = metrics.counter("trellis_dns_forwarded_total",
+                               "DNS queries sent to recursors, by transport (tcp: asked again "
+                               "after a truncated UDP answer)",
+                               {"transport"})) {
+    if (auto rc = (*f)->addCallback({"udp"}, [ds] { return ds->forwarded.load(); }))
+      callbacks.push_back(std::move(*rc));
+    if (auto rc = (*f)->addCallback({"tcp"}, [ds] { return ds->forwarded_tcp.load(); }))
+      callbacks.push_back(std::move(*rc));
+  }
   if (auto rc = metrics.counterCallback("trellis_dns_truncated_total",
                                         "DNS UDP replies sent truncated (TC)",
                                         [ds] { return ds->truncated.load(); }))

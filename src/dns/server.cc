@@ -220,7 +220,8 @@ private:
 // One query forwarded to the recursors over UDP, one at a time in configured order, each
 // with its own socket (a fresh ephemeral port), a random ID and recursor_timeout. A reply
 // counts only if it comes from the recursor (connected socket), carries our ID and repeats
-// our question (RFC 5452).
+// our question (RFC 5452). A reply with TC set is asked again of the same recursor over TCP
+// (RFC 7766 section 5), with a new ID, within a new recursor_timeout.
 class Forward : public std::enable_shared_from_this<Forward> {
 public:
   using Done = std::function<void(std::vector<uint8_t>)>;
@@ -238,37 +239,44 @@ public:
   void cancel() {
     finished_ = true;
     timer_->disable();
-    closeSocket();
+    closeSockets();
   }
 
 private:
-  void closeSocket() {
-    if (socket_) {
-      std::error_code ec;
-      socket_->close(ec);
-    }
+  void closeSockets() {
+    std::error_code ec;
+    if (udp_)
+      udp_->close(ec);
+    if (tcp_)
+      tcp_->close(ec);
+  }
+
+  // A fresh random ID in the request for the next attempt.
+  void newId() {
+    upstream_id_ = static_cast<uint16_t>(core_.random.uniform(65536));
+    request_[0] = static_cast<uint8_t>(upstream_id_ >> 8);
+    request_[1] = static_cast<uint8_t>(upstream_id_);
   }
 
   void tryNext() {
     ++attempt_; // handlers of earlier attempts see a stale number and stand down
     timer_->disable();
-    closeSocket();
+    closeSockets();
+    buf_.resize(kUdpBufferSize);
     const auto& recursors = core_.config.recursors;
     while (next_ < recursors.size()) {
       const net::SocketAddress& r = recursors[next_++];
       std::error_code ec;
-      socket_.emplace(core_.dispatcher.io());
-      socket_->open(r.ip.is_v4() ? asio::ip::udp::v4() : asio::ip::udp::v6(), ec);
+      udp_.emplace(core_.dispatcher.io());
+      udp_->open(r.ip.is_v4() ? asio::ip::udp::v4() : asio::ip::udp::v6(), ec);
       if (!ec)
-        socket_->connect(r.udp(), ec);
-      upstream_id_ = static_cast<uint16_t>(core_.random.uniform(65536));
-      request_[0] = static_cast<uint8_t>(upstream_id_ >> 8);
-      request_[1] = static_cast<uint8_t>(upstream_id_);
+        udp_->connect(r.udp(), ec);
+      newId();
       if (!ec)
-        socket_->send(asio::buffer(request_), 0, ec);
+        udp_->send(asio::buffer(request_), 0, ec);
       if (ec) {
         TLOG_DEBUG("dns: forwarding to {} failed: {}", r.toString(), ec.message());
-        closeSocket();
+        closeSockets();
         continue;
       }
       core_.stats.forwarded++;
@@ -282,8 +290,8 @@ private:
   }
 
   void receive() {
-    socket_->async_receive(asio::buffer(buf_), [self = shared_from_this(), attempt = attempt_](
-                                                   const std::error_code& ec, size_t n) {
+    udp_->async_receive(asio::buffer(buf_), [self = shared_from_this(), attempt = attempt_](
+                                                const std::error_code& ec, size_t n) {
       if (self->finished_ || attempt != self->attempt_)
         return;
       self->onReceive(ec, n);
@@ -302,12 +310,70 @@ private:
       receive(); // not our answer; keep waiting until the timer says otherwise
       return;
     }
+    answer(wire, /*over_tcp=*/false);
+  }
+
+  // The same recursor, over TCP: a 2-byte length and the request with a new ID, then the
+  // answer's length and the answer (RFC 1035 4.2.2).
+  void askOverTcp() {
+    ++attempt_;
+    timer_->disable();
+    closeSockets();
+    const net::SocketAddress& r = core_.config.recursors[next_ - 1];
+    newId();
+    frame_.assign(
+        {static_cast<uint8_t>(request_.size() >> 8), static_cast<uint8_t>(request_.size())});
+    frame_.insert(frame_.end(), request_.begin(), request_.end());
+    tcp_.emplace(core_.dispatcher.io());
+    core_.stats.forwarded_tcp++;
+    timer_->enable(core_.config.recursor_timeout);
+    auto step = [self = shared_from_this(), attempt = attempt_](auto next) {
+      return [self, attempt, next](const std::error_code& ec, auto&&...) {
+        if (self->finished_ || attempt != self->attempt_)
+          return;
+        if (ec) {
+          TLOG_DEBUG("dns: forwarding over tcp to {} failed: {}",
+                     self->core_.config.recursors[self->next_ - 1].toString(), ec.message());
+          self->tryNext();
+          return;
+        }
+        next(*self);
+      };
+    };
+    auto read_answer = [step](Forward& f) {
+      const size_t len = (size_t(f.frame_[0]) << 8) | f.frame_[1];
+      if (len < kHeaderSize) {
+        f.tryNext(); // not a DNS message
+        return;
+      }
+      f.buf_.resize(len);
+      asio::async_read(*f.tcp_, asio::buffer(f.buf_), step([](Forward& g) {
+        g.answer(std::span<const uint8_t>(g.buf_.data(), g.buf_.size()),
+                 /*over_tcp=*/true);
+      }));
+    };
+    auto read_length = [step, read_answer](Forward& f) {
+      asio::async_read(*f.tcp_, asio::buffer(f.frame_.data(), 2), step(read_answer));
+    };
+    auto write = [step, read_length](Forward& f) {
+      asio::async_write(*f.tcp_, asio::buffer(f.frame_), step(read_length));
+    };
+    tcp_->async_connect(r.tcp(), step(write));
+  }
+
+  // A recursor's answer (from its connected UDP socket or our TCP connection): relayed if it
+  // is ours, else the next recursor is tried.
+  void answer(std::span<const uint8_t> wire, bool over_tcp) {
     auto msg = parseMessage(wire);
-    if (!msg || msg->questions.size() != 1 ||
+    if (!msg || !msg->header.qr || msg->header.id != upstream_id_ || msg->questions.size() != 1 ||
         !msg->questions[0].name.equals(query_.question.name) ||
         msg->questions[0].type != query_.question.type ||
         msg->questions[0].klass != query_.question.klass) {
       tryNext();
+      return;
+    }
+    if (msg->header.tc && !over_tcp) {
+      askOverTcp();
       return;
     }
     core_.countRcode(msg->rcode());
@@ -337,7 +403,7 @@ private:
     auto self = shared_from_this(); // the erase below may drop the last other owner
     finished_ = true;
     timer_->disable();
-    closeSocket();
+    closeSockets();
     core_.forwards.erase(this);
     done_(std::move(reply));
   }
@@ -348,7 +414,9 @@ private:
   Transport transport_;
   Done done_;
   std::vector<uint8_t> buf_;
-  std::optional<asio::ip::udp::socket> socket_;
+  std::vector<uint8_t> frame_; // over TCP: the framed request, then the answer's length
+  std::optional<asio::ip::udp::socket> udp_;
+  std::optional<asio::ip::tcp::socket> tcp_;
   std::unique_ptr<Timer> timer_;
   size_t next_ = 0;
   uint64_t attempt_ = 0;

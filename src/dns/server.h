@@ -1,7 +1,8 @@
 #pragma once
 
 // The DNS server: UDP and TCP (RFC 1035 4.2, RFC 7766) on one address and one dispatcher,
-// answering from a Zone and forwarding out-of-zone names to recursors over UDP.
+// answering from a Zone and forwarding out-of-zone names to recursors over UDP (and over TCP
+// when a recursor's UDP answer is truncated).
 
 #include <array>
 #include <atomic>
@@ -77,7 +78,8 @@ struct ServerStats {
   std::atomic<uint64_t> tcp_rejected{0};     // over max_tcp_connections
   std::atomic<uint64_t> tcp_idle_closed{0};  // closed by tcp_idle_timeout
   std::atomic<uint64_t> tcp_active{0};       // gauge: open connections
-  std::atomic<uint64_t> forwarded{0};        // queries sent to recursors
+  std::atomic<uint64_t> forwarded{0};        // queries sent to recursors over UDP
+  std::atomic<uint64_t> forwarded_tcp{0};    // asked again over TCP: the UDP answer was truncated
   std::atomic<uint64_t> forward_failed{0};   // all recursors failed or timed out: SERVFAIL
   std::atomic<uint64_t> forward_rejected{0}; // over max_pending_forwards: SERVFAIL
 };

@@ -1,6 +1,8 @@
 """`trellis server` DNS: dig (UDP, TCP, SRV, NXDOMAIN, truncation), unbound as a stub
-resolver in front of it, and HAProxy discovering backends through it."""
+resolver in front of it, dnsmasq as the recursor behind it, and HAProxy discovering backends
+through it."""
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -71,13 +73,67 @@ def test_unbound_stub_zone(server, procs, tmp_path):
                + unbound.output())
 
 
-def start_unbound(procs, tmp_path, trellis_dns_port, attempts=5):
-    """unbound with a stub zone `trellis` pointing at our DNS server. The port is free when
-    chosen but another test's process may take it before unbound binds it (UDP and TCP):
-    then unbound exits, and we try another. so-reuseport off: sharing a port with another
-    process's SO_REUSEPORT socket would split the queries between the two."""
+def flags(dig_output):
+    return dig_output.split("flags:")[1].split(";")[0]
+
+
+def start_on_free_port(procs, argv_for, ready, attempts=5):
+    """A peer that cannot take port 0, on a port that was free a moment ago: argv_for(port,
+    attempt) gives its command line and `ready` the log line that says it serves. Another
+    test's process may take the port (UDP and TCP) before the peer binds it: then the peer
+    exits, and another port is tried."""
     for attempt in range(attempts):
         port = free_port(socket_kind_udp())
+        p = procs(argv_for(port, attempt))
+        try:
+            p.wait_for_line(ready, timeout=10)
+            return port, p
+        except AssertionError:
+            if p.p.poll() is None or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def start_dnsmasq(procs, txt_records):
+    """dnsmasq as an upstream recursor: small.example A 192.0.2.7 and big.example with the
+    given TXT records; nothing else (no upstream)."""
+    return start_on_free_port(procs, lambda port, attempt: [
+        "/usr/sbin/dnsmasq", "-k", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+        f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces", "--pid-file=",
+        "--log-facility=-", "--user=root", "--address=/small.example/192.0.2.7",
+        *[f"--txt-record=big.example,{t}" for t in txt_records]], r"cleared cache")
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/sbin/dnsmasq"), reason="dnsmasq not installed")
+def test_forwarding_asks_again_over_tcp_when_the_recursor_truncates(procs, tmp_path):
+    """dnsmasq as the recursor. An answer too big for UDP comes back from it truncated; trellis
+    asks it again over TCP, so a client asking over TCP gets the whole answer, and one asking
+    over UDP gets TC and then the whole answer over TCP (dig's default)."""
+    records = [f"record-{i}-" + "x" * 180 for i in range(10)]
+    port, dnsmasq = start_dnsmasq(procs, records)
+    server = start_server(procs, str(tmp_path / "data"), "--recursor", f"127.0.0.1:{port}")
+    assert dig(server.dns_port, "small.example", "A", "+short").split() == ["192.0.2.7"]
+
+    tcp = dig(server.dns_port, "big.example", "TXT", "+tcp", "+short").splitlines()
+    assert sorted(t.strip('"') for t in tcp) == sorted(records), tcp
+    udp = dig(server.dns_port, "big.example", "TXT", "+ignore", "+noedns")
+    assert " tc" in flags(udp), udp
+    retried = dig(server.dns_port, "big.example", "TXT", "+short").splitlines()
+    assert sorted(t.strip('"') for t in retried) == sorted(records), retried
+
+    metrics = server.request("GET", "/metrics")[1].decode()
+    by_transport = {t: float(v) for t, v in re.findall(
+        r'^trellis_dns_forwarded_total\{transport="(udp|tcp)"\} (\S+)$', metrics, re.M)}
+    # small.example once; big.example four times (the last dig asked twice: over UDP, then over
+    # TCP after our TC), each answered truncated by dnsmasq over UDP and asked again over TCP.
+    assert by_transport == {"udp": 5.0, "tcp": 4.0}, by_transport
+
+
+def start_unbound(procs, tmp_path, trellis_dns_port):
+    """unbound with a stub zone `trellis` pointing at our DNS server. so-reuseport off: sharing
+    a port with another process's SO_REUSEPORT socket would split the queries between the
+    two."""
+    def argv(port, attempt):
         conf = tmp_path / f"unbound-{attempt}.conf"
         conf.write_text(f"""server:
         interface: 127.0.0.1
@@ -100,14 +156,8 @@ stub-zone:
         name: "trellis"
         stub-addr: 127.0.0.1@{trellis_dns_port}
 """)
-        p = procs(["/usr/sbin/unbound", "-d", "-c", str(conf)])
-        try:
-            p.wait_for_line(r"start of service", timeout=10)
-            return port, p
-        except AssertionError:
-            if p.p.poll() is None or attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
+        return ["/usr/sbin/unbound", "-d", "-c", str(conf)]
+    return start_on_free_port(procs, argv, r"start of service")
 
 
 def socket_kind_udp():

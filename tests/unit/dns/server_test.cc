@@ -384,11 +384,13 @@ private:
   asio::ip::udp::endpoint peer_;
 };
 
-std::vector<uint8_t> answerFor(const Message& q, const std::string& address, uint16_t id) {
+std::vector<uint8_t> answerFor(const Message& q, const std::string& address, uint16_t id,
+                               bool truncated = false) {
   MessageBuilder b(kMaxMessageSize);
   Header h;
   h.id = id;
   h.qr = true;
+  h.tc = truncated;
   h.rd = true;
   h.ra = true;
   b.setHeader(h);
@@ -456,6 +458,33 @@ TEST_F(DnsServerTest, RecursorTimeoutTriesTheNextThenServfail) {
   EXPECT_EQ(stats().forward_failed.load(), 1u);
   EXPECT_EQ(stats().forwarded.load(), 2u);
   EXPECT_EQ(stats().responsesWithRcode(Rcode::kServFail), 1u);
+}
+
+// A truncated UDP answer is asked again of the same recursor over TCP; when that fails (here
+// nothing listens for TCP on its port) the next recursor is asked, over UDP first.
+TEST_F(DnsServerTest, TruncatedForwardAsksOverTcpThenTheNextRecursor) {
+  FakeRecursor udp_only, next;
+  ServerConfig cfg;
+  cfg.recursors = {udp_only.address(), next.address()};
+  start(cfg);
+
+  TcpClient tcp(port());
+  tcp.send(makeQuery("example.net", RrType::kA, QueryOptions{.id = 9}));
+  auto fwd = udp_only.receive();
+  ASSERT_TRUE(fwd);
+  udp_only.reply(answerFor(*fwd, "192.0.2.1", fwd->header.id, /*truncated=*/true));
+  auto again = next.receive(); // the TCP connect was refused: the next recursor
+  ASSERT_TRUE(again);
+  next.reply(answerFor(*again, "192.0.2.2", again->header.id));
+  auto r = tcp.receive();
+  ASSERT_TRUE(r);
+  auto m = parseOrDie(*r);
+  EXPECT_EQ(m.header.id, 9);
+  EXPECT_FALSE(m.header.tc);
+  ASSERT_EQ(m.answers.size(), 1u);
+  EXPECT_EQ(testing::addressOf(m.answers[0]), "192.0.2.2");
+  EXPECT_EQ(stats().forwarded.load(), 2u);
+  EXPECT_EQ(stats().forwarded_tcp.load(), 1u);
 }
 
 TEST_F(DnsServerTest, OutsideTheZoneWithoutRecursorsIsRefused) {

@@ -462,9 +462,20 @@ void MeshCompiler::indexInstance(const registry::Service& s) {
   instances_[fold(s.node)][fold(s.id)] = fold(s.name);
 }
 
-void MeshCompiler::indexCheck(const registry::Check& c) {
-  if (!c.service_id.empty())
-    service_checks_[fold(c.node)][fold(c.id)] = fold(c.service_id);
+std::optional<std::string> MeshCompiler::indexCheck(const registry::Check& c) {
+  auto [it, fresh] = check_owners_[fold(c.node)].try_emplace(fold(c.id));
+  std::optional<std::string> before;
+  if (!fresh)
+    before = std::move(it->second);
+  it->second = fold(c.service_id);
+  return before;
+}
+
+void MeshCompiler::markOwner(const std::string& folded_node, const std::string& owner) {
+  if (owner.empty())
+    markNode(folded_node); // a node check gates every instance of the node
+  else
+    dirty_instances_.emplace(folded_node, owner);
 }
 
 std::optional<MeshCompiler::Contribution> MeshCompiler::contributionOf(const std::string& node,
@@ -507,7 +518,8 @@ void MeshCompiler::updateInstance(const std::string& node, const std::string& id
       return;
     const ServiceEntry& e = entry(service);
     auto ep = e.endpoints.find(address);
-    (*before)[service].try_emplace(address, ep == e.endpoints.end() ? 0 : ep->second.weight);
+    (*before)[service].try_emplace(
+        address, ep == e.endpoints.end() ? Was{} : Was{ep->second.weight, ep->second.changed});
   };
   if (old != contributions_.end()) {
     const Contribution& c = old->second;
@@ -524,7 +536,7 @@ void MeshCompiler::updateInstance(const std::string& node, const std::string& id
 
 void MeshCompiler::rebuild() {
   instances_.clear();
-  service_checks_.clear();
+  check_owners_.clear();
   node_addresses_.clear();
   contributions_.clear();
   services_.clear();
@@ -715,7 +727,7 @@ void MeshCompiler::noteBatch(const registry::Batch& batch) {
               for (const auto& [id, svc] : n->second)
                 dirty_services_.insert(svc);
             instances_.erase(node);
-            service_checks_.erase(node);
+            check_owners_.erase(node);
             node_addresses_.erase(node);
           } else if constexpr (std::is_same_v<T, registry::ServicePut>) {
             const std::string node = fold(mu.service->node), id = fold(mu.service->id);
@@ -740,27 +752,25 @@ void MeshCompiler::noteBatch(const registry::Batch& batch) {
             }
           } else if constexpr (std::is_same_v<T, registry::CheckPut>) {
             const registry::Check& c = *mu.check;
-            indexCheck(c);
-            if (c.service_id.empty())
-              markNode(fold(c.node)); // a node check gates every instance of the node
-            else
-              dirty_instances_.emplace(fold(c.node), fold(c.service_id));
+            const std::string node = fold(c.node);
+            const std::optional<std::string> before = indexCheck(c);
+            if (before && *before != fold(c.service_id))
+              markOwner(node, *before); // moved: what it gated before is evaluated again
+            markOwner(node, fold(c.service_id));
           } else if constexpr (std::is_same_v<T, registry::CheckDelete>) {
-            // A service check's instance is remembered; a node check (or one not known)
-            // gates every instance of the node.
-            bool known = false;
+            // The check's owner is remembered; one not known might have gated anything of
+            // the node.
             const std::string node = fold(mu.node);
-            if (auto n = service_checks_.find(node); n != service_checks_.end()) {
+            std::optional<std::string> owner;
+            if (auto n = check_owners_.find(node); n != check_owners_.end()) {
               if (auto c = n->second.find(fold(mu.id)); c != n->second.end()) {
-                dirty_instances_.emplace(node, c->second);
+                owner = c->second;
                 n->second.erase(c);
                 if (n->second.empty())
-                  service_checks_.erase(n);
-                known = true;
+                  check_owners_.erase(n);
               }
             }
-            if (!known)
-              markNode(node);
+            markOwner(node, owner.value_or(std::string()));
           } else if constexpr (std::is_same_v<T, registry::KvPut>) {
             if (mu.entry->key.rfind(kResourcePrefix, 0) == 0)
               resources_dirty_ = true;
@@ -858,8 +868,11 @@ std::shared_ptr<const std::string> MeshCompiler::flush() {
       for (const auto& [address, was] : b->second) {
         auto ep = e.endpoints.find(address);
         const uint32_t now = ep == e.endpoints.end() ? 0 : ep->second.weight;
-        if (now == was)
+        if (now == was.weight) {
+          if (now != 0) // possibly taken out and put back within this flush: as it was
+            ep->second.changed = was.changed;
           continue;
+        }
         if (now != 0) {
           ep->second.changed = next;
           h.removed.erase(address); // back (or reweighted)

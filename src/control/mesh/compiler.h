@@ -89,7 +89,8 @@ public:
   void rebuild();
   // Marks what an applied batch touched: the instances it changed, directly or through their
   // checks or node (a node's address or node checks: every instance of the node), and their
-  // services; a resource write marks everything (resources change rarely).
+  // services; a resource write marks every service's definition to be compiled again
+  // (resources change rarely).
   void noteBatch(const registry::Batch& batch);
   bool dirty() const {
     return resources_dirty_ || !dirty_instances_.empty() || !dirty_services_.empty();
@@ -174,8 +175,13 @@ private:
     bool operator==(const Contribution&) const = default;
   };
   std::optional<Contribution> contributionOf(const std::string& node, const std::string& id);
-  // The weight each touched address of a service had before this flush (0: absent).
-  using Before = std::map<std::string, std::map<std::string, uint32_t>>;
+  // What each touched address of a service was before this flush: its weight (0: absent) and
+  // when that last changed (an endpoint taken out and put back as it was keeps its version).
+  struct Was {
+    uint32_t weight = 0;
+    uint64_t changed = 0;
+  };
+  using Before = std::map<std::string, std::map<std::string, Was>>;
   // Brings the instance's contribution up to date in its services' entries (created empty
   // when missing: `created` names them); `before` (if given) records what each address it
   // touches had first.
@@ -195,11 +201,15 @@ private:
   // folded node -> folded instance ID -> folded service name: the instances a node change
   // touches, and the service an instance had before a rename or deregistration.
   std::map<std::string, std::map<std::string, std::string>> instances_;
-  // folded node -> folded check ID -> folded instance ID, for service checks: a check's
-  // deletion names only its node and ID, and without this every instance of the node (on one
-  // machine: all of them) would be compiled again for one instance's deregistration.
-  std::map<std::string, std::map<std::string, std::string>> service_checks_;
-  void indexCheck(const registry::Check& c);
+  // folded node -> folded check ID -> the folded ID of the instance it gates, "" for a node
+  // check. A check's deletion names only its node and ID, and a check re-registered may move
+  // to another instance or to the node: the instances it gated before are evaluated again too
+  // (without this, every instance of the node, on one machine all of them).
+  std::map<std::string, std::map<std::string, std::string>> check_owners_;
+  // Indexes the check's owner; returns the one it had before (nullopt: the check is new).
+  std::optional<std::string> indexCheck(const registry::Check& c);
+  // Marks what a check gates: its instance, or every instance of the node.
+  void markOwner(const std::string& folded_node, const std::string& owner);
   // folded node -> its address: a node write that keeps it changes no endpoint.
   std::map<std::string, std::string> node_addresses_;
   // "node\0id" (folded) -> what the instance adds to its service's endpoints now.

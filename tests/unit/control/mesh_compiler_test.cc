@@ -328,6 +328,52 @@ TEST_F(MeshCompilerTest, InstancesSharingAnAddressGiveOneEndpointOfTheLowestWeig
   EXPECT_EQ(web.endpointsJson().size(), web.endpointsJsonSize());
 }
 
+// A check re-registered under another owner (another instance, the node, or back) gates what
+// it gates now and no longer what it gated before; its deletion frees what it gated last.
+TEST_F(MeshCompilerTest, CheckMovingBetweenOwnersReevaluatesBoth) {
+  apply(instance("n1", "10.0.0.1", "web", "web-a", 8080, CheckStatus::kPassing));
+  apply(instance("n1", "10.0.0.1", "web", "web-b", 8081, CheckStatus::kPassing));
+  compiler_.rebuild();
+  auto gate = [&](const std::string& owner, CheckStatus st) {
+    registry::RegisterRequest r;
+    r.node.name = "n1";
+    r.node.address = "10.0.0.1";
+    registry::Check c;
+    c.id = "gate";
+    c.name = "gate";
+    c.service_id = owner;
+    c.status = st;
+    r.checks.push_back(c);
+    apply(r);
+    flush();
+  };
+  auto endpoints = [&] {
+    MeshCompiler fresh(catalog_);
+    fresh.rebuild();
+    EXPECT_EQ(fresh.services(), compiler_.services());
+    return snapshotJson(compiler_)["services"]["web"]["endpoints"];
+  };
+  const json a = "10.0.0.1:8080", b = "10.0.0.1:8081";
+  gate("web-a", CheckStatus::kCritical);
+  EXPECT_EQ(endpoints(), json::array({b}));
+  gate("web-b", CheckStatus::kCritical); // from web-a to web-b
+  EXPECT_EQ(endpoints(), json::array({a}));
+  gate("", CheckStatus::kCritical); // to the node: both out
+  EXPECT_EQ(endpoints(), json::array());
+  gate("web-a", CheckStatus::kCritical); // from the node to web-a
+  EXPECT_EQ(endpoints(), json::array({b}));
+  gate("", CheckStatus::kCritical);
+  gate("web-b", CheckStatus::kPassing);
+  EXPECT_EQ(endpoints(), json::array({a, b}));
+  gate("", CheckStatus::kCritical);
+  registry::DeregisterRequest del;
+  del.node = "n1";
+  del.check_id = "gate";
+  apply(del);
+  flush();
+  EXPECT_EQ(endpoints(), json::array({a, b}));
+}
+
 TEST_F(MeshCompilerTest, RenamedInstanceUpdatesBothServices) {
   apply(instance("n1", "10.0.0.1", "a", "x-1", 1000, CheckStatus::kPassing));
   apply(instance("n1", "10.0.0.1", "b", "b-1", 2000, CheckStatus::kPassing));
@@ -844,7 +890,7 @@ TEST_F(MeshCompilerTest, CatchUpFromEveryEarlierVersionGivesTheSnapshot) {
     for (int step = 0; step < 60; ++step) {
       for (int ops = 1 + pick(3); ops > 0; --ops) {
         const int s = pick(kServices), i = pick(kIds);
-        switch (pick(11)) {
+        switch (pick(12)) {
         case 0:
         case 1:
         case 2:
@@ -882,6 +928,21 @@ spec:
           registry::Check c;
           c.id = "serfHealth";
           c.name = "serfHealth";
+          c.status = pick(2) == 0 ? CheckStatus::kCritical : CheckStatus::kPassing;
+          r.checks.push_back(c);
+          write(r);
+          break;
+        }
+        case 11: { // the check "gate" of n1 moves: to an instance (maybe absent) or the node
+          registry::RegisterRequest r;
+          r.node.name = "n1";
+          r.node.address = n1_address;
+          registry::Check c;
+          c.id = "gate";
+          c.name = "gate";
+          c.service_id = pick(3) == 0 ? "" : id(pick(kServices), pick(kIds));
+          if (auto it = registered.find(c.service_id); it == registered.end() || it->second != "n1")
+            c.service_id.clear(); // a service check names an instance of its node
           c.status = pick(2) == 0 ? CheckStatus::kCritical : CheckStatus::kPassing;
           r.checks.push_back(c);
           write(r);
@@ -937,6 +998,28 @@ spec:
     EXPECT_GT(endpoint_level, 0u);
     EXPECT_GT(full_entries_of_kept, 0u);
   }
+}
+
+// An endpoint taken out and put back as it was within one flush (here another instance at the
+// same address and weight takes over) keeps the version it had: a catch-up from before it was
+// added still carries it.
+TEST_F(MeshCompilerTest, EndpointPutBackInOneFlushKeepsItsVersion) {
+  for (int i = 0; i < 6; ++i)
+    apply(instance("n1", "10.0.0.1", "web", "web-" + std::to_string(i), uint16_t(9000 + i),
+                   CheckStatus::kPassing));
+  compiler_.rebuild();
+  const uint64_t base = compiler_.version();
+  const json at_base = snapshotJson(compiler_);
+  apply(instance("n1", "10.0.0.1", "web", "x", 8080, CheckStatus::kPassing, "10.0.0.7"));
+  apply(instance("n1", "10.0.0.1", "web", "web-new", 9100, CheckStatus::kPassing));
+  flush();
+  registry::DeregisterRequest del;
+  del.node = "n1";
+  del.service_id = "x";
+  apply(del);
+  apply(instance("n1", "10.0.0.1", "web", "y", 8080, CheckStatus::kPassing, "10.0.0.7"));
+  EXPECT_TRUE(flush().is_null());
+  checkCatchUp(compiler_, at_base, base);
 }
 
 } // namespace

@@ -136,6 +136,16 @@ def _ms(text):
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
+def _percentile(out, p):
+    """The `p%` line of wrk's latency distribution. Anchored at the line's start: a stdev
+    column such as "87.50%" ends with "50%" too, and the next line's first word would be read
+    as the latency."""
+    m = re.search(rf"^\s*{p}%\s+(\S+)\s*$", out, re.M)
+    if m is None:
+        raise ValueError(f"wrk output has no {p}% latency line:\n{out}")
+    return m.group(1)
+
+
 def wrk(url, seconds, connections, threads=1, script=None):
     """Runs wrk; returns dict(requests, rps, p50_ms, p99_ms, errors)."""
     args = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency"]
@@ -144,8 +154,8 @@ def wrk(url, seconds, connections, threads=1, script=None):
     out = subprocess.run(args + [url], capture_output=True, text=True, check=True).stdout
     res = {"requests": int(re.search(r"(\d+) requests in", out).group(1)),
            "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-           "p50_ms": _ms(re.search(r"50%\s+(\S+)", out).group(1)),
-           "p99_ms": _ms(re.search(r"99%\s+(\S+)", out).group(1))}
+           "p50_ms": _ms(_percentile(out, "50")),
+           "p99_ms": _ms(_percentile(out, "99"))}
     errs = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     res["errors"] = (int(errs.group(1)) if errs else 0) + (

@@ -26,24 +26,34 @@ private:
   MeshCompiler& c_;
 };
 
+// A catalog registration of node `node` (at `address`) with one check: a node check when
+// `service_id` is empty, else one of that instance; an existing check of that ID moves to it.
+registry::RegisterRequest nodeCheck(const std::string& node, const std::string& address,
+                                    const std::string& id, const std::string& service_id,
+                                    CheckStatus status) {
+  registry::RegisterRequest r;
+  r.node.name = node;
+  r.node.address = address;
+  registry::Check c;
+  c.id = id;
+  c.name = id;
+  c.service_id = service_id;
+  c.status = status;
+  r.checks.push_back(c);
+  return r;
+}
+
+// An instance on `node` with its own check "check:ID" in `status`.
 registry::RegisterRequest instance(const std::string& node, const std::string& node_addr,
                                    const std::string& svc, const std::string& id, uint16_t port,
                                    CheckStatus status, const std::string& addr = "") {
-  registry::RegisterRequest r;
-  r.node.name = node;
-  r.node.address = node_addr;
+  registry::RegisterRequest r = nodeCheck(node, node_addr, "check:" + id, id, status);
   registry::Service s;
   s.name = svc;
   s.id = id;
   s.port = port;
   s.address = addr;
   r.service = s;
-  registry::Check c;
-  c.id = "check:" + id;
-  c.name = c.id;
-  c.service_id = id;
-  c.status = status;
-  r.checks.push_back(c);
   return r;
 }
 
@@ -189,15 +199,7 @@ TEST_F(MeshCompilerTest, NodeChecksGateAndHostNamesAreLeftOut) {
   compiler_.rebuild();
   EXPECT_EQ(snapshotJson(compiler_)["services"]["web"]["endpoints"].size(), 1u);
   // A failing node check takes every instance of the node out.
-  registry::RegisterRequest r;
-  r.node.name = "n1";
-  r.node.address = "10.0.0.1";
-  registry::Check c;
-  c.id = "serfHealth";
-  c.name = "serfHealth";
-  c.status = CheckStatus::kCritical;
-  r.checks.push_back(c);
-  apply(r);
+  apply(nodeCheck("n1", "10.0.0.1", "serfHealth", "", CheckStatus::kCritical));
   json d = flush();
   EXPECT_EQ(d["services"]["web"], json::parse(R"({"endpoints":[]})"));
 }
@@ -335,16 +337,7 @@ TEST_F(MeshCompilerTest, CheckMovingBetweenOwnersReevaluatesBoth) {
   apply(instance("n1", "10.0.0.1", "web", "web-b", 8081, CheckStatus::kPassing));
   compiler_.rebuild();
   auto gate = [&](const std::string& owner, CheckStatus st) {
-    registry::RegisterRequest r;
-    r.node.name = "n1";
-    r.node.address = "10.0.0.1";
-    registry::Check c;
-    c.id = "gate";
-    c.name = "gate";
-    c.service_id = owner;
-    c.status = st;
-    r.checks.push_back(c);
-    apply(r);
+    apply(nodeCheck("n1", "10.0.0.1", "gate", owner, st));
     flush();
   };
   auto endpoints = [&] {
@@ -921,31 +914,16 @@ spec:
                                     s, s, 1 + pick(3)),
                         pick(3) != 0);
           break;
-        case 9: { // a node check: every instance of n2 at once
-          registry::RegisterRequest r;
-          r.node.name = "n2";
-          r.node.address = "10.0.0.2";
-          registry::Check c;
-          c.id = "serfHealth";
-          c.name = "serfHealth";
-          c.status = pick(2) == 0 ? CheckStatus::kCritical : CheckStatus::kPassing;
-          r.checks.push_back(c);
-          write(r);
+        case 9: // a node check: every instance of n2 at once
+          write(nodeCheck("n2", "10.0.0.2", "serfHealth", "",
+                          pick(2) == 0 ? CheckStatus::kCritical : CheckStatus::kPassing));
           break;
-        }
         case 11: { // the check "gate" of n1 moves: to an instance (maybe absent) or the node
-          registry::RegisterRequest r;
-          r.node.name = "n1";
-          r.node.address = n1_address;
-          registry::Check c;
-          c.id = "gate";
-          c.name = "gate";
-          c.service_id = pick(3) == 0 ? "" : id(pick(kServices), pick(kIds));
-          if (auto it = registered.find(c.service_id); it == registered.end() || it->second != "n1")
-            c.service_id.clear(); // a service check names an instance of its node
-          c.status = pick(2) == 0 ? CheckStatus::kCritical : CheckStatus::kPassing;
-          r.checks.push_back(c);
-          write(r);
+          std::string owner = pick(3) == 0 ? "" : id(pick(kServices), pick(kIds));
+          if (auto it = registered.find(owner); it == registered.end() || it->second != "n1")
+            owner.clear(); // a service check names an instance of its node
+          write(nodeCheck("n1", n1_address, "gate", owner,
+                          pick(2) == 0 ? CheckStatus::kCritical : CheckStatus::kPassing));
           break;
         }
         case 10: { // n1 moves: the instances without their own address move with it

@@ -839,9 +839,6 @@ json MeshServerTest::ordersCatchUpAfterTwoRemovals(size_t tombstones) {
   MeshSettings s = settings();
   s.endpoint_tombstones = tombstones;
   startServer(s);
-  // A stream connected: the server compiles each change as it comes (with none, it would
-  // compile them only when next read, both steps as one).
-  auto w = stream("sidecar-1");
   for (int i = 2; i <= 6; ++i)
     submit(instance("orders", fmt::format("orders-{}", i), uint16_t(9000 + i)));
   advance(2ms);
